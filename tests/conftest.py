@@ -1,0 +1,28 @@
+"""Shared test setup.
+
+Without a GPU the Triton kernels run in Triton's interpreter, which is chosen when a kernel is
+decorated: TRITON_INTERPRET must be set before any kernel module is imported, so it is set here,
+before the tests import cachekern.triton_kernels.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
