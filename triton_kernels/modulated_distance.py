@@ -1,0 +1,251 @@
+"""TeaCache's indicator in one pass: the timestep-modulated input and its L1 change per sample.
+
+    m = norm(x) * (1 + scale) + shift          norm: LayerNorm without affine, or RMSNorm
+    diff_sum[b] = sum |m[b] - prev[b]|         prev_sum[b] = sum |prev[b]|
+
+over x[B, N, D] (any N and D, a strided batch dimension allowed), accumulated in fp32 per sample,
+optionally writing m (the next step's prev, and block 0's norm1 output on a computed step). The
+distance uses m rounded to the dtype it is stored in, so it measures exactly the change between
+what is stored from step to step. No full-size temporaries: x and prev are read once, m written once.
+
+References: TeaCache (Liu et al., arXiv 2411.19108) Eq. 4; the per-sample split lets a caller
+decide per sample or per CFG half, and all-reduce the two partial sums across ranks.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+
+from cachekern.triton_kernels import _reduce
+from cachekern.triton_kernels import _validate as v
+from cachekern.triton_kernels._backend import (cdiv, next_power_of_2, program_budget, tl, triton,
+                                               use_triton)
+
+NORMS = {"layer": 0, "rms": 1}
+MAX_FUSED_D = 16384  # whole rows live in registers; wider rows take the reference path
+
+OP = "modulated_distance"
+
+
+# -- reference (tests, and the fallback where Triton cannot run) -----------------------------------
+
+def torch_modulate(x, scale, shift, norm="layer", eps=1e-6, out_dtype=None):
+    """m = norm(x) * (1 + scale) + shift, computed in fp32 (fp64 for fp64 inputs), in out_dtype."""
+    compute = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(compute)
+    if norm == "layer":
+        xf = torch.nn.functional.layer_norm(xf, (x.shape[-1],), eps=eps)
+    else:
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if scale is not None:
+        s = scale.to(compute)
+        xf = xf * (1 + (s[:, None, :] if s.dim() == 2 else s))
+    if shift is not None:
+        h = shift.to(compute)
+        xf = xf + (h[:, None, :] if h.dim() == 2 else h)
+    return xf.to(out_dtype or x.dtype)
+
+
+def torch_modulated_distance(x, prev, scale, shift, norm="layer", eps=1e-6, out_dtype=None):
+    """(m, diff_sum[B], prev_sum[B]): the plain PyTorch form of the fused kernel. Sums are fp32
+    (fp64 for fp64 inputs, which is how the tests build their oracle)."""
+    m = torch_modulate(x, scale, shift, norm, eps, out_dtype)
+    compute = torch.promote_types(m.dtype, torch.float32)
+    p = prev.to(compute)
+    return m, (m.to(compute) - p).abs().flatten(1).sum(1), p.abs().flatten(1).sum(1)
+
+
+# -- kernel -------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _modulated_distance_kernel(
+        X, stride_xb, stride_xn,
+        PREV, stride_pb, stride_pn,
+        SCALE, stride_sb,
+        SHIFT, stride_hb,
+        OUT, stride_ob, stride_on,
+        SUMS, sums_stride_b, sums_stride_stat, sums_stride_prog,
+        N, D, eps, tiles_per_program,
+        NORM: tl.constexpr,  # 0: LayerNorm, 1: RMSNorm (constexpr so the branch compiles away)
+        HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+        HAS_PREV: tl.constexpr, WRITE_OUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        # int64: B * N * D exceeds 2**31 at video sizes (Wan-14B 720p: 3.9e8 per sample).
+        b = tl.program_id(1).to(tl.int64)
+        cols = tl.arange(0, BLOCK_D)
+        col_ok = cols < D
+        if HAS_SCALE:
+            one_plus_scale = 1.0 + tl.load(SCALE + b * stride_sb + cols, mask=col_ok,
+                                            other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            shift = tl.load(SHIFT + b * stride_hb + cols, mask=col_ok, other=0.0).to(tl.float32)
+        diff_acc = 0.0
+        prev_acc = 0.0
+        for t in range(0, tiles_per_program):
+            rows = (pid * tiles_per_program + t) * BLOCK_N + tl.arange(0, BLOCK_N)
+            rows = rows.to(tl.int64)
+            mask = (rows < N)[:, None] & col_ok[None, :]
+            x = tl.load(X + b * stride_xb + rows[:, None] * stride_xn + cols[None, :], mask=mask,
+                        other=0.0).to(tl.float32)
+            if NORM == 0:
+                mean = tl.sum(x, axis=1) / D
+                centered = tl.where(mask, x - mean[:, None], 0.0)
+                var = tl.sum(centered * centered, axis=1) / D
+                y = centered * tl.rsqrt(var + eps)[:, None]
+            else:
+                ms = tl.sum(x * x, axis=1) / D
+                y = x * tl.rsqrt(ms + eps)[:, None]
+            if HAS_SCALE:
+                y = y * one_plus_scale[None, :]
+            if HAS_SHIFT:
+                y = y + shift[None, :]
+            out_ptrs = OUT + b * stride_ob + rows[:, None] * stride_on + cols[None, :]
+            # The stored value is what the next step compares against: measure that one.
+            m = y.to(OUT.dtype.element_ty)
+            if HAS_PREV:
+                p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pn + cols[None, :],
+                            mask=mask, other=0.0).to(tl.float32)
+                # Rows past N would contribute |shift|: mask them. NaN or Inf in real lanes
+                # propagates into the sums.
+                diff = tl.where(mask, tl.abs(m.to(tl.float32) - p), 0.0)
+                diff_acc += tl.sum(tl.sum(diff, axis=1), axis=0)
+                prev_acc += tl.sum(tl.sum(tl.abs(p), axis=1), axis=0)
+            if WRITE_OUT:
+                tl.store(out_ptrs, m, mask=mask)
+        if HAS_PREV:
+            dst = SUMS + b * sums_stride_b + pid * sums_stride_prog
+            if DETERMINISTIC:
+                tl.store(dst, diff_acc)
+                tl.store(dst + sums_stride_stat, prev_acc)
+            else:
+                tl.atomic_add(dst, diff_acc)
+                tl.atomic_add(dst + sums_stride_stat, prev_acc)
+
+
+def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic):
+    """Runs the kernel; returns the [2, B] sums (or None without prev)."""
+    B, N, D = x.shape
+    block_d = next_power_of_2(D)
+    block_n = max(1, min(64, 4096 // block_d))
+    tiles = cdiv(N, block_n)
+    programs = min(tiles, max(1, program_budget(x.device) // max(B, 1)))
+    tiles_per_program = cdiv(tiles, programs)
+    programs = cdiv(tiles, tiles_per_program)
+    tile = block_n * block_d
+    num_warps = 4 if tile <= 2048 else (8 if tile <= 4096 else 16)
+    has_prev = prev is not None
+    sums = _reduce.sums_buffer(B, programs, x.device, deterministic) if has_prev else None
+    sb, ss, sp = _reduce.write_offsets(B, programs, deterministic)
+    write_out = out is not None
+    if not write_out:
+        out = x  # never written (WRITE_OUT is False); only gives the kernel a dtype to round to
+    _modulated_distance_kernel[(programs, B)](
+        x, x.stride(0), x.stride(1),
+        prev if has_prev else x, prev.stride(0) if has_prev else 0, prev.stride(1) if has_prev else 0,
+        scale if scale is not None else x, v.batch_stride(scale),
+        shift if shift is not None else x, v.batch_stride(shift),
+        out, out.stride(0), out.stride(1),
+        sums if has_prev else x, sb, ss, sp,
+        N, D, eps, tiles_per_program,
+        NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+        HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
+        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
+    )
+    return _reduce.finish_sums(sums, deterministic) if has_prev else None
+
+
+# -- host functions ------------------------------------------------------------------------------
+
+def _validate(op, x, prev, scale, shift, norm, eps, out):
+    v.check_tensor(op, "x", x)
+    if x.dim() != 3:
+        raise ValueError(f"{op}: x must have shape [B, N, D], got {tuple(x.shape)}")
+    v.check_last_dim_contiguous(op, "x", x)
+    B, N, D = x.shape
+    if norm not in NORMS:
+        raise ValueError(f"{op}: norm must be 'layer' or 'rms', got {norm!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+        raise ValueError(f"{op}: eps must be a positive number, got {eps!r}")
+    for name, t in (("prev", prev), ("out_modulated", out)):
+        if t is not None:
+            v.check_tensor(op, name, t)
+            v.check_shape(op, name, t, x.shape)
+            v.check_last_dim_contiguous(op, name, t)
+    v.check_same_device(op, "x", x, prev=prev, out_modulated=out)
+    v.check_per_sample_channels(op, "scale", scale, B, D, x.device)
+    v.check_per_sample_channels(op, "shift", shift, B, D, x.device)
+
+
+def modulated_distance_sums(x, prev, scale, shift, norm, eps, out_modulated, deterministic):
+    """The kernel entry point behind the public function and the custom op: [2, B] fp32 sums."""
+    B, N, D = x.shape
+    if B == 0 or N == 0 or D == 0:
+        if out_modulated is not None and out_modulated.numel():
+            out_modulated.copy_(torch_modulate(x, scale, shift, norm, eps, out_modulated.dtype))
+        return torch.zeros((2, B), dtype=torch.float32, device=x.device)
+    if use_triton(x) and D <= MAX_FUSED_D:
+        return _launch(x, prev, scale, shift, NORMS[norm], float(eps), out_modulated, deterministic)
+    m, diff, prev_sum = torch_modulated_distance(
+        x, prev, scale, shift, norm, eps, out_modulated.dtype if out_modulated is not None else None)
+    if out_modulated is not None:
+        out_modulated.copy_(m)
+    return torch.stack([diff, prev_sum]).to(torch.float32)
+
+
+def modulate_into(x, scale, shift, norm, eps, out):
+    """Writes m = norm(x) * (1 + scale) + shift into out."""
+    if x.numel() == 0:
+        return
+    if use_triton(x) and x.shape[-1] <= MAX_FUSED_D:
+        _launch(x, None, scale, shift, NORMS[norm], float(eps), out, False)
+    else:
+        out.copy_(torch_modulate(x, scale, shift, norm, eps, out.dtype))
+
+
+def modulated_distance(x: torch.Tensor, prev: torch.Tensor, scale: Optional[torch.Tensor],
+                       shift: Optional[torch.Tensor], *, norm: str = "layer", eps: float = 1e-6,
+                       out_modulated: Optional[torch.Tensor] = None,
+                       deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample L1 change of the modulated input, in one pass over x.
+
+    Args:
+        x: [B, N, D] fp32/fp16/bf16, last dimension contiguous (the batch may be strided).
+        prev: [B, N, D], the previous step's modulated input.
+        scale, shift: [B, D] or [D]; None to leave out (RMSNorm-only families pass shift=None).
+        norm: "layer" (LayerNorm without affine) or "rms" (RMSNorm).
+        eps: the norm's epsilon.
+        out_modulated: [B, N, D]; when given, m is written there (it may be prev itself).
+        deterministic: fixed-order two-stage reduction (same inputs, same bits) instead of atomics.
+
+    Returns:
+        (diff_sum, prev_sum): fp32 [B]; ``diff_sum[b] / prev_sum[b]`` is TeaCache's relative L1.
+        NaN or Inf anywhere in a sample makes its sums NaN or Inf, never 0.
+    """
+    _validate(OP, x, prev, scale, shift, norm, eps, out_modulated)
+    if prev is None:
+        raise ValueError(f"{OP}: prev is required; use modulate() for the first step")
+    if torch.compiler.is_compiling():
+        sums = torch.ops.cachekern.modulated_distance(x, prev, scale, shift, norm, float(eps),
+                                                      out_modulated, bool(deterministic))
+    else:
+        sums = modulated_distance_sums(x, prev, scale, shift, norm, eps, out_modulated,
+                                       deterministic)
+    return sums[0], sums[1]
+
+
+def modulate(x: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor], *,
+             norm: str = "layer", eps: float = 1e-6,
+             out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """m = norm(x) * (1 + scale) + shift alone (the first step, where there is no prev yet)."""
+    _validate("modulate", x, None, scale, shift, norm, eps, out)
+    if out is None:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if torch.compiler.is_compiling():
+        torch.ops.cachekern.modulate_(x, scale, shift, norm, float(eps), out)
+    else:
+        modulate_into(x, scale, shift, norm, eps, out)
+    return out
