@@ -18,6 +18,7 @@ import torch
 
 from cachekern.triton_kernels import _reduce
 from cachekern.triton_kernels import _validate as v
+from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
 from cachekern.triton_kernels._backend import (cdiv, next_power_of_2, program_budget, tl, triton,
                                                use_triton)
 
@@ -71,7 +72,7 @@ if triton is not None:
         NORM: tl.constexpr,  # 0: LayerNorm, 1: RMSNorm (constexpr so the branch compiles away)
         HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
         HAS_PREV: tl.constexpr, WRITE_OUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
     ):
         pid = tl.program_id(0)
         # int64: B * N * D exceeds 2**31 at video sizes (Wan-14B 720p: 3.9e8 per sample).
@@ -105,7 +106,7 @@ if triton is not None:
                 y = y + shift[None, :]
             out_ptrs = OUT + b * stride_ob + rows[:, None] * stride_on + cols[None, :]
             # The stored value is what the next step compares against: measure that one.
-            m = y.to(OUT.dtype.element_ty)
+            m = cast_to(y, OUT.dtype.element_ty, EXPLICIT_BF16)
             if HAS_PREV:
                 p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pn + cols[None, :],
                             mask=mask, other=0.0).to(tl.float32)
@@ -153,7 +154,8 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic):
         N, D, eps, tiles_per_program,
         NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
-        BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
+        BLOCK_N=block_n, BLOCK_D=block_d, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
+        num_warps=num_warps,
     )
     return _reduce.finish_sums(sums, deterministic) if has_prev else None
 

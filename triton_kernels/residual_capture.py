@@ -14,6 +14,7 @@ import torch
 
 from cachekern.triton_kernels import _reduce
 from cachekern.triton_kernels import _validate as v
+from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
 from cachekern.triton_kernels._backend import cdiv, program_budget, tl, triton, use_triton
 from cachekern.triton_kernels.residual_reuse import tile_shape
 
@@ -47,7 +48,7 @@ if triton is not None:
         SUMS, sums_stride_b, sums_stride_stat, sums_stride_prog,
         R, C, tiles_c, tiles_per_program,
         HAS_PREV: tl.constexpr, DETERMINISTIC: tl.constexpr,
-        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
     ):
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -63,7 +64,7 @@ if triton is not None:
                         mask=mask, other=0.0).to(tl.float32)
             x = tl.load(X + b * stride_xb + rows[:, None] * stride_xr + cols[None, :], mask=mask,
                         other=0.0).to(tl.float32)
-            res = (o - x).to(RES.dtype.element_ty)
+            res = cast_to(o - x, RES.dtype.element_ty, EXPLICIT_BF16)
             tl.store(RES + b * stride_rb + rows[:, None] * stride_rr + cols[None, :], res, mask=mask)
             rf = res.to(tl.float32)
             cur_acc += tl.sum(tl.sum(tl.abs(rf), axis=1), axis=0)
@@ -112,7 +113,8 @@ def _launch(out3, x3, prev3, res3, deterministic):
         sums, sb, ss, sp,
         R, C, tiles_c, tiles_per_program,
         HAS_PREV=has_prev, DETERMINISTIC=deterministic,
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4 if block_r * block_c <= 2048 else 8,
+        BLOCK_R=block_r, BLOCK_C=block_c, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
+        num_warps=4 if block_r * block_c <= 2048 else 8,
     )
     return _reduce.finish_sums(sums, deterministic)
 

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from cachekern.triton_kernels import _validate as v
+from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
 from cachekern.triton_kernels._backend import cdiv, next_power_of_2, tl, triton, use_triton
 
 OP = "residual_reuse"
@@ -54,7 +55,7 @@ if triton is not None:
         R, C, tiles_c,
         HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
         CHANNEL_IS_ROW: tl.constexpr,  # UNet maps viewed as [B, C, H*W]: one channel per row
-        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
     ):
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -82,7 +83,7 @@ if triton is not None:
                 h = tl.load(SHIFT + b * stride_hb + cols, mask=col_ok, other=0.0).to(tl.float32)
                 r = r + h[None, :]
         tl.store(OUT + b * stride_ob + rows[:, None] * stride_or + cols[None, :],
-                 (x + r).to(OUT.dtype.element_ty), mask=mask)
+                 cast_to(x + r, OUT.dtype.element_ty, EXPLICIT_BF16), mask=mask)
 
 
 def tile_shape(rows: int, cols: int, elements: int = 4096):
@@ -105,7 +106,8 @@ def _launch(x3, r3, scale, shift, out3, channel_is_row):
         out3, out3.stride(0), out3.stride(1),
         R, C, tiles_c,
         HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, CHANNEL_IS_ROW=channel_is_row,
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4 if block_r * block_c <= 2048 else 8,
+        BLOCK_R=block_r, BLOCK_C=block_c, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
+        num_warps=4 if block_r * block_c <= 2048 else 8,
     )
 
 
