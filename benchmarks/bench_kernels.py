@@ -1,0 +1,150 @@
+"""GPU microbenchmarks of the fused kernels against the plain PyTorch sequences they replace and
+against the memory-bandwidth floor (bytes that must be read and written once / copy bandwidth
+measured in the same run).
+
+    python benchmarks/bench_kernels.py --out benchmarks/results_kernels.md     # the table
+    pytest benchmarks/bench_kernels.py --benchmark-only                        # pytest-benchmark
+
+Sizes: FLUX 1024² image stream (1×4096×3072), the same with batched CFG (2×4096×3072) and
+Wan2.1-14B 720p 81 frames (1×75600×5120), bf16.
+"""
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+SIZES = {
+    "FLUX 1×4096×3072": (1, 4096, 3072),
+    "FLUX CFG 2×4096×3072": (2, 4096, 3072),
+    "Wan-720p 1×75600×5120": (1, 75600, 5120),
+}
+
+
+@dataclass
+class Case:
+    kernel: str
+    size: str
+    ours: Callable
+    eager: Callable   # the plain PyTorch sequence a reference implementation runs
+    bytes_once: int   # bytes that must be read and written once
+
+
+def teacache_eager_decision(x, prev, scale, shift):
+    """TeaCache's published decision (teacache_flux.py) without the AdaLN GEMV, which both sides
+    leave outside: clone, LayerNorm, modulate, subtract, abs, mean, divide, .item()."""
+    inp = x.clone()
+    m = F.layer_norm(inp, (x.shape[-1],), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+    rel = ((m - prev).abs().mean() / prev.abs().mean()).item()
+    return m, rel
+
+
+def build_cases(size_name, shape, dtype=torch.bfloat16):
+    import cachekern.triton_kernels as ck
+
+    B, N, D = shape
+    x = torch.randn(shape, device="cuda", dtype=dtype)
+    prev = torch.randn_like(x)
+    m = torch.empty_like(x)
+    out = torch.empty_like(x)
+    res_prev = torch.randn_like(x)
+    scale = 0.1 * torch.randn(B, D, device="cuda", dtype=dtype)
+    shift = 0.1 * torch.randn(B, D, device="cuda", dtype=dtype)
+    S = x.numel() * x.element_size()
+
+    def ours_decision(deterministic, write):
+        def run():
+            d, p = ck.modulated_distance(x, prev, scale, shift, out_modulated=m if write else None,
+                                         deterministic=deterministic)
+            return d, p
+        return run
+
+    def eager_capture():
+        res = out - x
+        return res, (res - res_prev).abs().sum((1, 2)), res.abs().sum((1, 2))
+
+    return [
+        Case("modulated_distance (+m, atomics)", size_name, ours_decision(False, True),
+             lambda: teacache_eager_decision(x, prev, scale, shift), 3 * S),
+        Case("modulated_distance (+m, deterministic)", size_name, ours_decision(True, True),
+             lambda: teacache_eager_decision(x, prev, scale, shift), 3 * S),
+        Case("modulated_distance (sums only)", size_name, ours_decision(False, False),
+             lambda: teacache_eager_decision(x, prev, scale, shift), 2 * S),
+        Case("residual_reuse x+r (out of place)", size_name,
+             lambda: ck.residual_reuse(x, res_prev, out=out), lambda: torch.add(x, res_prev, out=out),
+             3 * S),
+        Case("residual_reuse x+r*s+h", size_name,
+             lambda: ck.residual_reuse(x, res_prev, scale, shift, out=out),
+             lambda: x + res_prev * scale[:, None] + shift[:, None], 3 * S),
+        Case("residual_capture (+prev, atomics)", size_name,
+             lambda: ck.residual_capture(out, x, res_prev, out=m),
+             eager_capture, 4 * S),
+        Case("residual_capture (+prev, deterministic)", size_name,
+             lambda: ck.residual_capture(out, x, res_prev, out=m, deterministic=True),
+             eager_capture, 4 * S),
+    ]
+
+
+def run_table(out_path=None):
+    from common import copy_bandwidth_gbs, environment, markdown_table, median_us
+
+    bandwidth = copy_bandwidth_gbs()
+    rows = []
+    for size_name, shape in SIZES.items():
+        for case in build_cases(size_name, shape):
+            ours = median_us(case.ours)
+            eager = median_us(case.eager)
+            floor = case.bytes_once / (bandwidth * 1e9) * 1e6
+            rows.append([case.kernel, case.size, f"{ours:.1f}", f"{case.bytes_once / ours / 1e3:.0f}",
+                         f"{floor:.1f}", f"{ours / floor:.2f}", f"{eager:.1f}",
+                         f"{eager / ours:.1f}×"])
+        torch.cuda.empty_cache()
+    text = "\n".join([
+        environment(),
+        f"Copy bandwidth (read + write), same run: {bandwidth:.0f} GB/s. Times are medians of "
+        "triton.testing.do_bench (CUDA events, L2 flushed before each run).",
+        "",
+        markdown_table(["kernel", "size (bf16)", "ours µs", "ours GB/s", "floor µs",
+                        "ours / floor", "eager PyTorch µs", "speed-up"], rows),
+    ])
+    print(text)
+    if out_path:
+        with open(out_path, "w") as f:
+            f.write(text + "\n")
+
+
+# -- pytest-benchmark entry points ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def all_cases():
+    if not torch.cuda.is_available():
+        pytest.skip("GPU benchmarks need CUDA")
+    return {(c.kernel, c.size): c for name, shape in SIZES.items() for c in build_cases(name, shape)}
+
+
+def _case_ids():
+    names = ["modulated_distance (+m, atomics)", "residual_reuse x+r (out of place)",
+             "residual_capture (+prev, atomics)"]
+    return [(k, s) for k in names for s in SIZES]
+
+
+@pytest.mark.parametrize("key", _case_ids(), ids=lambda k: f"{k[0]}-{k[1]}")
+@pytest.mark.parametrize("impl", ["ours", "eager"])
+def test_kernel_speed(benchmark, all_cases, key, impl):
+    case = all_cases[key]
+    fn = case.ours if impl == "ours" else case.eager
+
+    def run_synchronized():
+        fn()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(run_synchronized, rounds=50, warmup_rounds=5)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", help="also write the table (markdown) here")
+    run_table(parser.parse_args().out)

@@ -1,0 +1,51 @@
+"""Helpers shared by the GPU benchmarks: environment line, timing, copy-bandwidth ceiling, tables."""
+
+import statistics
+import time
+
+import torch
+
+
+def environment() -> str:
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    return (f"GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__} "
+            f"(CUDA {torch.version.cuda}), triton {triton.__version__}")
+
+
+def median_us(fn, warmup_ms=50, rep_ms=300) -> float:
+    """Median GPU time of fn in microseconds (CUDA events, L2 flushed before each run)."""
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median") * 1e3
+
+
+def median_wall_us(fn, reps=15, warmup=3) -> float:
+    """Median host time of fn followed by a device synchronize, in microseconds."""
+    for _ in range(warmup):
+        fn()
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs(nbytes=2 << 30) -> float:
+    """Device-to-device copy bandwidth (bytes read + bytes written per second), the ceiling a
+    memory-bound kernel is compared with."""
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    us = median_us(lambda: dst.copy_(src))
+    return 2 * nbytes / (us * 1e-6) / 1e9
+
+
+def markdown_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
