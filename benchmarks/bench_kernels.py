@@ -89,8 +89,9 @@ def build_cases(size_name, shape, dtype=torch.bfloat16):
 
 
 def run_table(out_path=None):
-    from common import copy_bandwidth_gbs, environment, markdown_table, median_us
+    from common import copy_bandwidth_gbs, environment, markdown_table, median_us, warm_up_gpu
 
+    warm_up_gpu()
     bandwidth = copy_bandwidth_gbs()
     rows = []
     for size_name, shape in SIZES.items():

@@ -14,6 +14,18 @@ def environment() -> str:
             f"(CUDA {torch.version.cuda}), triton {triton.__version__}")
 
 
+def warm_up_gpu(seconds=2.0):
+    """Runs matmuls until the clocks have left idle: the first measurements of a cold GPU are
+    otherwise taken at a fraction of its clock."""
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            a = (a @ a) * 1e-4
+        torch.cuda.synchronize()
+
+
 def median_us(fn, warmup_ms=50, rep_ms=300) -> float:
     """Median GPU time of fn in microseconds (CUDA events, L2 flushed before each run)."""
     from triton.testing import do_bench

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Everything a GPU session checks, in one go: build, tests, both benchmarks. Results and logs go
-# to $OUT (default ./gpu-results). Usage: bash benchmarks/run_gpu.sh [--quick]
+# to $OUT (default ./gpu-results). Usage: bash benchmarks/run_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-results}"
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT="$(realpath "$OUT")"
 export PYTHONUNBUFFERED=1
 
-pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-python -m cachekern info | tee "$OUT/info.json"
+python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+python3 -P -m cachekern info | tee "$OUT/info.json"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/nvidia-smi.txt"
 
-pytest tests -q -rs 2>&1 | tee "$OUT/tests.log" | tail -15
-(cd benchmarks && python bench_kernels.py --out "../$OUT/kernels.md") 2>&1 | tail -40
-(cd benchmarks && python bench_block_cache.py --out "../$OUT/block_cache.md") 2>&1 | tail -30
+python3 -P -m pytest tests -q -rs 2>&1 | tee "$OUT/tests.log" | tail -15
+if [ "${PIPESTATUS[0]}" -ge 128 ]; then   # the test process crashed: get a native backtrace
+    cuda-gdb -batch -ex run -ex bt --args python3 -P -m pytest tests -q -x 2>&1 | tail -40
+fi
+(cd benchmarks && python3 bench_kernels.py --out "$OUT/kernels.md") 2>&1 | tail -40
+(cd benchmarks && python3 bench_block_cache.py --out "$OUT/block_cache.md") 2>&1 | tail -30

@@ -3,6 +3,7 @@
 import torch
 
 from cachekern import _native
+from cachekern.errors import CapacityError
 
 
 def _handle(stream) -> int:
@@ -28,7 +29,10 @@ class NativeEngine:
         return self._engine.make_room(nbytes, exclude)
 
     def spill(self, entry_id, tensor, caller, side):
-        self._engine.spill(entry_id, tensor.data_ptr(), _handle(caller), _handle(side))
+        try:
+            self._engine.spill(entry_id, tensor.data_ptr(), _handle(caller), _handle(side))
+        except _native.native.CapacityError as exc:
+            raise CapacityError(str(exc)) from None
 
     def fetch(self, entry_id, dst, caller, side, *, keep, wait, is_prefetch):
         self._engine.fetch(entry_id, dst.data_ptr(), _handle(caller), _handle(side), keep, wait,

@@ -51,7 +51,10 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "cachekern native block-cache engine (pinned host pool, async tier copies)";
-  py::register_exception<cachekern::CapacityError>(m, "CapacityError", PyExc_MemoryError);
+  // Registered under RuntimeError; the Python layer re-raises it as cachekern.CapacityError (a
+  // MemoryError). A C-level subclass of MemoryError is avoided on purpose: MemoryError's
+  // allocation path is special-cased in CPython and a crash was seen raising one on Python 3.12.
+  py::register_exception<cachekern::CapacityError>(m, "CapacityError", PyExc_RuntimeError);
   m.def("build_info", &build_info, "How this extension was built and whether CUDA is usable now.");
 
   // Copies and event waits can take long (synchronous memcpy of GBs without CUDA): release the

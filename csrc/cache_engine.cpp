@@ -76,16 +76,19 @@ std::vector<std::int64_t> CacheEngine::choose_victims(std::int64_t need,
   return victims;
 }
 
-EventHandle CacheEngine::entry_event(Entry& entry) {
-  if (entry.event != nullptr) return entry.event;
+EventHandle CacheEngine::spare_event(int device) {
   for (auto it = spare_events_.begin(); it != spare_events_.end(); ++it) {
-    if (it->first == entry.device) {
-      entry.event = it->second;
+    if (it->first == device) {
+      EventHandle event = it->second;
       spare_events_.erase(it);
-      return entry.event;
+      return event;
     }
   }
-  entry.event = event_create(entry.device);
+  return event_create(device);
+}
+
+EventHandle CacheEngine::entry_event(Entry& entry) {
+  if (entry.event == nullptr) entry.event = spare_event(entry.device);
   return entry.event;
 }
 
@@ -120,17 +123,12 @@ void CacheEngine::drop_host_copy(Entry& entry) {
   entry.host_copy = false;
   if (entry.block.size == 0) return;
   if (uses_cuda(entry) && entry.event != nullptr) {
-    if (entry.pending) {
-      // The caller has not waited on this copy yet and still needs the event: finish the copy
-      // now (an event wait, not a device synchronize) rather than hand the event away.
-      event_synchronize(entry.event);
-      entry.pending = false;
-      pool_.release(entry.block);
-    } else {
-      // The last copy touching the block may still run: reuse the block once it is done.
-      deferred_.push_back({entry.block, entry.event, entry.device});
-      entry.event = nullptr;
-    }
+    // The last copy touching the block may still run. A fresh event behind it on the same
+    // (in-order) side stream marks when the block is free again; the entry keeps its own event
+    // for a prefetch the caller may still wait on. No host wait anywhere.
+    EventHandle released = spare_event(entry.device);
+    event_record(released, entry.last_stream, entry.device);
+    deferred_.push_back({entry.block, released, entry.device});
   } else {
     pool_.release(entry.block);
   }
@@ -175,6 +173,7 @@ void CacheEngine::spill(std::int64_t id, std::uintptr_t src, StreamHandle caller
         stream_wait_event(side, event, entry.device);
         memcpy_device_to_host_async(dst, from, entry.nbytes, side, entry.device);
         event_record(event, side, entry.device);
+        entry.last_stream = side;
       } else {
         std::memcpy(dst, from, entry.nbytes);
       }
@@ -203,6 +202,7 @@ void CacheEngine::fetch(std::int64_t id, std::uintptr_t dst, StreamHandle caller
       stream_wait_event(side, event, entry.device);
       memcpy_host_to_device_async(to, entry.block.ptr, entry.nbytes, side, entry.device);
       event_record(event, side, entry.device);
+      entry.last_stream = side;
       if (wait) {
         stream_wait_event(caller, event, entry.device);
       } else {
@@ -261,8 +261,8 @@ void CacheEngine::erase(std::unordered_map<std::int64_t, Entry>::iterator it) {
   Entry& entry = it->second;
   drop_host_copy(entry);
   if (entry.on_device) stats_.device_bytes -= entry.nbytes;
-  // Re-recording an event later is safe even if its last copy is still running: the caller
-  // frees device memory only after record_stream on the side stream.
+  // Re-recording this event later is safe even if its copy still runs: device memory is freed
+  // by the caller only after record_stream on the side stream, and the host block is deferred.
   if (entry.event != nullptr) spare_events_.emplace_back(entry.device, entry.event);
   entries_.erase(it);
 }

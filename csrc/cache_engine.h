@@ -100,6 +100,7 @@ class CacheEngine {
     std::int64_t last_use = 0;
     std::int64_t next_use = kUnplanned;
     EventHandle event = nullptr;  // last copy that touched this entry (CUDA entries only)
+    StreamHandle last_stream = 0;  // the side stream that copy ran on
     bool pending = false;         // a prefetch the caller's stream has not waited on yet
   };
   // A host block whose last copy may still be running; reusable once its event completes.
@@ -118,6 +119,7 @@ class CacheEngine {
   void reclaim_deferred(bool wait);
   bool uses_cuda(const Entry& entry) const { return entry.device != kCpu; }
   EventHandle entry_event(Entry& entry);
+  EventHandle spare_event(int device);
   std::string sizes_message(std::int64_t nbytes) const;
 
   mutable std::mutex mutex_;

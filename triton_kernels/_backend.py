@@ -5,7 +5,6 @@ Triton decides at decoration time whether a kernel is interpreted, so the choice
 at import, exactly as Triton reads it.
 """
 
-import functools
 import os
 
 import torch
@@ -26,21 +25,6 @@ def use_triton(tensor: torch.Tensor) -> bool:
     if tensor.device.type == "cuda":
         return not INTERPRET
     return tensor.device.type == "cpu" and INTERPRET
-
-
-@functools.lru_cache(maxsize=None)
-def _multiprocessors(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def program_budget(device: torch.device) -> int:
-    """How many programs a reduction grid should have at most: enough to fill the GPU several
-    times over, few enough that per-program partial sums stay short. Under the interpreter,
-    programs run one after another, so a small count keeps tests fast."""
-    if device.type == "cuda":
-        return 8 * _multiprocessors(device.index if device.index is not None else
-                                    torch.cuda.current_device())
-    return 32
 
 
 def next_power_of_2(n: int) -> int:

@@ -19,8 +19,7 @@ import torch
 from cachekern.triton_kernels import _reduce
 from cachekern.triton_kernels import _validate as v
 from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
-from cachekern.triton_kernels._backend import (cdiv, next_power_of_2, program_budget, tl, triton,
-                                               use_triton)
+from cachekern.triton_kernels._backend import cdiv, next_power_of_2, tl, triton, use_triton
 
 NORMS = {"layer": 0, "rms": 1}
 MAX_FUSED_D = 16384  # whole rows live in registers; wider rows take the reference path
@@ -68,7 +67,7 @@ if triton is not None:
         SHIFT, stride_hb,
         OUT, stride_ob, stride_on,
         SUMS, sums_stride_b, sums_stride_stat, sums_stride_prog,
-        N, D, eps, tiles_per_program,
+        N, D, eps,
         NORM: tl.constexpr,  # 0: LayerNorm, 1: RMSNorm (constexpr so the branch compiles away)
         HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
         HAS_PREV: tl.constexpr, WRITE_OUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
@@ -84,40 +83,36 @@ if triton is not None:
                                             other=0.0).to(tl.float32)
         if HAS_SHIFT:
             shift = tl.load(SHIFT + b * stride_hb + cols, mask=col_ok, other=0.0).to(tl.float32)
-        diff_acc = 0.0
-        prev_acc = 0.0
-        for t in range(0, tiles_per_program):
-            rows = (pid * tiles_per_program + t) * BLOCK_N + tl.arange(0, BLOCK_N)
-            rows = rows.to(tl.int64)
-            mask = (rows < N)[:, None] & col_ok[None, :]
-            x = tl.load(X + b * stride_xb + rows[:, None] * stride_xn + cols[None, :], mask=mask,
-                        other=0.0).to(tl.float32)
-            if NORM == 0:
-                mean = tl.sum(x, axis=1) / D
-                centered = tl.where(mask, x - mean[:, None], 0.0)
-                var = tl.sum(centered * centered, axis=1) / D
-                y = centered * tl.rsqrt(var + eps)[:, None]
-            else:
-                ms = tl.sum(x * x, axis=1) / D
-                y = x * tl.rsqrt(ms + eps)[:, None]
-            if HAS_SCALE:
-                y = y * one_plus_scale[None, :]
-            if HAS_SHIFT:
-                y = y + shift[None, :]
-            out_ptrs = OUT + b * stride_ob + rows[:, None] * stride_on + cols[None, :]
-            # The stored value is what the next step compares against: measure that one.
-            m = cast_to(y, OUT.dtype.element_ty, EXPLICIT_BF16)
-            if HAS_PREV:
-                p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pn + cols[None, :],
-                            mask=mask, other=0.0).to(tl.float32)
-                # Rows past N would contribute |shift|: mask them. NaN or Inf in real lanes
-                # propagates into the sums.
-                diff = tl.where(mask, tl.abs(m.to(tl.float32) - p), 0.0)
-                diff_acc += tl.sum(tl.sum(diff, axis=1), axis=0)
-                prev_acc += tl.sum(tl.sum(tl.abs(p), axis=1), axis=0)
-            if WRITE_OUT:
-                tl.store(out_ptrs, m, mask=mask)
+        rows = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+        mask = (rows < N)[:, None] & col_ok[None, :]
+        # Both loads are issued before any arithmetic so their latencies overlap.
+        x = tl.load(X + b * stride_xb + rows[:, None] * stride_xn + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
         if HAS_PREV:
+            p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pn + cols[None, :],
+                        mask=mask, other=0.0).to(tl.float32)
+        if NORM == 0:
+            mean = tl.sum(x, axis=1) / D
+            centered = tl.where(mask, x - mean[:, None], 0.0)
+            var = tl.sum(centered * centered, axis=1) / D
+            y = centered * tl.rsqrt(var + eps)[:, None]
+        else:
+            ms = tl.sum(x * x, axis=1) / D
+            y = x * tl.rsqrt(ms + eps)[:, None]
+        if HAS_SCALE:
+            y = y * one_plus_scale[None, :]
+        if HAS_SHIFT:
+            y = y + shift[None, :]
+        # The stored value is what the next step compares against: measure that one.
+        m = cast_to(y, OUT.dtype.element_ty, EXPLICIT_BF16)
+        if WRITE_OUT:
+            tl.store(OUT + b * stride_ob + rows[:, None] * stride_on + cols[None, :], m, mask=mask)
+        if HAS_PREV:
+            # Rows past N would contribute |shift|: mask them. NaN or Inf in real lanes
+            # propagates into the sums.
+            diff = tl.where(mask, tl.abs(m.to(tl.float32) - p), 0.0)
+            diff_acc = tl.sum(tl.sum(diff, axis=1), axis=0)
+            prev_acc = tl.sum(tl.sum(tl.abs(p), axis=1), axis=0)
             dst = SUMS + b * sums_stride_b + pid * sums_stride_prog
             if DETERMINISTIC:
                 tl.store(dst, diff_acc)
@@ -132,10 +127,9 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic):
     B, N, D = x.shape
     block_d = next_power_of_2(D)
     block_n = max(1, min(64, 4096 // block_d))
-    tiles = cdiv(N, block_n)
-    programs = min(tiles, max(1, program_budget(x.device) // max(B, 1)))
-    tiles_per_program = cdiv(tiles, programs)
-    programs = cdiv(tiles, tiles_per_program)
+    # One tile of rows per program and many programs: the GPU hides memory latency by running
+    # many at once (a loop over tiles inside a program serialises it instead).
+    programs = cdiv(N, block_n)
     tile = block_n * block_d
     num_warps = 4 if tile <= 2048 else (8 if tile <= 4096 else 16)
     has_prev = prev is not None
@@ -151,7 +145,7 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic):
         shift if shift is not None else x, v.batch_stride(shift),
         out, out.stride(0), out.stride(1),
         sums if has_prev else x, sb, ss, sp,
-        N, D, eps, tiles_per_program,
+        N, D, eps,
         NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
         BLOCK_N=block_n, BLOCK_D=block_d, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,

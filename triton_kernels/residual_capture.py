@@ -15,7 +15,7 @@ import torch
 from cachekern.triton_kernels import _reduce
 from cachekern.triton_kernels import _validate as v
 from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
-from cachekern.triton_kernels._backend import cdiv, program_budget, tl, triton, use_triton
+from cachekern.triton_kernels._backend import cdiv, tl, triton, use_triton
 from cachekern.triton_kernels.residual_reuse import tile_shape
 
 OP = "residual_capture"
@@ -46,32 +46,30 @@ if triton is not None:
         PREV, stride_pb, stride_pr,
         RES, stride_rb, stride_rr,
         SUMS, sums_stride_b, sums_stride_stat, sums_stride_prog,
-        R, C, tiles_c, tiles_per_program,
+        R, C, tiles_c,
         HAS_PREV: tl.constexpr, DETERMINISTIC: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
     ):
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
-        diff_acc = 0.0
-        cur_acc = 0.0
-        for i in range(0, tiles_per_program):
-            tile = pid * tiles_per_program + i
-            rows = ((tile // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-            cols = (tile % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
-            # A tile past the last one has rows >= R, so the row test masks it out entirely.
-            mask = (rows < R)[:, None] & (cols < C)[None, :]
-            o = tl.load(OUTPUT + b * stride_ob + rows[:, None] * stride_or + cols[None, :],
-                        mask=mask, other=0.0).to(tl.float32)
-            x = tl.load(X + b * stride_xb + rows[:, None] * stride_xr + cols[None, :], mask=mask,
+        rows = ((pid // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+        cols = (pid % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = (rows < R)[:, None] & (cols < C)[None, :]
+        # All loads are issued before any arithmetic so their latencies overlap.
+        o = tl.load(OUTPUT + b * stride_ob + rows[:, None] * stride_or + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        x = tl.load(X + b * stride_xb + rows[:, None] * stride_xr + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        if HAS_PREV:
+            p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pr + cols[None, :], mask=mask,
                         other=0.0).to(tl.float32)
-            res = cast_to(o - x, RES.dtype.element_ty, EXPLICIT_BF16)
-            tl.store(RES + b * stride_rb + rows[:, None] * stride_rr + cols[None, :], res, mask=mask)
-            rf = res.to(tl.float32)
-            cur_acc += tl.sum(tl.sum(tl.abs(rf), axis=1), axis=0)
-            if HAS_PREV:
-                p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pr + cols[None, :],
-                            mask=mask, other=0.0).to(tl.float32)
-                diff_acc += tl.sum(tl.sum(tl.abs(rf - p), axis=1), axis=0)
+        res = cast_to(o - x, RES.dtype.element_ty, EXPLICIT_BF16)
+        tl.store(RES + b * stride_rb + rows[:, None] * stride_rr + cols[None, :], res, mask=mask)
+        rf = res.to(tl.float32)
+        cur_acc = tl.sum(tl.sum(tl.abs(rf), axis=1), axis=0)
+        diff_acc = 0.0
+        if HAS_PREV:
+            diff_acc = tl.sum(tl.sum(tl.abs(rf - p), axis=1), axis=0)
         dst = SUMS + b * sums_stride_b + pid * sums_stride_prog
         if DETERMINISTIC:
             tl.store(dst, diff_acc)
@@ -97,10 +95,7 @@ def _launch(out3, x3, prev3, res3, deterministic):
     B, R, C = out3.shape
     block_r, block_c = tile_shape(R, C)
     tiles_c = cdiv(C, block_c)
-    total_tiles = cdiv(R, block_r) * tiles_c
-    programs = min(total_tiles, max(1, program_budget(out3.device) // max(B, 1)))
-    tiles_per_program = cdiv(total_tiles, programs)
-    programs = cdiv(total_tiles, tiles_per_program)
+    programs = cdiv(R, block_r) * tiles_c  # one tile each: many programs hide memory latency
     sums = _reduce.sums_buffer(B, programs, out3.device, deterministic)
     sb, ss, sp = _reduce.write_offsets(B, programs, deterministic)
     has_prev = prev3 is not None
@@ -111,7 +106,7 @@ def _launch(out3, x3, prev3, res3, deterministic):
         prev3.stride(1) if has_prev else 0,
         res3, res3.stride(0), res3.stride(1),
         sums, sb, ss, sp,
-        R, C, tiles_c, tiles_per_program,
+        R, C, tiles_c,
         HAS_PREV=has_prev, DETERMINISTIC=deterministic,
         BLOCK_R=block_r, BLOCK_C=block_c, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
         num_warps=4 if block_r * block_c <= 2048 else 8,
