@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <sstream>
 
 namespace cachekern {
 
@@ -93,15 +92,16 @@ EventHandle CacheEngine::entry_event(Entry& entry) {
 }
 
 std::string CacheEngine::sizes_message(std::int64_t nbytes) const {
-  std::ostringstream out;
-  out << "BlockCache cannot hold an entry of " << nbytes << " bytes: device budget ";
-  if (device_budget_ < 0) out << "unlimited"; else out << device_budget_;
-  out << " bytes (" << stats_.device_bytes << " in use), host budget ";
-  if (pool_.budget() < 0) out << "unlimited"; else out << pool_.budget();
-  out << " bytes (" << pool_.bytes_in_use() << " in use, " << pool_.bytes_reserved()
-      << " reserved)";
-  if (!pool_.pinned() && pool_.budget() < 0) out << "; host memory allocation failed";
-  return out.str();
+  // std::to_string rather than iostreams: a crash inside ostream's number formatting was seen
+  // on a GPU machine whose process had loaded another libstdc++ (torch 2.11, gcc 13 build).
+  auto budget = [](std::int64_t b) { return b < 0 ? std::string("unlimited") : std::to_string(b); };
+  std::string message = "BlockCache cannot hold an entry of " + std::to_string(nbytes) +
+                        " bytes: device budget " + budget(device_budget_) + " bytes (" +
+                        std::to_string(stats_.device_bytes) + " in use), host budget " +
+                        budget(pool_.budget()) + " bytes (" + std::to_string(pool_.bytes_in_use()) +
+                        " in use, " + std::to_string(pool_.bytes_reserved()) + " reserved)";
+  if (pool_.budget() < 0) message += "; host memory allocation failed";
+  return message;
 }
 
 void CacheEngine::reclaim_deferred(bool wait) {
@@ -137,6 +137,18 @@ void CacheEngine::drop_host_copy(Entry& entry) {
 
 HostPool::Block CacheEngine::allocate_host(std::int64_t nbytes, std::int64_t for_id) {
   reclaim_deferred(false);
+  if (auto block = pool_.allocate(nbytes, /*allow_growth=*/false)) return *block;
+  // Blocks whose copies are still running come free soon: wait for them, oldest first, before
+  // growing the pool. cudaHostAlloc is slow and can synchronize the device, and a pool sized to
+  // everything in flight would keep growing while the host runs ahead of the GPU.
+  while (!deferred_.empty()) {
+    DeferredBlock oldest = deferred_.front();
+    deferred_.erase(deferred_.begin());
+    event_synchronize(oldest.event);
+    pool_.release(oldest.block);
+    spare_events_.emplace_back(oldest.device, oldest.event);
+    if (auto block = pool_.allocate(nbytes, /*allow_growth=*/false)) return *block;
+  }
   if (auto block = pool_.allocate(nbytes)) return *block;
   // Clean host copies of entries that are on the device anyway are only a shortcut for their
   // next spill: give them up, least recently used first.

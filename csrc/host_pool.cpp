@@ -25,11 +25,11 @@ HostPool::~HostPool() {
   }
 }
 
-std::optional<HostPool::Block> HostPool::allocate(std::size_t nbytes) {
+std::optional<HostPool::Block> HostPool::allocate(std::size_t nbytes, bool allow_growth) {
   if (nbytes == 0) throw std::invalid_argument("HostPool::allocate: nbytes must be positive");
   const std::size_t size = round_up(nbytes, kAlignment);
   if (auto block = take_best_fit(size)) return block;
-  if (!grow(size)) return std::nullopt;
+  if (!allow_growth || !grow(size)) return std::nullopt;
   return take_best_fit(size);
 }
 

@@ -30,9 +30,9 @@ class HostPool {
   HostPool(const HostPool&) = delete;
   HostPool& operator=(const HostPool&) = delete;
 
-  // A block of at least nbytes (nbytes > 0), or nullopt when neither the free list nor a new
-  // chunk within the budget can supply it.
-  std::optional<Block> allocate(std::size_t nbytes);
+  // A block of at least nbytes (nbytes > 0), or nullopt when neither the free list nor (if
+  // allow_growth) a new chunk within the budget can supply it.
+  std::optional<Block> allocate(std::size_t nbytes, bool allow_growth = true);
   void release(const Block& block);
   // Returns every chunk to the system. All blocks must have been released.
   void release_chunks();
