@@ -7,7 +7,7 @@ from numerics import DEVICES, DTYPES, assert_sums_close, assert_tensor_close, de
 
 from cachekern.triton_kernels import (modulate, modulated_distance, torch_modulate,
                                       torch_modulated_distance)
-from cachekern.triton_kernels.modulated_distance import MAX_FUSED_D
+from cachekern.triton_kernels.modulated_distance import CHUNK
 
 SHAPES = [(3, 77, 40), (1, 4097, 40), (1, 1, 5120), (3, 5, 3072), (2, 77, 3072)]
 DEVS = [device_param(d) for d in DEVICES]
@@ -156,12 +156,20 @@ def test_strided_batch_dimension(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVS)
-def test_wider_rows_than_the_fused_kernel_take_the_reference_path(device):
-    x = torch.randn(1, 2, MAX_FUSED_D + 8, device=device)
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_rows_wider_than_many_chunks(device, norm):
+    x, scale, shift = make_inputs((2, 3, 16 * CHUNK + 9), torch.float32, device)
     prev = torch.randn_like(x)
-    diff, prev_sum = modulated_distance(x, prev, None, None)
-    _, diff64, prev64 = torch_modulated_distance(x.double(), prev.double(), None, None)
-    assert_sums_close(diff, diff64, None, torch.float32, "diff_sum")
+    check_against_oracle(x, prev, scale, shift, norm, 1e-6, torch.float32, deterministic=True)
+
+
+@pytest.mark.parametrize("device", DEVS)
+def test_large_mean_rows_keep_their_precision(device):
+    """Row statistics must not cancel when the mean dwarfs the spread (outlier channels)."""
+    x = 1000.0 + torch.randn(2, 7, 3072, device=device)
+    scale, shift = torch.randn(2, 3072, device=device) * 0.1, torch.randn(3072, device=device)
+    prev = torch.randn_like(x)
+    check_against_oracle(x, prev, scale, shift, "layer", 1e-6, torch.float32, deterministic=True)
 
 
 def test_empty_inputs_give_zero_sums():

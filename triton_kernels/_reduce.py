@@ -2,10 +2,11 @@
 
 Reduction kernels write, per sample, one partial sum of each statistic per program. Two ways to
 combine them:
-- atomics (default): each program adds its partials into a zeroed [2, B] buffer; the order of the
-  additions varies from run to run, so the last bits may too;
-- deterministic: partials go to a [B, 2, P] buffer and a second small kernel sums them in a fixed
-  order, so the same inputs give the same sums bit for bit (reruns and ranks agree).
+- deterministic (the default of the public functions): partials go to a [B, 2, P] buffer and a
+  second small kernel sums them in a fixed order, so the same inputs give the same sums bit for
+  bit (reruns and ranks agree);
+- atomics: each program adds its partials into a zeroed [2, B] buffer; the order of the
+  additions varies from run to run, so the last bits may too.
 """
 
 import torch

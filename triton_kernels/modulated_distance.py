@@ -22,7 +22,6 @@ from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
 from cachekern.triton_kernels._backend import cdiv, next_power_of_2, tl, triton, use_triton
 
 NORMS = {"layer": 0, "rms": 1}
-MAX_FUSED_D = 16384  # whole rows live in registers; wider rows take the reference path
 
 OP = "modulated_distance"
 
@@ -73,65 +72,88 @@ if triton is not None:
         HAS_PREV: tl.constexpr, WRITE_OUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
     ):
+        """A tile of BLOCK_N rows per program, its rows walked in chunks of BLOCK_D columns:
+        pass 1 reads x for the row statistics, pass 2 reads x again (from L2: the rows were just
+        read) with prev, and writes m. Chunks keep registers few, so many programs share an SM
+        and their loads overlap; whole 5120-wide rows in registers left the GPU half idle."""
         pid = tl.program_id(0)
         # int64: B * N * D exceeds 2**31 at video sizes (Wan-14B 720p: 3.9e8 per sample).
         b = tl.program_id(1).to(tl.int64)
-        cols = tl.arange(0, BLOCK_D)
-        col_ok = cols < D
-        if HAS_SCALE:
-            one_plus_scale = 1.0 + tl.load(SCALE + b * stride_sb + cols, mask=col_ok,
-                                            other=0.0).to(tl.float32)
-        if HAS_SHIFT:
-            shift = tl.load(SHIFT + b * stride_hb + cols, mask=col_ok, other=0.0).to(tl.float32)
         rows = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-        mask = (rows < N)[:, None] & col_ok[None, :]
-        # Both loads are issued before any arithmetic so their latencies overlap.
-        x = tl.load(X + b * stride_xb + rows[:, None] * stride_xn + cols[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
-        if HAS_PREV:
-            p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pn + cols[None, :],
-                        mask=mask, other=0.0).to(tl.float32)
-        if NORM == 0:
-            mean = tl.sum(x, axis=1) / D
-            centered = tl.where(mask, x - mean[:, None], 0.0)
-            var = tl.sum(centered * centered, axis=1) / D
-            y = centered * tl.rsqrt(var + eps)[:, None]
-        else:
-            ms = tl.sum(x * x, axis=1) / D
-            y = x * tl.rsqrt(ms + eps)[:, None]
-        if HAS_SCALE:
-            y = y * one_plus_scale[None, :]
-        if HAS_SHIFT:
-            y = y + shift[None, :]
-        # The stored value is what the next step compares against: measure that one.
-        m = cast_to(y, OUT.dtype.element_ty, EXPLICIT_BF16)
-        if WRITE_OUT:
-            tl.store(OUT + b * stride_ob + rows[:, None] * stride_on + cols[None, :], m, mask=mask)
-        if HAS_PREV:
-            # Rows past N would contribute |shift|: mask them. NaN or Inf in real lanes
-            # propagates into the sums.
-            diff = tl.where(mask, tl.abs(m.to(tl.float32) - p), 0.0)
-            diff_acc = tl.sum(tl.sum(diff, axis=1), axis=0)
-            prev_acc = tl.sum(tl.sum(tl.abs(p), axis=1), axis=0)
-            dst = SUMS + b * sums_stride_b + pid * sums_stride_prog
-            if DETERMINISTIC:
-                tl.store(dst, diff_acc)
-                tl.store(dst + sums_stride_stat, prev_acc)
+        row_ok = rows < N
+        x_rows = X + b * stride_xb + rows[:, None] * stride_xn
+        # Pass 1. Sums are shifted by each row's first element, so the variance does not
+        # cancel catastrophically when a row's mean is large against its spread.
+        pivot = tl.load(X + b * stride_xb + rows * stride_xn, mask=row_ok, other=0.0).to(tl.float32)
+        s1 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        s2 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for start in range(0, D, BLOCK_D):
+            cols = start + tl.arange(0, BLOCK_D)
+            mask = row_ok[:, None] & (cols < D)[None, :]
+            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            if NORM == 0:
+                d = tl.where(mask, x - pivot[:, None], 0.0)
+                s1 += d
+                s2 += d * d
             else:
-                tl.atomic_add(dst, diff_acc)
-                tl.atomic_add(dst + sums_stride_stat, prev_acc)
+                s2 += x * x
+        if NORM == 0:
+            shifted_mean = tl.sum(s1, axis=1) / D
+            var = tl.maximum(tl.sum(s2, axis=1) / D - shifted_mean * shifted_mean, 0.0)
+            mean = pivot + shifted_mean
+        else:
+            var = tl.sum(s2, axis=1) / D
+            mean = tl.zeros([BLOCK_N], dtype=tl.float32)
+        rstd = tl.rsqrt(var + eps)
+        # Pass 2.
+        diff_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        prev_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for start in range(0, D, BLOCK_D):
+            cols = start + tl.arange(0, BLOCK_D)
+            col_ok = cols < D
+            mask = row_ok[:, None] & col_ok[None, :]
+            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            if HAS_PREV:
+                p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pn + cols[None, :],
+                            mask=mask, other=0.0).to(tl.float32)
+            y = (x - mean[:, None]) * rstd[:, None]
+            if HAS_SCALE:
+                scale = tl.load(SCALE + b * stride_sb + cols, mask=col_ok, other=0.0)
+                y = y * (1.0 + scale.to(tl.float32))[None, :]
+            if HAS_SHIFT:
+                shift = tl.load(SHIFT + b * stride_hb + cols, mask=col_ok, other=0.0)
+                y = y + shift.to(tl.float32)[None, :]
+            # The stored value is what the next step compares against: measure that one.
+            m = cast_to(y, OUT.dtype.element_ty, EXPLICIT_BF16)
+            if WRITE_OUT:
+                tl.store(OUT + b * stride_ob + rows[:, None] * stride_on + cols[None, :], m,
+                         mask=mask)
+            if HAS_PREV:
+                # Masked lanes would contribute |shift|: zero them. NaN or Inf in real lanes
+                # propagates into the sums.
+                diff_acc += tl.where(mask, tl.abs(m.to(tl.float32) - p), 0.0)
+                prev_acc += tl.abs(p)
+        if HAS_PREV:
+            dst = SUMS + b * sums_stride_b + pid * sums_stride_prog
+            diff_total = tl.sum(tl.sum(diff_acc, axis=1), axis=0)
+            prev_total = tl.sum(tl.sum(prev_acc, axis=1), axis=0)
+            if DETERMINISTIC:
+                tl.store(dst, diff_total)
+                tl.store(dst + sums_stride_stat, prev_total)
+            else:
+                tl.atomic_add(dst, diff_total)
+                tl.atomic_add(dst + sums_stride_stat, prev_total)
+
+
+CHUNK = 1024  # columns per chunk: 8 fp32 per thread per tensor with 4 warps
 
 
 def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic):
     """Runs the kernel; returns the [2, B] sums (or None without prev)."""
     B, N, D = x.shape
-    block_d = next_power_of_2(D)
-    block_n = max(1, min(64, 4096 // block_d))
-    # One tile of rows per program and many programs: the GPU hides memory latency by running
-    # many at once (a loop over tiles inside a program serialises it instead).
-    programs = cdiv(N, block_n)
-    tile = block_n * block_d
-    num_warps = 4 if tile <= 2048 else (8 if tile <= 4096 else 16)
+    block_d = min(next_power_of_2(D), CHUNK)
+    block_n = max(1, min(64, CHUNK // block_d))  # narrow rows: several per program
+    programs = cdiv(N, block_n)  # one tile each: many programs hide memory latency
     has_prev = prev is not None
     sums = _reduce.sums_buffer(B, programs, x.device, deterministic) if has_prev else None
     sb, ss, sp = _reduce.write_offsets(B, programs, deterministic)
@@ -148,8 +170,7 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic):
         N, D, eps,
         NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
-        BLOCK_N=block_n, BLOCK_D=block_d, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
-        num_warps=num_warps,
+        BLOCK_N=block_n, BLOCK_D=block_d, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=4,
     )
     return _reduce.finish_sums(sums, deterministic) if has_prev else None
 
@@ -183,7 +204,7 @@ def modulated_distance_sums(x, prev, scale, shift, norm, eps, out_modulated, det
         if out_modulated is not None and out_modulated.numel():
             out_modulated.copy_(torch_modulate(x, scale, shift, norm, eps, out_modulated.dtype))
         return torch.zeros((2, B), dtype=torch.float32, device=x.device)
-    if use_triton(x) and D <= MAX_FUSED_D:
+    if use_triton(x):
         return _launch(x, prev, scale, shift, NORMS[norm], float(eps), out_modulated, deterministic)
     m, diff, prev_sum = torch_modulated_distance(
         x, prev, scale, shift, norm, eps, out_modulated.dtype if out_modulated is not None else None)
@@ -196,7 +217,7 @@ def modulate_into(x, scale, shift, norm, eps, out):
     """Writes m = norm(x) * (1 + scale) + shift into out."""
     if x.numel() == 0:
         return
-    if use_triton(x) and x.shape[-1] <= MAX_FUSED_D:
+    if use_triton(x):
         _launch(x, None, scale, shift, NORMS[norm], float(eps), out, False)
     else:
         out.copy_(torch_modulate(x, scale, shift, norm, eps, out.dtype))
@@ -205,7 +226,7 @@ def modulate_into(x, scale, shift, norm, eps, out):
 def modulated_distance(x: torch.Tensor, prev: torch.Tensor, scale: Optional[torch.Tensor],
                        shift: Optional[torch.Tensor], *, norm: str = "layer", eps: float = 1e-6,
                        out_modulated: Optional[torch.Tensor] = None,
-                       deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                       deterministic: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-sample L1 change of the modulated input, in one pass over x.
 
     Args:
@@ -215,7 +236,9 @@ def modulated_distance(x: torch.Tensor, prev: torch.Tensor, scale: Optional[torc
         norm: "layer" (LayerNorm without affine) or "rms" (RMSNorm).
         eps: the norm's epsilon.
         out_modulated: [B, N, D]; when given, m is written there (it may be prev itself).
-        deterministic: fixed-order two-stage reduction (same inputs, same bits) instead of atomics.
+        deterministic: True (default): a fixed-order two-stage reduction, so the same inputs give
+            the same sums bit for bit (reruns and ranks decide alike); it also measured faster than
+            atomics on an H200 (benchmarks/RESULTS.md). False: atomics, last bits may vary.
 
     Returns:
         (diff_sum, prev_sum): fp32 [B]; ``diff_sum[b] / prev_sum[b]`` is TeaCache's relative L1.

@@ -134,7 +134,7 @@ def residual_capture_sums(output, x, prev_residual, deterministic, out):
 
 def residual_capture(output: torch.Tensor, x: torch.Tensor,
                      prev_residual: Optional[torch.Tensor] = None, *,
-                     out: Optional[torch.Tensor] = None, deterministic: bool = False
+                     out: Optional[torch.Tensor] = None, deterministic: bool = True
                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """``residual = output - x`` plus its per-sample L1 change, in one pass.
 
@@ -143,7 +143,8 @@ def residual_capture(output: torch.Tensor, x: torch.Tensor,
         prev_residual: the residual stored at the last computed step, or None.
         out: where the residual goes (any float dtype, e.g. fp32 for an fp32 residual stream);
             a new tensor of output's dtype by default.
-        deterministic: fixed-order two-stage reduction instead of atomics.
+        deterministic: True (default): a fixed-order two-stage reduction, the same bits every
+            run; False: atomics, the last bits may vary from run to run.
 
     Returns:
         (residual, diff_sum, cur_sum): diff_sum[b] = sum |residual - prev_residual| (None without
