@@ -93,10 +93,11 @@ def overlap_row(engine: str, entry_mb=128, entries=8, iters=12, matmuls=6, trial
                               ((True, False), (False, True), (True, True)))
     hidden = (compute + traffic - both) / min(compute, traffic)
     grown = after["host_chunk_allocations"] - before["host_chunk_allocations"]
+    waits = after["host_waits"] - before["host_waits"]
     return [engine, f"{iters}×{matmuls} matmuls 8192² bf16, {entry_mb} MB entries",
             f"{compute * 1e3:.1f}", f"{traffic * 1e3:.1f}", f"{both * 1e3:.1f}",
             f"{(both - compute) / compute:+.1%}", f"{hidden:.0%}",
-            f"{statistics.median(put_host_us):.0f}", grown]
+            f"{statistics.median(put_host_us):.0f}", grown, waits]
 
 
 def main(out_path=None):
@@ -124,7 +125,7 @@ def main(out_path=None):
         "",
         markdown_table(["engine", "loop", "compute ms", "traffic ms", "both ms",
                         "slowdown vs compute", "hidden", "host µs per put+prefetch",
-                        "pinned allocations while timed"], ov),
+                        "pinned allocations while timed", "host waits while timed"], ov),
     ])
     print(text)
     if out_path:

@@ -185,7 +185,8 @@ class BlockCache:
     def stats(self) -> dict:
         """Counters: hits, misses, spills, prefetches, bytes_device_to_host, bytes_host_to_device,
         device_bytes and peak_device_bytes, host_bytes (held by entries), host_reserved_bytes
-        (pooled), host_chunk_allocations, entries, device_entries, host_entries, pinned, engine."""
+        (pooled), host_chunk_allocations, host_waits (times the host waited for a copy to free a
+        pooled block), entries, device_entries, host_entries, pinned, engine."""
         with self._lock:
             out = self._engine.stats()
             out["engine"] = self._engine.kind

@@ -201,6 +201,7 @@ class PythonEngine:
                 host_bytes=self._host_in_use(),
                 host_reserved_bytes=self._host_in_use(),
                 host_chunk_allocations=0,
+                host_waits=0,
                 entries=len(self._entries),
                 device_entries=sum(e.on_device for e in entries),
                 host_entries=sum(not e.on_device for e in entries),

@@ -27,6 +27,7 @@ py::dict stats_dict(const cachekern::EngineStats& s) {
   d["entries"] = s.entries;
   d["device_entries"] = s.device_entries;
   d["host_entries"] = s.host_entries;
+  d["host_waits"] = s.host_waits;
   d["pinned"] = s.pinned;
   return d;
 }

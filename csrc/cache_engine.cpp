@@ -104,10 +104,17 @@ std::string CacheEngine::sizes_message(std::int64_t nbytes) const {
   return message;
 }
 
+void CacheEngine::wait_on_host(EventHandle event) {
+  if (!event_done(event)) {
+    ++stats_.host_waits;
+    event_synchronize(event);
+  }
+}
+
 void CacheEngine::reclaim_deferred(bool wait) {
   auto keep = deferred_.begin();
   for (auto it = deferred_.begin(); it != deferred_.end(); ++it) {
-    if (wait) event_synchronize(it->event);
+    if (wait) wait_on_host(it->event);
     if (wait || event_done(it->event)) {
       pool_.release(it->block);
       spare_events_.emplace_back(it->device, it->event);
@@ -150,7 +157,7 @@ HostPool::Block CacheEngine::allocate_host(std::int64_t nbytes, std::int64_t for
   while (!deferred_.empty()) {
     DeferredBlock oldest = deferred_.front();
     deferred_.erase(deferred_.begin());
-    event_synchronize(oldest.event);
+    wait_on_host(oldest.event);
     pool_.release(oldest.block);
     spare_events_.emplace_back(oldest.device, oldest.event);
     if (auto block = pool_.allocate(nbytes, /*allow_growth=*/false)) return *block;

@@ -39,6 +39,7 @@ struct EngineStats {
   std::int64_t device_bytes = 0, peak_device_bytes = 0;
   std::int64_t host_bytes = 0, host_reserved_bytes = 0, host_chunk_allocations = 0;
   std::int64_t entries = 0, device_entries = 0, host_entries = 0;
+  std::int64_t host_waits = 0;  // times the host waited for a copy to finish (backpressure)
   bool pinned = false;
 };
 
@@ -117,6 +118,7 @@ class CacheEngine {
   void drop_host_copy(Entry& entry);
   void erase(std::unordered_map<std::int64_t, Entry>::iterator it);
   void reclaim_deferred(bool wait);
+  void wait_on_host(EventHandle event);
   bool uses_cuda(const Entry& entry) const { return entry.device != kCpu; }
   EventHandle entry_event(Entry& entry);
   EventHandle spare_event(int device);

@@ -70,12 +70,15 @@ if triton is not None:
         NORM: tl.constexpr,  # 0: LayerNorm, 1: RMSNorm (constexpr so the branch compiles away)
         HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
         HAS_PREV: tl.constexpr, WRITE_OUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
-        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_CHUNKS: tl.constexpr,
+        EXPLICIT_BF16: tl.constexpr,
     ):
         """A tile of BLOCK_N rows per program, its rows walked in chunks of BLOCK_D columns:
         pass 1 reads x for the row statistics, pass 2 reads x again (from L2: the rows were just
         read) with prev, and writes m. Chunks keep registers few, so many programs share an SM
-        and their loads overlap; whole 5120-wide rows in registers left the GPU half idle."""
+        and their loads overlap; whole 5120-wide rows in registers left the GPU half idle. The
+        chunk loops are unrolled (NUM_CHUNKS is a constant) so every chunk's loads are in flight
+        together, and the compiler may keep pass 1's x for pass 2."""
         pid = tl.program_id(0)
         # int64: B * N * D exceeds 2**31 at video sizes (Wan-14B 720p: 3.9e8 per sample).
         b = tl.program_id(1).to(tl.int64)
@@ -87,7 +90,8 @@ if triton is not None:
         pivot = tl.load(X + b * stride_xb + rows * stride_xn, mask=row_ok, other=0.0).to(tl.float32)
         s1 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         s2 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-        for start in range(0, D, BLOCK_D):
+        for chunk in tl.static_range(NUM_CHUNKS):
+            start = chunk * BLOCK_D
             cols = start + tl.arange(0, BLOCK_D)
             mask = row_ok[:, None] & (cols < D)[None, :]
             x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -98,17 +102,21 @@ if triton is not None:
             else:
                 s2 += x * x
         if NORM == 0:
+            # x - mean is formed as (x - pivot) - shifted_mean: x - pivot is exact, while the
+            # mean itself, rounded to fp32 near a large value, would be off by half an ulp of it.
             shifted_mean = tl.sum(s1, axis=1) / D
             var = tl.maximum(tl.sum(s2, axis=1) / D - shifted_mean * shifted_mean, 0.0)
-            mean = pivot + shifted_mean
+            center = pivot
         else:
             var = tl.sum(s2, axis=1) / D
-            mean = tl.zeros([BLOCK_N], dtype=tl.float32)
+            shifted_mean = tl.zeros([BLOCK_N], dtype=tl.float32)
+            center = tl.zeros([BLOCK_N], dtype=tl.float32)
         rstd = tl.rsqrt(var + eps)
         # Pass 2.
         diff_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         prev_acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-        for start in range(0, D, BLOCK_D):
+        for chunk in tl.static_range(NUM_CHUNKS):
+            start = chunk * BLOCK_D
             cols = start + tl.arange(0, BLOCK_D)
             col_ok = cols < D
             mask = row_ok[:, None] & col_ok[None, :]
@@ -116,7 +124,7 @@ if triton is not None:
             if HAS_PREV:
                 p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pn + cols[None, :],
                             mask=mask, other=0.0).to(tl.float32)
-            y = (x - mean[:, None]) * rstd[:, None]
+            y = ((x - center[:, None]) - shifted_mean[:, None]) * rstd[:, None]
             if HAS_SCALE:
                 scale = tl.load(SCALE + b * stride_sb + cols, mask=col_ok, other=0.0)
                 y = y * (1.0 + scale.to(tl.float32))[None, :]
@@ -170,7 +178,8 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic):
         N, D, eps,
         NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
-        BLOCK_N=block_n, BLOCK_D=block_d, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=4,
+        BLOCK_N=block_n, BLOCK_D=block_d, NUM_CHUNKS=cdiv(D, block_d),
+        EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=4,
     )
     return _reduce.finish_sums(sums, deterministic) if has_prev else None
 
