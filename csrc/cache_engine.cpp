@@ -145,13 +145,13 @@ void CacheEngine::drop_host_copy(Entry& entry) {
 HostPool::Block CacheEngine::allocate_host(std::int64_t nbytes, std::int64_t for_id) {
   reclaim_deferred(false);
   if (auto block = pool_.allocate(nbytes, /*allow_growth=*/false)) return *block;
-  // Blocks whose copies are still running come free soon. While they are fewer bytes than the
+  // Blocks whose copies are still running come free soon. While they hold less than twice the
   // entries' live host copies, grow the pool: the host may run that far ahead of the GPU without
   // waiting. Beyond that, wait for them, oldest first, rather than grow without bound
   // (cudaHostAlloc is slow and can synchronize the device).
   std::size_t in_flight = 0;
   for (const DeferredBlock& d : deferred_) in_flight += d.block.size;
-  if (in_flight < pool_.bytes_in_use() - in_flight) {
+  if (in_flight < 2 * (pool_.bytes_in_use() - in_flight)) {
     if (auto block = pool_.allocate(nbytes)) return *block;
   }
   while (!deferred_.empty()) {

@@ -156,11 +156,13 @@ if triton is not None:
 CHUNK = 1024  # columns per chunk: 8 fp32 per thread per tensor with 4 warps
 
 
-def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic):
-    """Runs the kernel; returns the [2, B] sums (or None without prev)."""
+def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic, *, block_d=None,
+            block_n=None, num_warps=4):
+    """Runs the kernel; returns the [2, B] sums (or None without prev). The tile shape can be
+    overridden for tuning (benchmarks/tune_modulated_distance.py)."""
     B, N, D = x.shape
-    block_d = min(next_power_of_2(D), CHUNK)
-    block_n = max(1, min(64, CHUNK // block_d))  # narrow rows: several per program
+    block_d = block_d or min(next_power_of_2(D), CHUNK)
+    block_n = block_n or max(1, min(64, CHUNK // block_d))  # narrow rows: several per program
     programs = cdiv(N, block_n)  # one tile each: many programs hide memory latency
     has_prev = prev is not None
     sums = _reduce.sums_buffer(B, programs, x.device, deterministic) if has_prev else None
@@ -179,7 +181,7 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic):
         NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
         BLOCK_N=block_n, BLOCK_D=block_d, NUM_CHUNKS=cdiv(D, block_d),
-        EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=4,
+        EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=num_warps,
     )
     return _reduce.finish_sums(sums, deterministic) if has_prev else None
 
