@@ -4,11 +4,13 @@ the figures behind the defaults in triton_kernels/modulated_distance.py.
     python benchmarks/tune_modulated_distance.py
 """
 
+import importlib
 import itertools
 
 import torch
 
-from cachekern.triton_kernels import modulated_distance as md
+# The module, not the function of the same name that the package exports.
+md = importlib.import_module("cachekern.triton_kernels.modulated_distance")
 
 SHAPES = {"FLUX 1×4096×3072": (1, 4096, 3072), "Wan-720p 1×75600×5120": (1, 75600, 5120)}
 
