@@ -17,3 +17,5 @@ if [ "${PIPESTATUS[0]}" -ge 128 ]; then   # the test process crashed: get a nati
 fi
 (cd benchmarks && python3 bench_kernels.py --out "$OUT/kernels.md") 2>&1 | tail -40
 (cd benchmarks && python3 bench_block_cache.py --out "$OUT/block_cache.md") 2>&1 | tail -30
+(cd benchmarks && python3 -P -m pytest bench_kernels.py -q --benchmark-only \
+    --benchmark-json "$OUT/pytest_benchmark.json" -p no:cacheprovider) 2>&1 | tail -30
