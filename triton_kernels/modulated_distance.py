@@ -18,7 +18,6 @@ import torch
 
 from cachekern.triton_kernels import _reduce
 from cachekern.triton_kernels import _validate as v
-from cachekern.triton_kernels._reduce import publish_sums
 from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
 from cachekern.triton_kernels._backend import cdiv, next_power_of_2, tl, triton, use_triton
 
@@ -66,13 +65,13 @@ if triton is not None:
         SCALE, stride_sb,
         SHIFT, stride_hb,
         OUT, stride_ob, stride_on,
-        SUMS, PARTIALS, COUNTERS, programs,
+        SUMS, sums_stride_b, sums_stride_stat, sums_stride_prog,
         N, D, eps,
         NORM: tl.constexpr,  # 0: LayerNorm, 1: RMSNorm (constexpr so the branch compiles away)
         HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
         HAS_PREV: tl.constexpr, WRITE_OUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_CHUNKS: tl.constexpr,
-        FINAL_BLOCK: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
+        EXPLICIT_BF16: tl.constexpr,
     ):
         """A tile of BLOCK_N rows per program, its rows walked in chunks of BLOCK_D columns:
         pass 1 reads x for the row statistics, pass 2 reads x again (from L2: the rows were just
@@ -143,9 +142,15 @@ if triton is not None:
                 diff_acc += tl.where(mask, tl.abs(m.to(tl.float32) - p), 0.0)
                 prev_acc += tl.abs(p)
         if HAS_PREV:
-            publish_sums(SUMS, PARTIALS, COUNTERS, programs, tl.num_programs(1), b, pid,
-                         tl.sum(tl.sum(diff_acc, axis=1), axis=0),
-                         tl.sum(tl.sum(prev_acc, axis=1), axis=0), DETERMINISTIC, FINAL_BLOCK)
+            dst = SUMS + b * sums_stride_b + pid * sums_stride_prog
+            diff_total = tl.sum(tl.sum(diff_acc, axis=1), axis=0)
+            prev_total = tl.sum(tl.sum(prev_acc, axis=1), axis=0)
+            if DETERMINISTIC:
+                tl.store(dst, diff_total)
+                tl.store(dst + sums_stride_stat, prev_total)
+            else:
+                tl.atomic_add(dst, diff_total)
+                tl.atomic_add(dst + sums_stride_stat, prev_total)
 
 
 CHUNK = 1024  # columns per chunk: 8 fp32 per thread per tensor with 4 warps
@@ -160,7 +165,8 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic, *, block_d=
     block_n = block_n or max(1, min(64, CHUNK // block_d))  # narrow rows: several per program
     programs = cdiv(N, block_n)  # one tile each: many programs hide memory latency
     has_prev = prev is not None
-    reduction = _reduce.Reduction(B, programs, x.device, deterministic and has_prev)
+    sums = _reduce.sums_buffer(B, programs, x.device, deterministic) if has_prev else None
+    sb, ss, sp = _reduce.write_offsets(B, programs, deterministic)
     write_out = out is not None
     if not write_out:
         out = x  # never written (WRITE_OUT is False); only gives the kernel a dtype to round to
@@ -170,15 +176,14 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic, *, block_d=
         scale if scale is not None else x, v.batch_stride(scale),
         shift if shift is not None else x, v.batch_stride(shift),
         out, out.stride(0), out.stride(1),
-        *reduction.kernel_args(),
+        sums if has_prev else x, sb, ss, sp,
         N, D, eps,
         NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
         BLOCK_N=block_n, BLOCK_D=block_d, NUM_CHUNKS=cdiv(D, block_d),
-        FINAL_BLOCK=reduction.final_block,
         EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=num_warps,
     )
-    return reduction.sums if has_prev else None
+    return _reduce.finish_sums(sums, deterministic) if has_prev else None
 
 
 # -- host functions ------------------------------------------------------------------------------

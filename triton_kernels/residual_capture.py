@@ -14,7 +14,6 @@ import torch
 
 from cachekern.triton_kernels import _reduce
 from cachekern.triton_kernels import _validate as v
-from cachekern.triton_kernels._reduce import publish_sums
 from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
 from cachekern.triton_kernels._backend import cdiv, tl, triton, use_triton
 from cachekern.triton_kernels.residual_reuse import tile_shape
@@ -46,11 +45,10 @@ if triton is not None:
         X, stride_xb, stride_xr,
         PREV, stride_pb, stride_pr,
         RES, stride_rb, stride_rr,
-        SUMS, PARTIALS, COUNTERS, programs,
+        SUMS, sums_stride_b, sums_stride_stat, sums_stride_prog,
         R, C, tiles_c,
         HAS_PREV: tl.constexpr, DETERMINISTIC: tl.constexpr,
-        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, FINAL_BLOCK: tl.constexpr,
-        EXPLICIT_BF16: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
     ):
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
@@ -72,8 +70,13 @@ if triton is not None:
         diff_acc = 0.0
         if HAS_PREV:
             diff_acc = tl.sum(tl.sum(tl.abs(rf - p), axis=1), axis=0)
-        publish_sums(SUMS, PARTIALS, COUNTERS, programs, tl.num_programs(1), b, pid, diff_acc,
-                     cur_acc, DETERMINISTIC, FINAL_BLOCK)
+        dst = SUMS + b * sums_stride_b + pid * sums_stride_prog
+        if DETERMINISTIC:
+            tl.store(dst, diff_acc)
+            tl.store(dst + sums_stride_stat, cur_acc)
+        else:
+            tl.atomic_add(dst, diff_acc)
+            tl.atomic_add(dst + sums_stride_stat, cur_acc)
 
 
 def _flat_or_rows(op, named, batch):
@@ -93,7 +96,8 @@ def _launch(out3, x3, prev3, res3, deterministic):
     block_r, block_c = tile_shape(R, C)
     tiles_c = cdiv(C, block_c)
     programs = cdiv(R, block_r) * tiles_c  # one tile each: many programs hide memory latency
-    reduction = _reduce.Reduction(B, programs, out3.device, deterministic)
+    sums = _reduce.sums_buffer(B, programs, out3.device, deterministic)
+    sb, ss, sp = _reduce.write_offsets(B, programs, deterministic)
     has_prev = prev3 is not None
     _residual_capture_kernel[(programs, B)](
         out3, out3.stride(0), out3.stride(1),
@@ -101,14 +105,13 @@ def _launch(out3, x3, prev3, res3, deterministic):
         prev3 if has_prev else x3, prev3.stride(0) if has_prev else 0,
         prev3.stride(1) if has_prev else 0,
         res3, res3.stride(0), res3.stride(1),
-        *reduction.kernel_args(),
+        sums, sb, ss, sp,
         R, C, tiles_c,
         HAS_PREV=has_prev, DETERMINISTIC=deterministic,
-        BLOCK_R=block_r, BLOCK_C=block_c, FINAL_BLOCK=reduction.final_block,
-        EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
+        BLOCK_R=block_r, BLOCK_C=block_c, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
         num_warps=4 if block_r * block_c <= 2048 else 8,
     )
-    return reduction.sums
+    return _reduce.finish_sums(sums, deterministic)
 
 
 def residual_capture_sums(output, x, prev_residual, deterministic, out):
