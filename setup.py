@@ -83,7 +83,17 @@ def extension():
     )
 
 
+class BuildExtension(build_ext):
+    """Always compiles: setuptools would otherwise relink objects left in the in-tree build/ by an
+    earlier build with other flags (a CUDA build reused for CACHEKERN_SKIP_CUDA_BUILD=1, say),
+    since it compares only the sources' times with the extension's."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.force = True
+
+
 setup(
     ext_modules=[extension()],
-    cmdclass={"build_ext": build_ext},
+    cmdclass={"build_ext": BuildExtension},
 )
