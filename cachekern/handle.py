@@ -1,0 +1,108 @@
+"""`CacheHandle`: what `cachekern.patch` returns, and where a patched model's caching state lives.
+
+State lives here, on the patched instance (never on its class), one BranchState per CFG branch.
+The branch is the name a diffusers pipeline gives through ``model.cache_context(name)``; without
+one, calls are assigned to branches by order (``TeaCache(calls_per_step=...)``).
+"""
+
+import contextlib
+import itertools
+
+import torch
+from torch import nn
+
+from cachekern.policies.teacache_runtime import BranchState, TeaCacheRuntime
+
+
+class _CachedStack(nn.Module):
+    """Stands in for the model's block lists during one forward call: the model's loop calls it
+    once, and it runs (or skips) every block."""
+
+    def __init__(self, handle):
+        super().__init__()
+        object.__setattr__(self, "_handle", handle)  # not a submodule: no recursion in .modules()
+
+    def forward(self, *args, **kwargs):
+        return self._handle._run_stack(args, kwargs)
+
+
+class CacheHandle:
+    def __init__(self, model, adapter, policy):
+        self.model = model
+        self.adapter = adapter
+        self.policy = policy
+        self.runtime = TeaCacheRuntime(policy, adapter)
+        self.history = []
+        self._branches = {}
+        self._context = None       # the pipeline's current cache_context, if any
+        self._call_counter = itertools.count()
+        self._call = None          # (branch, timestep, steps) of the forward call in progress
+        self._blocks = None
+        self._stats = self._zero_stats()
+
+    @staticmethod
+    def _zero_stats():
+        return dict(calls=0, computed=0, skipped=0, samples_computed=0, samples_skipped=0,
+                    uncached_calls=0, decision_seconds=0.0)
+
+    # -- public ---------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """calls, computed, skipped (calls whose stack ran / was skipped), samples_computed and
+        samples_skipped, uncached_calls (calls the cache could not serve, e.g. with ControlNet
+        residuals), decision_seconds (host time deciding, including the one synchronisation),
+        bytes_held (state kept between steps), branches."""
+        out = dict(self._stats)
+        out["bytes_held"] = sum(state.nbytes() for state in self._branches.values())
+        out["branches"] = sorted(self._branches)
+        return out
+
+    def reset(self):
+        """Forgets all state, history and counters: the next call starts a new generation."""
+        self._branches.clear()
+        self.history.clear()
+        self._stats = self._zero_stats()
+        self._call_counter = itertools.count()
+
+    # -- plumbing used by patching --------------------------------------------------------------
+    @contextlib.contextmanager
+    def cache_context(self, original, name, **kwargs):
+        self._context = (name, kwargs)
+        try:
+            with original(name, **kwargs):
+                yield
+        finally:
+            self._context = None
+
+    def forward(self, original_forward, args, kwargs):
+        if any(kwargs.get(name) is not None for name in self.adapter.uncacheable_args):
+            self._stats["uncached_calls"] += 1
+            return original_forward(*args, **kwargs)
+        timestep = kwargs.get(self.adapter.timestep_arg)
+        steps = self.policy.num_inference_steps
+        if self._context is not None:
+            branch = self._context[0]
+            steps = self._context[1].get("num_inference_steps") or steps
+        else:
+            branch = f"call{next(self._call_counter) % self.policy.calls_per_step}"
+        self._call = (branch, timestep, steps)
+        lists = self.adapter.block_lists(self.model)
+        saved = {name: self.model._modules[name] for name in lists}
+        self._blocks = [block for name in lists for block in saved[name]]
+        stack = _CachedStack(self)
+        try:
+            self.model._modules[lists[0]] = nn.ModuleList([stack])
+            for name in lists[1:]:
+                self.model._modules[name] = nn.ModuleList()
+            return original_forward(*args, **kwargs)
+        finally:
+            self.model._modules.update(saved)
+            self._call = self._blocks = None
+
+    def _run_stack(self, args, kwargs):
+        branch, timestep, steps = self._call
+        state = self._branches.setdefault(branch, BranchState())
+        call = self.adapter.stack_call(args, kwargs)
+        with torch.no_grad():
+            out = self.runtime.run(self.model, call, self._blocks, state, timestep, steps, branch,
+                                   self._stats, self.history)
+        return self.adapter.stack_output(out)

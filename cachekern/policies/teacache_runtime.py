@@ -1,0 +1,154 @@
+"""TeaCache at run time: per-branch state and one call of the block stack.
+
+Per call: block 0's indicator and its change go through the fused kernels (one pass, the new
+modulated input written over the previous one), then one host transfer reads the timestep and the
+per-sample sums together: the call's only synchronisation. A skipped call is one residual_reuse;
+a computed one runs the blocks and writes the new residual with residual_capture.
+"""
+
+import time
+from typing import Optional
+
+import torch
+
+from cachekern.adapters.base import StackCall
+from cachekern.triton_kernels import modulate, modulated_distance, residual_capture, residual_reuse
+
+
+class BranchState:
+    """What one CFG branch (or one call-order slot) keeps between steps."""
+
+    def __init__(self):
+        self.signature = None
+        self.prev: Optional[torch.Tensor] = None      # last modulated input
+        self.residual: Optional[torch.Tensor] = None  # last computed stack residual
+        self.new_generation()
+
+    def new_generation(self):
+        self.residual = None
+        self.step = -1
+        self.last_timestep = None
+        self.accumulated = None  # float (global) or list of floats (per sample)
+        self.skips = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.prev, self.residual)
+                   if t is not None)
+
+
+class TeaCacheRuntime:
+    def __init__(self, policy, adapter):
+        self.policy = policy
+        self.adapter = adapter
+        self.polynomial = policy.polynomial_for(adapter.family)
+
+    # -- the indicator ------------------------------------------------------------------------
+    def _sums(self, blocks, call: StackCall, state: BranchState):
+        """Per-sample (diff, prev) sums of the indicator's change as device tensors, or None on
+        the first call; state.prev becomes this call's modulated input."""
+        if self.policy.parity:
+            m = self.adapter.reference_modulated_input(blocks, call)
+            sums = None
+            if state.prev is not None and state.prev.shape == m.shape:
+                # The published arithmetic: means in the tensor's dtype, divided in it too.
+                rel = (m - state.prev).abs().mean() / state.prev.abs().mean()
+                sums = (rel.reshape(1).float(), torch.ones(1, device=m.device))
+            state.prev = m
+            return sums
+        ind = self.adapter.indicator(blocks, call)
+        if state.prev is None:
+            state.prev = modulate(call.hidden, ind.scale, ind.shift, norm=ind.norm, eps=ind.eps)
+            return None
+        return modulated_distance(call.hidden, state.prev, ind.scale, ind.shift, norm=ind.norm,
+                                  eps=ind.eps, out_modulated=state.prev)
+
+    # -- one call -----------------------------------------------------------------------------
+    def run(self, model, call: StackCall, blocks, state: BranchState, timestep, num_steps,
+            branch, stats, history):
+        start = time.perf_counter()
+        batch = call.hidden.shape[0]
+        signature = (tuple(call.hidden.shape), call.hidden.dtype, call.hidden.device)
+        if state.signature != signature:  # another resolution, dtype or device: start afresh
+            state.__init__()
+            state.signature = signature
+        sums = self._sums(blocks, call, state)
+        # One host transfer for everything the decision needs.
+        parts = []
+        if isinstance(timestep, torch.Tensor):
+            parts.append(timestep.reshape(-1)[:1].to(device=call.hidden.device,
+                                                     dtype=torch.float32))
+        if sums is not None:
+            parts += [sums[0].float(), sums[1].float()]
+        values = torch.cat(parts).tolist() if parts else []
+        t = values.pop(0) if isinstance(timestep, torch.Tensor) else \
+            (float(timestep) if timestep is not None else None)
+        if t is not None and state.last_timestep is not None and t > state.last_timestep:
+            state.new_generation()  # the timestep went back up: a new generation started
+            sums = None
+        state.last_timestep = t
+        state.step += 1
+        forced = (sums is None or state.residual is None or state.step < self.policy.warmup_steps
+                  or (self.policy.compute_last_step and num_steps is not None
+                      and state.step >= num_steps - 1))
+        per_sample = self.policy.decision == "per_sample"
+        if sums is not None:
+            diff, prev = values[:len(values) // 2], values[len(values) // 2:]
+        if per_sample:
+            rels = [d / p if p else float("nan") for d, p in zip(diff, prev)] if sums is not None \
+                else [float("nan")] * batch
+            acc = state.accumulated if state.accumulated is not None else [0.0] * batch
+            skips = state.skips if state.skips is not None else [0] * batch
+            decisions = [self.policy.decide(acc[b], skips[b], rels[b], self.polynomial, forced)
+                         for b in range(batch)]
+            compute = [d[0] for d in decisions]
+            state.accumulated = [d[1] for d in decisions]
+            state.skips = [0 if c else s + 1 for c, s in zip(compute, skips)]
+            record_rel, record_acc = rels, list(state.accumulated)
+        else:
+            rel = (sum(diff) / sum(prev) if sum(prev) else float("nan")) if sums is not None \
+                else float("nan")
+            acc = state.accumulated if state.accumulated is not None else 0.0
+            skips = state.skips if state.skips is not None else 0
+            computed, state.accumulated, _ = self.policy.decide(acc, skips, rel, self.polynomial,
+                                                                forced)
+            state.skips = 0 if computed else skips + 1
+            compute = [computed] * batch
+            record_rel, record_acc = rel, state.accumulated
+        stats["decision_seconds"] += time.perf_counter() - start
+
+        out = self._execute(model, call, blocks, state, compute)
+        n_computed = sum(compute)
+        stats["calls"] += 1
+        stats["computed" if n_computed else "skipped"] += 1
+        stats["samples_computed"] += n_computed
+        stats["samples_skipped"] += batch - n_computed
+        history.append(dict(step=state.step, branch=branch, timestep=t,
+                            computed=compute if per_sample else compute[0],
+                            rel_l1=record_rel, accumulated=record_acc))
+        return out
+
+    def _execute(self, model, call, blocks, state, compute):
+        if all(compute):
+            out = self.adapter.run_blocks(model, call, blocks)
+            reuse = state.residual if state.residual is not None and \
+                state.residual.shape == out.hidden.shape else None
+            state.residual = residual_capture(out.hidden, call.hidden, out=reuse)[0]
+            return out
+        hidden = residual_reuse(call.hidden, state.residual)
+        if not any(compute):
+            return StackCall(hidden, call.extras)
+        # Per sample: compute only the samples that need it, reuse for the rest.
+        index = torch.tensor([b for b, c in enumerate(compute) if c], device=call.hidden.device)
+        sub = self.adapter.select(call, index)
+        sub_out = self.adapter.run_blocks(model, sub, blocks)
+        hidden[index] = sub_out.hidden
+        state.residual[index] = residual_capture(sub_out.hidden, sub.hidden)[0]
+        extras = dict(call.extras)
+        for name, value in sub_out.extras.items():
+            full = call.extras.get(name)
+            if isinstance(value, torch.Tensor) and isinstance(full, torch.Tensor) \
+                    and value is not sub.extras.get(name) and full.shape[:1] == call.hidden.shape[:1]:
+                merged = full.clone()
+                merged[index] = value
+                extras[name] = merged
+        return StackCall(hidden, extras)
