@@ -1,4 +1,8 @@
-"""Command line: ``python -m cachekern info`` prints how cachekern was built and what it runs on."""
+"""Command line.
+
+    python -m cachekern demo [--full]   uncached vs TeaCache on a FluxTransformer2DModel
+    python -m cachekern info            how cachekern was built and what it runs on (JSON)
+"""
 
 import argparse
 import json
@@ -9,7 +13,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cachekern", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print build and runtime information as JSON")
-    args = parser.parse_args(argv)
+    commands.add_parser("demo", help="uncached vs TeaCache on a FluxTransformer2DModel",
+                        add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        from cachekern.demo import main as demo
+
+        return demo(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
         from cachekern import build_info
 

@@ -15,20 +15,21 @@ diffusers = pytest.importorskip("diffusers")
 STEPS = 8
 
 
-def tiny_flux(seed=0):
+def tiny_flux(seed=0, device="cpu"):
     torch.manual_seed(seed)
     return diffusers.FluxTransformer2DModel(
         patch_size=1, in_channels=8, num_layers=1, num_single_layers=2, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
-        axes_dims_rope=[4, 6, 6]).eval()
+        axes_dims_rope=[4, 6, 6]).eval().to(device)
 
 
-def make_inputs(seed, batch=2, tokens=16, text=5):
+def make_inputs(seed, batch=2, tokens=16, text=5, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return dict(x=torch.randn(batch, tokens, 8, generator=g),
-                enc=torch.randn(batch, text, 32, generator=g),
-                pooled=torch.randn(batch, 16, generator=g),
-                img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3))
+    inputs = dict(x=torch.randn(batch, tokens, 8, generator=g),
+                  enc=torch.randn(batch, text, 32, generator=g),
+                  pooled=torch.randn(batch, 16, generator=g),
+                  img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3))
+    return {k: v.to(device) for k, v in inputs.items()}
 
 
 def call(model, inp, latents, t):
@@ -42,7 +43,7 @@ def sample(model, inp, forward=None, steps=STEPS):
     forward = forward or (lambda latents, t: call(model, inp, latents, t))
     latents, outputs = inp["x"].clone(), []
     with torch.no_grad():
-        for t in torch.linspace(1.0, 0.05, steps):
+        for t in torch.linspace(1.0, 0.05, steps, device=latents.device):
             out = forward(latents, t)
             latents = latents - (1.0 / steps) * out
             outputs.append(out)
@@ -101,9 +102,10 @@ def test_threshold_zero_is_bitwise_the_uncached_model_and_unpatch_restores_it():
     assert torch.equal(sample(model, inp), reference)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("parity", [True, False])
-def test_decisions_and_outputs_follow_the_published_algorithm(parity):
-    model, inp = tiny_flux(), make_inputs(2)
+def test_decisions_and_outputs_follow_the_published_algorithm(parity, device):
+    model, inp = tiny_flux(device=device), make_inputs(2, device=device)
     threshold = 0.6
     expected, decisions = published_teacache(model, inp, threshold, PUBLISHED["flux"])
     assert not all(decisions), "the threshold must make the published algorithm skip"
@@ -268,3 +270,17 @@ def test_max_consecutive_skips_and_clamp():
     assert computed == [True, False, False, True, False, False, True, True]
     assert TeaCache(clamp=True).rescale([1.0, -5.0], 0.1) == 0.0
     assert TeaCache(clamp=False).rescale([1.0, -5.0], 0.1) == pytest.approx(-4.9)
+
+
+def test_demo_runs_and_reports():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-P", "-m", "cachekern", "demo", "--seeds", "1",
+                          "--steps", "6", "--device", "cpu"], check=True, capture_output=True,
+                         text=True, env=env).stdout
+    assert "steps computed" in out and "PSNR dB" in out
+    row = out.strip().splitlines()[-1].split()
+    assert row[0] == "0" and row[2:4] == ["/", "6"] and 1 <= int(row[1]) <= 6
