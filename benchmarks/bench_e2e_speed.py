@@ -1,0 +1,153 @@
+"""End-to-end step costs at FLUX.1-dev dimensions (19 double + 38 single blocks, hidden 3072,
+1024² = 4096 image tokens, 512 text tokens, bf16, random weights), TeaCache beside diffusers'
+FirstBlockCache on the same model in the same run.
+
+    python benchmarks/bench_e2e_speed.py --out results_e2e.md
+
+Per method: a full step (every block runs), a skipped step (the cache serves the call), the
+patched-but-never-skipping overhead against the unpatched model (interleaved, many repetitions),
+and host synchronisations per call (counted with torch.cuda.set_sync_debug_mode).
+"""
+
+import argparse
+import statistics
+import warnings
+
+import torch
+
+import cachekern
+from cachekern.demo import PRESETS, build_model, make_inputs
+
+
+def forward_fn(model, inputs, sigma):
+    t = torch.full((1,), sigma, device="cuda", dtype=torch.bfloat16)
+
+    def run():
+        return model(hidden_states=inputs["latents"], timestep=t,
+                     encoder_hidden_states=inputs["encoder_hidden_states"],
+                     pooled_projections=inputs["pooled_projections"], img_ids=inputs["img_ids"],
+                     txt_ids=inputs["txt_ids"], guidance=inputs["guidance"], return_dict=False)[0]
+    return run
+
+
+def gpu_ms(fn, reps):
+    """Median of `reps` calls, each timed with CUDA events around the call (host sync after)."""
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times), times
+
+
+def syncs_per_call(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def with_context(model, run):
+    with model.cache_context("cond"):
+        return run()
+
+
+def measure(reps, overhead_reps):
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    model = build_model(PRESETS["full"], torch.device("cuda"))
+    inputs = make_inputs(PRESETS["full"], model, 0, torch.device("cuda"))
+    sigmas = iter(torch.linspace(1.0, 0.02, 100000).tolist())
+    plain = lambda: with_context(model, forward_fn(model, inputs, next(sigmas))())  # noqa: E731
+    for _ in range(3):
+        plain()
+    rows = {}
+
+    # TeaCache: never skipping (threshold 0), then always skipping after the first call.
+    cachekern.patch(model, cachekern.TeaCache(threshold=0.0))
+    for _ in range(3):
+        plain()
+    teacache_syncs = syncs_per_call(plain)
+    base_t, cached_t = [], []
+    for _ in range(overhead_reps):   # interleaved: unpatched, patched
+        cachekern.unpatch(model)
+        base_t.append(gpu_ms(plain, 1)[0])
+        cachekern.patch(model, cachekern.TeaCache(threshold=0.0))
+        plain()                       # a first call per patch computes without a decision
+        cached_t.append(gpu_ms(plain, 1)[0])
+    cachekern.unpatch(model)
+    handle = cachekern.patch(model, cachekern.TeaCache(threshold=1e9))
+    plain()
+    skipped, _ = gpu_ms(plain, reps)
+    decision_ms = handle.stats()["decision_seconds"] / handle.stats()["calls"] * 1e3
+    assert handle.stats()["skipped"] >= reps
+    cachekern.unpatch(model)
+    rows["cachekern TeaCache"] = (base_t, cached_t, skipped, teacache_syncs, decision_ms)
+
+    # diffusers FirstBlockCache: threshold 0 never skips, a huge one always skips.
+    model.enable_cache(FirstBlockCacheConfig(threshold=0.0))
+    for _ in range(3):
+        plain()
+    fbc_syncs = syncs_per_call(plain)
+    base_f, fbc_t = [], []
+    for _ in range(overhead_reps):
+        model.disable_cache()
+        base_f.append(gpu_ms(plain, 1)[0])
+        model.enable_cache(FirstBlockCacheConfig(threshold=0.0))
+        plain()
+        fbc_t.append(gpu_ms(plain, 1)[0])
+    model.disable_cache()
+    model.enable_cache(FirstBlockCacheConfig(threshold=1e9))
+    plain()
+    fbc_skipped, _ = gpu_ms(plain, reps)
+    model.disable_cache()
+    rows["diffusers FirstBlockCache"] = (base_f, fbc_t, fbc_skipped, fbc_syncs, None)
+    full, spread = gpu_ms(plain, reps)
+    return full, spread, rows
+
+
+def main(out_path=None, reps=10, overhead_reps=30):
+    from common import environment, markdown_table, warm_up_gpu
+
+    warm_up_gpu()
+    full, spread, rows = measure(reps, overhead_reps)
+    table = []
+    for name, (base_t, patched_t, skipped, syncs, decision_ms) in rows.items():
+        base = statistics.median(base_t)
+        diffs = sorted(p - b for p, b in zip(patched_t, base_t))  # paired: drift cancels
+        q1, q3 = diffs[len(diffs) // 4], diffs[3 * len(diffs) // 4]
+        table.append([name, f"{base:.2f}", f"{statistics.median(patched_t):.2f}",
+                      f"{statistics.median(diffs) / base:+.3%}",
+                      f"{q1 / base:+.3%} … {q3 / base:+.3%}",
+                      f"{skipped:.3f}", f"{skipped / full:.2%}", syncs,
+                      "—" if decision_ms is None else f"{decision_ms:.3f}"])
+    text = "\n".join([
+        environment(),
+        f"FLUX.1-dev dimensions, 1024², bf16, random weights. Full step (unpatched): median "
+        f"{full:.2f} ms over {reps} calls (min {min(spread):.2f}, max {max(spread):.2f}).",
+        "",
+        markdown_table(["method", "unpatched ms", "patched, never skipping ms",
+                        "overhead (median of paired differences)", "IQR of the overhead",
+                        "skipped step ms", "skipped / full", "host syncs per call",
+                        "host ms deciding per call"], table),
+    ])
+    print(text)
+    if out_path:
+        with open(out_path, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out")
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--overhead-reps", type=int, default=30)
+    args = parser.parse_args()
+    main(args.out, args.reps, args.overhead_reps)
