@@ -20,7 +20,7 @@ from cachekern.demo import PRESETS, build_model, make_inputs
 
 
 def forward_fn(model, inputs, sigma):
-    t = torch.full((1,), sigma, device="cuda", dtype=torch.bfloat16)
+    t = torch.full((1,), sigma, device="cuda", dtype=inputs["latents"].dtype)
 
     def run():
         return model(hidden_states=inputs["latents"], timestep=t,
@@ -59,13 +59,13 @@ def with_context(model, run):
         return run()
 
 
-def measure(reps, overhead_reps):
+def measure(reps, overhead_reps, preset):
     from diffusers.hooks import FirstBlockCacheConfig
 
-    model = build_model(PRESETS["full"], torch.device("cuda"))
-    inputs = make_inputs(PRESETS["full"], model, 0, torch.device("cuda"))
+    model = build_model(PRESETS[preset], torch.device("cuda"))
+    inputs = make_inputs(PRESETS[preset], model, 0, torch.device("cuda"))
     sigmas = iter(torch.linspace(1.0, 0.02, 100000).tolist())
-    plain = lambda: with_context(model, forward_fn(model, inputs, next(sigmas))())  # noqa: E731
+    plain = lambda: with_context(model, forward_fn(model, inputs, next(sigmas)))  # noqa: E731
     for _ in range(3):
         plain()
     rows = {}
@@ -113,11 +113,11 @@ def measure(reps, overhead_reps):
     return full, spread, rows
 
 
-def main(out_path=None, reps=10, overhead_reps=30):
+def main(out_path=None, reps=10, overhead_reps=30, preset="full"):
     from common import environment, markdown_table, warm_up_gpu
 
     warm_up_gpu()
-    full, spread, rows = measure(reps, overhead_reps)
+    full, spread, rows = measure(reps, overhead_reps, preset)
     table = []
     for name, (base_t, patched_t, skipped, syncs, decision_ms) in rows.items():
         base = statistics.median(base_t)
@@ -130,7 +130,8 @@ def main(out_path=None, reps=10, overhead_reps=30):
                       "—" if decision_ms is None else f"{decision_ms:.3f}"])
     text = "\n".join([
         environment(),
-        f"FLUX.1-dev dimensions, 1024², bf16, random weights. Full step (unpatched): median "
+        f"Preset {preset} (full: FLUX.1-dev dimensions, 1024², bf16, random weights). Full step "
+        f"(unpatched): median "
         f"{full:.2f} ms over {reps} calls (min {min(spread):.2f}, max {max(spread):.2f}).",
         "",
         markdown_table(["method", "unpatched ms", "patched, never skipping ms",
@@ -149,5 +150,7 @@ if __name__ == "__main__":
     parser.add_argument("--out")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--overhead-reps", type=int, default=30)
+    parser.add_argument("--preset", default="full", choices=sorted(PRESETS),
+                        help="small: a quick check of the script itself")
     args = parser.parse_args()
-    main(args.out, args.reps, args.overhead_reps)
+    main(args.out, args.reps, args.overhead_reps, args.preset)
