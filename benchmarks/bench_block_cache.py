@@ -101,7 +101,7 @@ def overlap_row(engine: str, entry_mb=128, entries=8, iters=12, matmuls=6, trial
 
 
 def main(out_path=None):
-    from common import environment, markdown_table, median_wall_us, warm_up_gpu
+    from common import environment, markdown_table, median_wall_us, report, warm_up_gpu
 
     from cachekern import build_info
 
@@ -127,10 +127,7 @@ def main(out_path=None):
                         "slowdown vs compute", "hidden", "host µs per put+prefetch",
                         "pinned allocations while timed", "host waits while timed"], ov),
     ])
-    print(text)
-    if out_path:
-        with open(out_path, "w") as f:
-            f.write(text + "\n")
+    report(text, out_path)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def measure(reps, overhead_reps, preset):
 
 
 def main(out_path=None, reps=10, overhead_reps=30, preset="full"):
-    from common import environment, markdown_table, warm_up_gpu
+    from common import environment, markdown_table, report, warm_up_gpu
 
     warm_up_gpu()
     full, spread, rows, model_syncs = measure(reps, overhead_reps, preset)
@@ -151,10 +151,7 @@ def main(out_path=None, reps=10, overhead_reps=30, preset="full"):
                         "skipped step ms", "skipped / full", "host syncs per call",
                         "host ms deciding per call"], table),
     ])
-    print(text)
-    if out_path:
-        with open(out_path, "w") as f:
-            f.write(text + "\n")
+    report(text, out_path)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def build_cases(size_name, shape, dtype=torch.bfloat16):
 
 def run_table(out_path=None):
     from common import (copy_bandwidth_gbs, environment, markdown_table, median_graph_us,
-                        median_us, warm_up_gpu)
+                        median_us, report, warm_up_gpu)
 
     warm_up_gpu()
     bandwidth = copy_bandwidth_gbs()
@@ -132,10 +132,7 @@ def run_table(out_path=None):
         markdown_table(["kernel", "size (bf16)", "ours µs", "ours GB/s", "floor µs",
                         "ours / floor", "ours, one call µs", "eager PyTorch µs", "speed-up"], rows),
     ])
-    print(text)
-    if out_path:
-        with open(out_path, "w") as f:
-            f.write(text + "\n")
+    report(text, out_path)
 
 
 # -- pytest-benchmark entry points ----------------------------------------------------------------

@@ -37,6 +37,21 @@ if triton is not None:
         tl.store(SUMS + batch + b, tl.sum(second, axis=0))
 
 
+if triton is not None:
+
+    @triton.jit
+    def write_partials(SUMS, stride_b, stride_stat, stride_prog, b, pid, first, second,
+                       DETERMINISTIC: tl.constexpr):
+        """Writes one program's partial sums of sample b (see sums_buffer / write_offsets)."""
+        dst = SUMS + b * stride_b + pid * stride_prog
+        if DETERMINISTIC:
+            tl.store(dst, first)
+            tl.store(dst + stride_stat, second)
+        else:
+            tl.atomic_add(dst, first)
+            tl.atomic_add(dst + stride_stat, second)
+
+
 def finish_sums(buffer: torch.Tensor, deterministic: bool) -> torch.Tensor:
     """The [2, B] per-sample sums from what the reduction kernel wrote into `buffer`."""
     if not deterministic:

@@ -18,6 +18,7 @@ import torch
 
 from cachekern.triton_kernels import _reduce
 from cachekern.triton_kernels import _validate as v
+from cachekern.triton_kernels._reduce import write_partials
 from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
 from cachekern.triton_kernels._backend import cdiv, next_power_of_2, tl, triton, use_triton
 
@@ -142,15 +143,9 @@ if triton is not None:
                 diff_acc += tl.where(mask, tl.abs(m.to(tl.float32) - p), 0.0)
                 prev_acc += tl.abs(p)
         if HAS_PREV:
-            dst = SUMS + b * sums_stride_b + pid * sums_stride_prog
-            diff_total = tl.sum(tl.sum(diff_acc, axis=1), axis=0)
-            prev_total = tl.sum(tl.sum(prev_acc, axis=1), axis=0)
-            if DETERMINISTIC:
-                tl.store(dst, diff_total)
-                tl.store(dst + sums_stride_stat, prev_total)
-            else:
-                tl.atomic_add(dst, diff_total)
-                tl.atomic_add(dst + sums_stride_stat, prev_total)
+            write_partials(SUMS, sums_stride_b, sums_stride_stat, sums_stride_prog, b, pid,
+                           tl.sum(tl.sum(diff_acc, axis=1), axis=0),
+                           tl.sum(tl.sum(prev_acc, axis=1), axis=0), DETERMINISTIC)
 
 
 CHUNK = 1024  # columns per chunk: 8 fp32 per thread per tensor with 4 warps

@@ -14,6 +14,7 @@ import torch
 
 from cachekern.triton_kernels import _reduce
 from cachekern.triton_kernels import _validate as v
+from cachekern.triton_kernels._reduce import write_partials
 from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
 from cachekern.triton_kernels._backend import cdiv, tl, triton, use_triton
 from cachekern.triton_kernels.residual_reuse import tile_shape
@@ -70,13 +71,8 @@ if triton is not None:
         diff_acc = 0.0
         if HAS_PREV:
             diff_acc = tl.sum(tl.sum(tl.abs(rf - p), axis=1), axis=0)
-        dst = SUMS + b * sums_stride_b + pid * sums_stride_prog
-        if DETERMINISTIC:
-            tl.store(dst, diff_acc)
-            tl.store(dst + sums_stride_stat, cur_acc)
-        else:
-            tl.atomic_add(dst, diff_acc)
-            tl.atomic_add(dst + sums_stride_stat, cur_acc)
+        write_partials(SUMS, sums_stride_b, sums_stride_stat, sums_stride_prog, b, pid, diff_acc,
+                       cur_acc, DETERMINISTIC)
 
 
 def _flat_or_rows(op, named, batch):
