@@ -24,27 +24,30 @@ from cachekern import BlockCache
 SIZES_MB = [64, 256, 1024]
 
 
+def bandwidth_row(engine: str, mb: int, median_wall_us):
+    nbytes = mb << 20
+    t = torch.randn(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+    cache = BlockCache(device_budget_bytes=0, engine=engine)
+    cache.put("warm", t)           # allocates the pinned pool once
+    cache.evict("warm")
+    d2h_ours = median_wall_us(lambda: cache.put("k", t))
+    h2d_ours = median_wall_us(lambda: cache.get("k"))
+    assert torch.equal(cache.get("k"), t)
+    pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    back = torch.empty_like(t)
+    d2h_torch = median_wall_us(lambda: pinned.copy_(t, non_blocking=True))
+    h2d_torch = median_wall_us(lambda: back.copy_(pinned, non_blocking=True))
+    gbs = lambda us: nbytes / (us * 1e-6) / 1e9  # noqa: E731
+    return [engine, mb, f"{gbs(d2h_ours):.1f}", f"{gbs(d2h_torch):.1f}",
+            f"{d2h_torch / d2h_ours:.0%}", f"{gbs(h2d_ours):.1f}", f"{gbs(h2d_torch):.1f}",
+            f"{h2d_torch / h2d_ours:.0%}"]
+
+
 def bandwidth_rows(engine: str, median_wall_us):
     rows = []
     for mb in SIZES_MB:
-        nbytes = mb << 20
-        t = torch.randn(nbytes // 2, dtype=torch.bfloat16, device="cuda")
-        cache = BlockCache(device_budget_bytes=0, engine=engine)
-        cache.put("warm", t)           # allocates the pinned pool once
-        cache.evict("warm")
-        d2h_ours = median_wall_us(lambda: cache.put("k", t))
-        h2d_ours = median_wall_us(lambda: cache.get("k"))
-        assert torch.equal(cache.get("k"), t)
-        pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        back = torch.empty_like(t)
-        d2h_torch = median_wall_us(lambda: pinned.copy_(t, non_blocking=True))
-        h2d_torch = median_wall_us(lambda: back.copy_(pinned, non_blocking=True))
-        gbs = lambda us: nbytes / (us * 1e-6) / 1e9  # noqa: E731
-        rows.append([engine, mb, f"{gbs(d2h_ours):.1f}", f"{gbs(d2h_torch):.1f}",
-                     f"{d2h_torch / d2h_ours:.0%}", f"{gbs(h2d_ours):.1f}", f"{gbs(h2d_torch):.1f}",
-                     f"{h2d_torch / h2d_ours:.0%}"])
-        del cache, pinned, back, t
-        torch.cuda.empty_cache()
+        rows.append(bandwidth_row(engine, mb, median_wall_us))
+        torch.cuda.empty_cache()   # the row's tensors are gone with its frame
     return rows
 
 

@@ -16,6 +16,6 @@ if os.environ.get("CACHEKERN_DISABLE_NATIVE", "") in ("1", "true", "yes"):
     load_error = "disabled by CACHEKERN_DISABLE_NATIVE"
 else:
     try:
-        from cachekern import _C as native
+        from cachekern import _C as native  # noqa: F401  (the module's interface)
     except ImportError as exc:  # not built, or built for another Python
         load_error = f"{type(exc).__name__}: {exc}"

@@ -6,8 +6,6 @@ indicator is block 0's norm1 output for the image tokens: LayerNorm (no affine, 
 modulated by shift_msa / scale_msa from norm1.linear(silu(temb)).
 """
 
-import torch
-
 from cachekern.adapters.base import Adapter, Indicator, StackCall
 
 
