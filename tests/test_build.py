@@ -31,7 +31,9 @@ def test_expected_build():
         assert info["built_with_cuda"] is (expect_cuda == "1"), info
 
 
-def test_info_command_prints_json():
-    out = subprocess.run([sys.executable, "-m", "cachekern", "info"], check=True,
+def test_info_command_prints_json(tmp_path):
+    # Run outside the checkout: `python -m` puts the working directory on sys.path, and the
+    # source tree is not an installed package (no extension, no cachekern.triton_kernels).
+    out = subprocess.run([sys.executable, "-m", "cachekern", "info"], check=True, cwd=tmp_path,
                          capture_output=True, text=True).stdout
     assert json.loads(out)["version"] == cachekern.__version__
