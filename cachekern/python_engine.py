@@ -13,7 +13,6 @@ import torch
 
 from cachekern.errors import CapacityError
 
-UNPLANNED = None
 
 
 @dataclass
