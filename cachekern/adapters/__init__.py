@@ -4,8 +4,9 @@ by the caller."""
 
 from cachekern.adapters.base import Adapter, StackCall
 from cachekern.adapters.flux import FluxAdapter
+from cachekern.adapters.sd3 import SD3Adapter
 
-ADAPTERS = {adapter.model_class: adapter for adapter in (FluxAdapter(),)}
+ADAPTERS = {adapter.model_class: adapter for adapter in (FluxAdapter(), SD3Adapter())}
 
 
 def adapter_for(model) -> Adapter:

@@ -9,6 +9,7 @@ last step when the step count is known, a new generation, and any NaN or Inf in 
 """
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -23,8 +24,9 @@ class TeaCache:
 
     Args:
         threshold: accumulated rescaled distance below which a step is skipped; 0 never skips.
-        coefficients: "auto" for the model family's published polynomial (np.poly1d order), a
-            list of your own, or None for the raw relative L1 distance.
+        coefficients: "auto" for the model family's published polynomial (np.poly1d order; the
+            raw distance, with a warning, for a family that has none), a list of your own, or
+            None for the raw relative L1 distance.
         warmup_steps: steps computed at the start of each generation.
         compute_last_step: always compute the last step, when the step count is known (from the
             pipeline's cache_context or `num_inference_steps`).
@@ -89,8 +91,10 @@ class TeaCache:
         """The coefficient list in force for `family` (None: raw distance)."""
         if self.coefficients == "auto":
             if family not in published.PUBLISHED:
-                raise ValueError(f"TeaCache: no published coefficients for the '{family}' family; "
-                                 f"pass coefficients=[...] (your own fit) or None")
+                warnings.warn(f"TeaCache: no published coefficients for the '{family}' family; "
+                              f"using the raw relative L1 distance (pass coefficients=[...] from "
+                              f"your own fit, or None to silence this)", stacklevel=3)
+                return None
             return published.PUBLISHED[family]
         return self.coefficients
 

@@ -1,0 +1,126 @@
+"""TeaCache's contract on every supported model family, each a tiny config of the real diffusers
+class: threshold 0 is the uncached model bit for bit, unpatch restores it, a high threshold
+skips, generations do not share state, per-sample decisions do not leak between samples."""
+
+import pytest
+import torch
+
+import cachekern
+from cachekern import TeaCache
+
+diffusers = pytest.importorskip("diffusers")
+STEPS = 6
+
+
+def flux():
+    torch.manual_seed(0)
+    model = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=8, num_layers=1, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+        axes_dims_rope=[4, 6, 6]).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 16, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 32, generator=g),
+                    pooled_projections=torch.randn(batch, 16, generator=g),
+                    img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3))
+    return model, inputs, "flux"
+
+
+def sd3():
+    torch.manual_seed(0)
+    model = diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+        pooled_projection_dim=16, out_channels=4, pos_embed_max_size=16).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 7, 16, generator=g),
+                    pooled_projections=torch.randn(batch, 16, generator=g))
+    return model, inputs, "sd3"
+
+
+FAMILIES = [flux, sd3]
+
+
+def sample(model, inp, steps=STEPS):
+    latents, outputs = inp["hidden_states"].clone(), []
+    rest = {k: v for k, v in inp.items() if k != "hidden_states"}
+    with torch.no_grad():
+        for t in torch.linspace(1.0, 0.05, steps):
+            timestep = t.expand(latents.shape[0])
+            if "img_ids" not in rest:
+                timestep = timestep * 1000          # SD3 takes timesteps in [0, 1000]
+            out = model(hidden_states=latents, timestep=timestep, return_dict=False, **rest)[0]
+            latents = latents - (1.0 / steps) * out
+            outputs.append(out)
+    return torch.stack(outputs)
+
+
+def policy(**kwargs):
+    kwargs.setdefault("num_inference_steps", STEPS)
+    kwargs.setdefault("coefficients", None)      # raw distance: the same rule for every family
+    return TeaCache(**kwargs)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_threshold_zero_is_bitwise_and_unpatch_restores(family):
+    model, inputs, _ = family()
+    inp = inputs(1)
+    reference = sample(model, inp)
+    with cachekern.patched(model, policy(threshold=0.0)) as handle:
+        assert torch.equal(sample(model, inp), reference)
+        assert handle.stats()["skipped"] == 0
+    assert torch.equal(sample(model, inp), reference)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_high_threshold_skips_and_generations_do_not_share_state(family):
+    model, inputs, _ = family()
+    with cachekern.patched(model, policy(threshold=10.0)) as handle:
+        sample(model, inputs(2))
+        computed = [r["computed"] for r in handle.history]
+        second = sample(model, inputs(3))
+        handle.reset()
+        fresh = sample(model, inputs(3))
+    assert computed == [True] + [False] * (STEPS - 2) + [True]
+    assert torch.equal(second, fresh)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_per_sample_decisions_do_not_leak(family):
+    model, inputs, _ = family()
+    a, b = inputs(4), inputs(5)
+    mixed = {k: (torch.stack([b[k][0], a[k][1]]) if k not in ("img_ids", "txt_ids") else v)
+             for k, v in a.items()}
+    results = []
+    for inp in (a, mixed):
+        with cachekern.patched(model, policy(threshold=0.3, decision="per_sample")) as handle:
+            out = sample(model, inp)
+            results.append((out[:, 1], [r["computed"][1] for r in handle.history]))
+    assert results[0][1] == results[1][1] and not all(results[0][1])
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_families_without_published_coefficients_fall_back_to_the_raw_distance():
+    model, inputs, _ = sd3()
+    with pytest.warns(UserWarning, match="no published coefficients for the 'sd3' family"):
+        handle = cachekern.patch(model, TeaCache(threshold=0.1))
+    assert handle.runtime.polynomial is None
+    cachekern.unpatch(model)
+
+
+def test_calls_the_stack_cannot_serve_run_uncached():
+    model, inputs, _ = sd3()
+    inp = inputs(6)
+    with torch.no_grad():
+        expected = model(timestep=torch.tensor([500.0, 500.0]), skip_layers=[1],
+                         return_dict=False, **inp)[0]
+        with cachekern.patched(model, policy(threshold=10.0)) as handle:
+            got = model(timestep=torch.tensor([500.0, 500.0]), skip_layers=[1],
+                        return_dict=False, **inp)[0]
+            assert handle.stats()["uncached_calls"] == 1 and handle.stats()["calls"] == 0
+    assert torch.equal(got, expected)
