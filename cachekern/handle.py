@@ -31,7 +31,7 @@ class CacheHandle:
         self.model = model
         self.adapter = adapter
         self.policy = policy
-        self.runtime = TeaCacheRuntime(policy, adapter)
+        self.runtime = TeaCacheRuntime(policy, adapter, model)
         self.history = []
         self._branches = {}
         self._context = None       # the pipeline's current cache_context, if any

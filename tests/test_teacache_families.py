@@ -25,7 +25,7 @@ def flux():
                     encoder_hidden_states=torch.randn(batch, 5, 32, generator=g),
                     pooled_projections=torch.randn(batch, 16, generator=g),
                     img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3))
-    return model, inputs, "flux"
+    return model, inputs, 1.0
 
 
 def sd3():
@@ -40,20 +40,32 @@ def sd3():
         return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
                     encoder_hidden_states=torch.randn(batch, 7, 16, generator=g),
                     pooled_projections=torch.randn(batch, 16, generator=g))
-    return model, inputs, "sd3"
+    return model, inputs, 1000.0
 
 
-FAMILIES = [flux, sd3]
+def wan():
+    torch.manual_seed(0)
+    model = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
+        rope_max_seq_len=32).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 7, 16, generator=g))
+    return model, inputs, 1000.0
 
 
-def sample(model, inp, steps=STEPS):
+FAMILIES = [flux, sd3, wan]
+
+
+def sample(model, inp, steps=STEPS, timestep_scale=1.0):
     latents, outputs = inp["hidden_states"].clone(), []
     rest = {k: v for k, v in inp.items() if k != "hidden_states"}
     with torch.no_grad():
         for t in torch.linspace(1.0, 0.05, steps):
-            timestep = t.expand(latents.shape[0])
-            if "img_ids" not in rest:
-                timestep = timestep * 1000          # SD3 takes timesteps in [0, 1000]
+            timestep = t.expand(latents.shape[0]) * timestep_scale
             out = model(hidden_states=latents, timestep=timestep, return_dict=False, **rest)[0]
             latents = latents - (1.0 / steps) * out
             outputs.append(out)
@@ -68,38 +80,38 @@ def policy(**kwargs):
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
 def test_threshold_zero_is_bitwise_and_unpatch_restores(family):
-    model, inputs, _ = family()
+    model, inputs, scale = family()
     inp = inputs(1)
-    reference = sample(model, inp)
+    reference = sample(model, inp, timestep_scale=scale)
     with cachekern.patched(model, policy(threshold=0.0)) as handle:
-        assert torch.equal(sample(model, inp), reference)
+        assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
         assert handle.stats()["skipped"] == 0
-    assert torch.equal(sample(model, inp), reference)
+    assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
 def test_high_threshold_skips_and_generations_do_not_share_state(family):
-    model, inputs, _ = family()
+    model, inputs, scale = family()
     with cachekern.patched(model, policy(threshold=10.0)) as handle:
-        sample(model, inputs(2))
+        sample(model, inputs(2), timestep_scale=scale)
         computed = [r["computed"] for r in handle.history]
-        second = sample(model, inputs(3))
+        second = sample(model, inputs(3), timestep_scale=scale)
         handle.reset()
-        fresh = sample(model, inputs(3))
+        fresh = sample(model, inputs(3), timestep_scale=scale)
     assert computed == [True] + [False] * (STEPS - 2) + [True]
     assert torch.equal(second, fresh)
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
 def test_per_sample_decisions_do_not_leak(family):
-    model, inputs, _ = family()
+    model, inputs, scale = family()
     a, b = inputs(4), inputs(5)
     mixed = {k: (torch.stack([b[k][0], a[k][1]]) if k not in ("img_ids", "txt_ids") else v)
              for k, v in a.items()}
     results = []
     for inp in (a, mixed):
         with cachekern.patched(model, policy(threshold=0.3, decision="per_sample")) as handle:
-            out = sample(model, inp)
+            out = sample(model, inp, timestep_scale=scale)
             results.append((out[:, 1], [r["computed"][1] for r in handle.history]))
     assert results[0][1] == results[1][1] and not all(results[0][1])
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
@@ -107,7 +119,7 @@ def test_per_sample_decisions_do_not_leak(family):
 
 def test_families_without_published_coefficients_fall_back_to_the_raw_distance():
     model, inputs, _ = sd3()
-    with pytest.warns(UserWarning, match="no published coefficients for the 'sd3' family"):
+    with pytest.warns(UserWarning, match="no published coefficients for 'sd3'"):
         handle = cachekern.patch(model, TeaCache(threshold=0.1))
     assert handle.runtime.polynomial is None
     cachekern.unpatch(model)
@@ -124,3 +136,14 @@ def test_calls_the_stack_cannot_serve_run_uncached():
                         return_dict=False, **inp)[0]
             assert handle.stats()["uncached_calls"] == 1 and handle.stats()["calls"] == 0
     assert torch.equal(got, expected)
+
+
+def test_wan_picks_the_published_e0_fit_by_model_size():
+    from cachekern.adapters import WanAdapter
+    from cachekern.coefficients import PUBLISHED
+
+    model, _, _ = wan()
+    assert WanAdapter().coefficient_key(model) == "wan"      # hidden 16: no published fit
+    model.register_to_config(num_attention_heads=12, attention_head_dim=128)
+    assert WanAdapter().coefficient_key(model) == "wan_t2v_1.3b_e0"
+    assert TeaCache().polynomial_for("wan_t2v_1.3b_e0") == PUBLISHED["wan_t2v_1.3b_e0"]

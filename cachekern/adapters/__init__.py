@@ -5,8 +5,10 @@ by the caller."""
 from cachekern.adapters.base import Adapter, StackCall
 from cachekern.adapters.flux import FluxAdapter
 from cachekern.adapters.sd3 import SD3Adapter
+from cachekern.adapters.wan import WanAdapter
 
-ADAPTERS = {adapter.model_class: adapter for adapter in (FluxAdapter(), SD3Adapter())}
+ADAPTERS = {adapter.model_class: adapter
+            for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter())}
 
 
 def adapter_for(model) -> Adapter:
@@ -22,4 +24,5 @@ def adapter_for(model) -> Adapter:
         f"comes from) and add an instance to cachekern.adapters.ADAPTERS.")
 
 
-__all__ = ["ADAPTERS", "Adapter", "StackCall", "adapter_for"]
+__all__ = ["ADAPTERS", "Adapter", "FluxAdapter", "SD3Adapter", "StackCall", "WanAdapter",
+           "adapter_for"]

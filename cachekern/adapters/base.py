@@ -17,12 +17,15 @@ class StackCall:
 
 @dataclass
 class Indicator:
-    """Block 0's timestep-modulated input: m = norm(hidden) * (1 + scale) + shift."""
+    """What TeaCache watches. Either block 0's timestep-modulated input,
+    m = norm(hidden) * (1 + scale) + shift (AdaLN families), or, for families where the timestep
+    embedding tracks the output better (Wan, CogVideoX), that embedding itself."""
 
-    scale: Optional[torch.Tensor]
-    shift: Optional[torch.Tensor]
-    norm: str
-    eps: float
+    scale: Optional[torch.Tensor] = None
+    shift: Optional[torch.Tensor] = None
+    norm: str = "layer"
+    eps: float = 1e-6
+    embedding: Optional[torch.Tensor] = None
 
 
 class Adapter:
@@ -39,6 +42,10 @@ class Adapter:
 
     def block_lists(self, model) -> List[str]:
         raise NotImplementedError
+
+    def coefficient_key(self, model) -> str:
+        """Which published polynomial fits this model (cachekern.coefficients.PUBLISHED)."""
+        return self.family
 
     def stack_call(self, args, kwargs) -> StackCall:
         raise NotImplementedError

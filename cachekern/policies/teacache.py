@@ -87,15 +87,16 @@ class TeaCache:
             raise ValueError("TeaCache: parity=True reproduces the published, global decision; "
                              "it cannot be combined with decision='per_sample'")
 
-    def polynomial_for(self, family: str):
-        """The coefficient list in force for `family` (None: raw distance)."""
+    def polynomial_for(self, key: str):
+        """The coefficient list in force for a model whose published fit would be `key`
+        (None: the raw distance)."""
         if self.coefficients == "auto":
-            if family not in published.PUBLISHED:
-                warnings.warn(f"TeaCache: no published coefficients for the '{family}' family; "
+            if key not in published.PUBLISHED:
+                warnings.warn(f"TeaCache: no published coefficients for '{key}'; "
                               f"using the raw relative L1 distance (pass coefficients=[...] from "
                               f"your own fit, or None to silence this)", stacklevel=3)
                 return None
-            return published.PUBLISHED[family]
+            return published.PUBLISHED[key]
         return self.coefficients
 
     def rescale(self, polynomial, rel: float) -> float:

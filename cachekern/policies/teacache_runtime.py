@@ -37,10 +37,10 @@ class BranchState:
 
 
 class TeaCacheRuntime:
-    def __init__(self, policy, adapter):
+    def __init__(self, policy, adapter, model):
         self.policy = policy
         self.adapter = adapter
-        self.polynomial = policy.polynomial_for(adapter.family)
+        self.polynomial = policy.polynomial_for(adapter.coefficient_key(model))
 
     # -- the indicator ------------------------------------------------------------------------
     def _sums(self, blocks, call: StackCall, state: BranchState):
@@ -56,6 +56,15 @@ class TeaCacheRuntime:
             state.prev = m
             return sums
         ind = self.adapter.indicator(blocks, call)
+        if ind.embedding is not None:  # a [B, ...] embedding: tiny, plain PyTorch suffices
+            e = ind.embedding.float()
+            if state.prev is None or state.prev.shape != e.shape:
+                state.prev = e.clone()
+                return None
+            diff = (e - state.prev).abs().flatten(1).sum(1)
+            prev_sum = state.prev.abs().flatten(1).sum(1)
+            state.prev.copy_(e)
+            return diff, prev_sum
         if state.prev is None:
             state.prev = modulate(call.hidden, ind.scale, ind.shift, norm=ind.norm, eps=ind.eps)
             return None
