@@ -237,7 +237,7 @@ def test_two_models_of_one_class_keep_separate_state():
 def test_errors_name_what_is_wrong():
     model = tiny_flux()
     with pytest.raises(TypeError, match=r"no adapter for Linear\. Supported model classes: "
-                                        r"FluxTransformer2DModel.*subclass cachekern.adapters"):
+                                        r".*FluxTransformer2DModel.*subclass cachekern.adapters"):
         cachekern.patch(torch.nn.Linear(2, 2), TeaCache())
     with pytest.raises(TypeError, match="policy must be one of TeaCache"):
         cachekern.patch(model, "teacache")

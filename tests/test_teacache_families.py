@@ -57,7 +57,40 @@ def wan():
     return model, inputs, 1000.0
 
 
-FAMILIES = [flux, sd3, wan]
+def cogvideox():
+    torch.manual_seed(0)
+    model = diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+        time_embed_dim=2, text_embed_dim=8, num_layers=3, sample_width=8, sample_height=8,
+        sample_frames=8, patch_size=2, temporal_compression_ratio=4,
+        max_text_seq_length=8).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 2, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 8, 8, generator=g))
+    return model, inputs, 1000.0
+
+
+def hunyuan_video():
+    torch.manual_seed(0)
+    model = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10,
+        num_layers=2, num_single_layers=2, num_refiner_layers=1, patch_size=1, patch_size_t=1,
+        guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(2, 4, 4)).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 1, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    pooled_projections=torch.randn(batch, 8, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 6),
+                    guidance=torch.full((batch,), 3.5))
+    return model, inputs, 1000.0
+
+
+FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video]
 
 
 def sample(model, inp, steps=STEPS, timestep_scale=1.0):
@@ -107,7 +140,7 @@ def test_per_sample_decisions_do_not_leak(family):
     model, inputs, scale = family()
     a, b = inputs(4), inputs(5)
     mixed = {k: (torch.stack([b[k][0], a[k][1]]) if k not in ("img_ids", "txt_ids") else v)
-             for k, v in a.items()}
+             for k, v in a.items()}  # sample 0 from b, sample 1 from a
     results = []
     for inp in (a, mixed):
         with cachekern.patched(model, policy(threshold=0.3, decision="per_sample")) as handle:

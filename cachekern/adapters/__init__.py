@@ -3,12 +3,15 @@ indicator TeaCache watches comes from. Dispatch is by class name, so diffusers i
 by the caller."""
 
 from cachekern.adapters.base import Adapter, StackCall
+from cachekern.adapters.cogvideox import CogVideoXAdapter
 from cachekern.adapters.flux import FluxAdapter
+from cachekern.adapters.hunyuan_video import HunyuanVideoAdapter
 from cachekern.adapters.sd3 import SD3Adapter
 from cachekern.adapters.wan import WanAdapter
 
 ADAPTERS = {adapter.model_class: adapter
-            for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter())}
+            for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter(), CogVideoXAdapter(),
+                            HunyuanVideoAdapter())}
 
 
 def adapter_for(model) -> Adapter:
@@ -24,5 +27,5 @@ def adapter_for(model) -> Adapter:
         f"comes from) and add an instance to cachekern.adapters.ADAPTERS.")
 
 
-__all__ = ["ADAPTERS", "Adapter", "FluxAdapter", "SD3Adapter", "StackCall", "WanAdapter",
-           "adapter_for"]
+__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "FluxAdapter", "HunyuanVideoAdapter",
+           "SD3Adapter", "StackCall", "WanAdapter", "adapter_for"]

@@ -29,33 +29,59 @@ class Indicator:
 
 
 class Adapter:
-    """Base class. A family's adapter names its block lists (run in order as one stack), turns the
-    first block's call into a StackCall and back, and computes block 0's indicator."""
+    """Base class. A family's adapter names its block lists (run in order as one stack), says how
+    a block is called and what it returns, which call arguments carry a batch dimension, and
+    computes the indicator TeaCache watches. Most families only set the class attributes below
+    and write `indicator`."""
 
     family: str = ""
     model_class: str = ""
     timestep_arg: str = "timestep"
-    hidden_arg: str = "hidden_states"
+    lists: tuple = ()          # the model's block lists, in the order its forward runs them
+    block_args: tuple = ()     # a block's parameters in order, hidden_states first
+    batched_args: tuple = ("encoder_hidden_states", "temb")  # extras indexed by sample
+    call_by_keyword: bool = True   # the model calls its blocks with keywords (else positionally)
+    returns: tuple = ("encoder_hidden_states", "hidden_states")  # what a block returns, in order
     # forward() arguments under which the stack cannot be fused (e.g. per-block ControlNet
     # residuals): such calls run uncached.
     uncacheable_args: tuple = ()
 
     def block_lists(self, model) -> List[str]:
-        raise NotImplementedError
+        return list(self.lists)
 
     def coefficient_key(self, model) -> str:
         """Which published polynomial fits this model (cachekern.coefficients.PUBLISHED)."""
         return self.family
 
     def stack_call(self, args, kwargs) -> StackCall:
-        raise NotImplementedError
+        """The first block's call, as the model made it."""
+        values = dict(zip(self.block_args, args))
+        values.update(kwargs)
+        return StackCall(values.pop("hidden_states"), values)
 
     def run_blocks(self, model, call: StackCall, blocks) -> StackCall:
-        raise NotImplementedError
+        extras = dict(call.extras)
+        hidden = call.hidden
+        for block in blocks:
+            if self.call_by_keyword:
+                out = block(hidden_states=hidden, **extras)
+            else:
+                out = block(hidden, *(extras.get(name) for name in self.block_args[1:]))
+            if len(self.returns) == 1:
+                hidden = out
+            else:
+                for name, value in zip(self.returns, out):
+                    if name == "hidden_states":
+                        hidden = value
+                    else:
+                        extras[name] = value
+        return StackCall(hidden, extras)
 
     def stack_output(self, call: StackCall):
         """The value the model's block loop expects back from a block."""
-        raise NotImplementedError
+        values = [call.hidden if name == "hidden_states" else call.extras[name]
+                  for name in self.returns]
+        return values[0] if len(values) == 1 else tuple(values)
 
     def indicator(self, blocks, call: StackCall) -> Indicator:
         """From the model's own blocks (`blocks[0]` is block 0), not the model's attributes,
@@ -63,10 +89,26 @@ class Adapter:
         raise NotImplementedError
 
     def reference_modulated_input(self, blocks, call: StackCall) -> torch.Tensor:
-        """Block 0's modulated input computed by the model's own module, in the model's dtype:
-        what the published TeaCache compares (parity mode)."""
+        """The indicator computed as the published TeaCache computes it, in the model's dtype
+        (parity mode)."""
         raise NotImplementedError
 
     def select(self, call: StackCall, index: torch.Tensor) -> StackCall:
         """The samples `index` of a call (for per-sample decisions)."""
-        raise NotImplementedError
+        extras = dict(call.extras)
+        for name in self.batched_args:
+            if isinstance(extras.get(name), torch.Tensor):
+                extras[name] = extras[name][index]
+        return StackCall(call.hidden[index], extras)
+
+
+class TimestepEmbeddingIndicator:
+    """Mixin for families whose indicator is the timestep embedding the blocks receive."""
+
+    embedding_arg = "temb"
+
+    def indicator(self, blocks, call):
+        return Indicator(embedding=call.extras[self.embedding_arg])
+
+    def reference_modulated_input(self, blocks, call):
+        return call.extras[self.embedding_arg]

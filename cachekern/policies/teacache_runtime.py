@@ -80,7 +80,12 @@ class TeaCacheRuntime:
         if state.signature != signature:  # another resolution, dtype or device: start afresh
             state.__init__()
             state.signature = signature
-        sums = self._sums(blocks, call, state)
+        # The kernels need the channel dimension contiguous; some models (HunyuanVideo) hand
+        # their blocks a transposed view. The blocks still get the original tensor, so a
+        # computed step stays bit for bit the model's own.
+        dense = call if call.hidden.stride(-1) == 1 else \
+            StackCall(call.hidden.contiguous(), call.extras)
+        sums = self._sums(blocks, dense, state)
         # One host transfer for everything the decision needs.
         parts = []
         if isinstance(timestep, torch.Tensor):
@@ -125,7 +130,7 @@ class TeaCacheRuntime:
             record_rel, record_acc = rel, state.accumulated
         stats["decision_seconds"] += time.perf_counter() - start
 
-        out = self._execute(model, call, blocks, state, compute)
+        out = self._execute(model, call, dense, blocks, state, compute)
         n_computed = sum(compute)
         stats["calls"] += 1
         stats["computed" if n_computed else "skipped"] += 1
@@ -136,14 +141,15 @@ class TeaCacheRuntime:
                             rel_l1=record_rel, accumulated=record_acc))
         return out
 
-    def _execute(self, model, call, blocks, state, compute):
+    def _execute(self, model, call, dense, blocks, state, compute):
+        """Runs or skips the stack; `dense` is `call` with a last-dim-contiguous hidden."""
         if all(compute):
             out = self.adapter.run_blocks(model, call, blocks)
             reuse = state.residual if state.residual is not None and \
                 state.residual.shape == out.hidden.shape else None
-            state.residual = residual_capture(out.hidden, call.hidden, out=reuse)[0]
+            state.residual = residual_capture(out.hidden.contiguous(), dense.hidden, out=reuse)[0]
             return out
-        hidden = residual_reuse(call.hidden, state.residual)
+        hidden = residual_reuse(dense.hidden, state.residual)
         if not any(compute):
             return StackCall(hidden, call.extras)
         # Per sample: compute only the samples that need it, reuse for the rest.
@@ -151,7 +157,8 @@ class TeaCacheRuntime:
         sub = self.adapter.select(call, index)
         sub_out = self.adapter.run_blocks(model, sub, blocks)
         hidden[index] = sub_out.hidden
-        state.residual[index] = residual_capture(sub_out.hidden, sub.hidden)[0]
+        state.residual[index] = residual_capture(sub_out.hidden.contiguous(),
+                                                 dense.hidden[index])[0]
         extras = dict(call.extras)
         for name, value in sub_out.extras.items():
             full = call.extras.get(name)
