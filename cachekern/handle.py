@@ -25,6 +25,14 @@ class _CachedStack(nn.Module):
     def forward(self, *args, **kwargs):
         return self._handle._run_stack(args, kwargs)
 
+    def __getattr__(self, name):
+        # Some models reach into block 0 outside their block loop (DiT reads
+        # transformer_blocks[0].norm1.emb for its final modulation): answer as block 0.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._handle._blocks[0], name)
+
 
 class CacheHandle:
     def __init__(self, model, adapter, policy):

@@ -90,7 +90,36 @@ def hunyuan_video():
     return model, inputs, 1000.0
 
 
-FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video]
+def pixart():
+    torch.manual_seed(0)
+    model = diffusers.PixArtTransformer2DModel(
+        sample_size=8, num_layers=3, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+        caption_channels=16, in_channels=4, cross_attention_dim=16, out_channels=4,
+        attention_bias=True, activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    added_cond_kwargs={"aspect_ratio": None, "resolution": None})
+    return model, inputs, 1000.0
+
+
+def dit():
+    torch.manual_seed(0)
+    model = diffusers.DiTTransformer2DModel(
+        sample_size=8, num_layers=3, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+        in_channels=4, out_channels=4, num_embeds_ada_norm=10).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    class_labels=torch.randint(0, 10, (batch,), generator=g))
+    return model, inputs, 1000.0
+
+
+FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit]
 
 
 def sample(model, inp, steps=STEPS, timestep_scale=1.0):
@@ -139,7 +168,8 @@ def test_high_threshold_skips_and_generations_do_not_share_state(family):
 def test_per_sample_decisions_do_not_leak(family):
     model, inputs, scale = family()
     a, b = inputs(4), inputs(5)
-    mixed = {k: (torch.stack([b[k][0], a[k][1]]) if k not in ("img_ids", "txt_ids") else v)
+    mixed = {k: (torch.stack([b[k][0], a[k][1]]) if isinstance(v, torch.Tensor)
+                 and k not in ("img_ids", "txt_ids") else v)
              for k, v in a.items()}  # sample 0 from b, sample 1 from a
     results = []
     for inp in (a, mixed):

@@ -3,6 +3,7 @@ indicator TeaCache watches comes from. Dispatch is by class name, so diffusers i
 by the caller."""
 
 from cachekern.adapters.base import Adapter, StackCall
+from cachekern.adapters.basic_block import DiTAdapter, PixArtAdapter
 from cachekern.adapters.cogvideox import CogVideoXAdapter
 from cachekern.adapters.flux import FluxAdapter
 from cachekern.adapters.hunyuan_video import HunyuanVideoAdapter
@@ -11,7 +12,7 @@ from cachekern.adapters.wan import WanAdapter
 
 ADAPTERS = {adapter.model_class: adapter
             for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter(), CogVideoXAdapter(),
-                            HunyuanVideoAdapter())}
+                            HunyuanVideoAdapter(), PixArtAdapter(), DiTAdapter())}
 
 
 def adapter_for(model) -> Adapter:
@@ -27,5 +28,6 @@ def adapter_for(model) -> Adapter:
         f"comes from) and add an instance to cachekern.adapters.ADAPTERS.")
 
 
-__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "FluxAdapter", "HunyuanVideoAdapter",
-           "SD3Adapter", "StackCall", "WanAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "DiTAdapter", "FluxAdapter",
+           "HunyuanVideoAdapter", "PixArtAdapter", "SD3Adapter", "StackCall", "WanAdapter",
+           "adapter_for"]
