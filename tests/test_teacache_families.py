@@ -119,7 +119,38 @@ def dit():
     return model, inputs, 1000.0
 
 
-FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit]
+def ltx_video():
+    torch.manual_seed(0)
+    model = diffusers.LTXVideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
+        attention_head_dim=8, cross_attention_dim=16, num_layers=3, caption_channels=16).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 2 * 4 * 4, 4, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 6), num_frames=2, height=4,
+                    width=4)
+    return model, inputs, 1000.0
+
+
+def mochi():
+    torch.manual_seed(0)
+    model = diffusers.MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=3,
+        pooled_projection_dim=16, in_channels=4, out_channels=None, qk_norm="rms_norm",
+        text_embed_dim=16, time_embed_dim=4, activation_fn="swiglu",
+        max_sequence_length=16).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 6))
+    return model, inputs, 1000.0
+
+
+FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi]
 
 
 def sample(model, inp, steps=STEPS, timestep_scale=1.0):
@@ -151,10 +182,11 @@ def test_threshold_zero_is_bitwise_and_unpatch_restores(family):
     assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
 
 
+@pytest.mark.parametrize("parity", [False, True], ids=["fused", "parity"])
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
-def test_high_threshold_skips_and_generations_do_not_share_state(family):
+def test_high_threshold_skips_and_generations_do_not_share_state(family, parity):
     model, inputs, scale = family()
-    with cachekern.patched(model, policy(threshold=10.0)) as handle:
+    with cachekern.patched(model, policy(threshold=10.0, parity=parity)) as handle:
         sample(model, inputs(2), timestep_scale=scale)
         computed = [r["computed"] for r in handle.history]
         second = sample(model, inputs(3), timestep_scale=scale)

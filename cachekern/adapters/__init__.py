@@ -7,12 +7,14 @@ from cachekern.adapters.basic_block import DiTAdapter, PixArtAdapter
 from cachekern.adapters.cogvideox import CogVideoXAdapter
 from cachekern.adapters.flux import FluxAdapter
 from cachekern.adapters.hunyuan_video import HunyuanVideoAdapter
+from cachekern.adapters.rms_modulated import LTXVideoAdapter, MochiAdapter
 from cachekern.adapters.sd3 import SD3Adapter
 from cachekern.adapters.wan import WanAdapter
 
 ADAPTERS = {adapter.model_class: adapter
             for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter(), CogVideoXAdapter(),
-                            HunyuanVideoAdapter(), PixArtAdapter(), DiTAdapter())}
+                            HunyuanVideoAdapter(), PixArtAdapter(), DiTAdapter(),
+                            LTXVideoAdapter(), MochiAdapter())}
 
 
 def adapter_for(model) -> Adapter:
@@ -29,5 +31,5 @@ def adapter_for(model) -> Adapter:
 
 
 __all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "DiTAdapter", "FluxAdapter",
-           "HunyuanVideoAdapter", "PixArtAdapter", "SD3Adapter", "StackCall", "WanAdapter",
-           "adapter_for"]
+           "HunyuanVideoAdapter", "LTXVideoAdapter", "MochiAdapter", "PixArtAdapter", "SD3Adapter",
+           "StackCall", "WanAdapter", "adapter_for"]
