@@ -6,13 +6,13 @@ per-sample sums together: the call's only synchronisation. A skipped call is one
 a computed one runs the blocks and writes the new residual with residual_capture.
 """
 
+import importlib
 import time
 from typing import Optional
 
 import torch
 
 from cachekern.adapters.base import StackCall
-from cachekern.triton_kernels import modulate, modulated_distance, residual_capture, residual_reuse
 
 
 class BranchState:
@@ -41,6 +41,9 @@ class TeaCacheRuntime:
         self.policy = policy
         self.adapter = adapter
         self.polynomial = policy.polynomial_for(adapter.coefficient_key(model))
+        # Imported when a model is patched, not with `import cachekern`: the kernels pull in
+        # Triton, which a BlockCache-only user need not load.
+        self.kernels = importlib.import_module("cachekern.triton_kernels")
 
     # -- the indicator ------------------------------------------------------------------------
     def _sums(self, blocks, call: StackCall, state: BranchState):
@@ -66,10 +69,12 @@ class TeaCacheRuntime:
             state.prev.copy_(e)
             return diff, prev_sum
         if state.prev is None:
-            state.prev = modulate(call.hidden, ind.scale, ind.shift, norm=ind.norm, eps=ind.eps)
+            state.prev = self.kernels.modulate(call.hidden, ind.scale, ind.shift, norm=ind.norm,
+                                               eps=ind.eps)
             return None
-        return modulated_distance(call.hidden, state.prev, ind.scale, ind.shift, norm=ind.norm,
-                                  eps=ind.eps, out_modulated=state.prev)
+        return self.kernels.modulated_distance(call.hidden, state.prev, ind.scale, ind.shift,
+                                               norm=ind.norm, eps=ind.eps,
+                                               out_modulated=state.prev)
 
     # -- one call -----------------------------------------------------------------------------
     def run(self, model, call: StackCall, blocks, state: BranchState, timestep, num_steps,
@@ -147,9 +152,10 @@ class TeaCacheRuntime:
             out = self.adapter.run_blocks(model, call, blocks)
             reuse = state.residual if state.residual is not None and \
                 state.residual.shape == out.hidden.shape else None
-            state.residual = residual_capture(out.hidden.contiguous(), dense.hidden, out=reuse)[0]
+            state.residual = self.kernels.residual_capture(out.hidden.contiguous(), dense.hidden,
+                                                           out=reuse)[0]
             return out
-        hidden = residual_reuse(dense.hidden, state.residual)
+        hidden = self.kernels.residual_reuse(dense.hidden, state.residual)
         if not any(compute):
             return StackCall(hidden, call.extras)
         # Per sample: compute only the samples that need it, reuse for the rest.
@@ -157,8 +163,8 @@ class TeaCacheRuntime:
         sub = self.adapter.select(call, index)
         sub_out = self.adapter.run_blocks(model, sub, blocks)
         hidden[index] = sub_out.hidden
-        state.residual[index] = residual_capture(sub_out.hidden.contiguous(),
-                                                 dense.hidden[index])[0]
+        state.residual[index] = self.kernels.residual_capture(sub_out.hidden.contiguous(),
+                                                              dense.hidden[index])[0]
         extras = dict(call.extras)
         for name, value in sub_out.extras.items():
             full = call.extras.get(name)
