@@ -67,9 +67,10 @@ def build_cases(size_name, shape, dtype=torch.bfloat16):
     def each(fn):
         return [functools.partial(fn, **t) for t in sets]
 
-    def decision(deterministic, write):
+    def decision(deterministic, write, in_place=False):
         def run(x, prev, m, scale, shift, **_):
-            return ck.modulated_distance(x, prev, scale, shift, out_modulated=m if write else None,
+            out = (prev if in_place else m) if write else None
+            return ck.modulated_distance(x, prev, scale, shift, out_modulated=out,
                                          deterministic=deterministic)
         return each(run)
 
@@ -84,6 +85,8 @@ def build_cases(size_name, shape, dtype=torch.bfloat16):
              3 * S, eager_syncs=True),
         Case("modulated_distance (+m, deterministic)", size_name, decision(True, True),
              eager_decision, 3 * S, eager_syncs=True),
+        Case("modulated_distance (m over prev, deterministic: TeaCache's call)", size_name,
+             decision(True, True, in_place=True), eager_decision, 3 * S, eager_syncs=True),
         Case("modulated_distance (sums only)", size_name, decision(False, False), eager_decision,
              2 * S, eager_syncs=True),
         Case("residual_reuse x+r (out of place)", size_name,

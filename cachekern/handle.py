@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cachekern.policies.teacache_runtime import BranchState, TeaCacheRuntime
+from cachekern.shell_memo import MemoizedModule
 
 
 class _CachedStack(nn.Module):
@@ -40,12 +41,16 @@ class CacheHandle:
         self.adapter = adapter
         self.policy = policy
         self.runtime = TeaCacheRuntime(policy, adapter, model)
+        self.runtime.check_model([block for name in adapter.block_lists(model)
+                                  for block in model._modules[name]])
         self.history = []
         self._branches = {}
         self._context = None       # the pipeline's current cache_context, if any
         self._call_counter = itertools.count()
         self._call = None          # (branch, timestep, steps) of the forward call in progress
         self._blocks = None
+        self._stand_in_lists = {}
+        self._memos = {}           # cachekern.shell_memo stand-ins, by module name
         self._stats = self._zero_stats()
 
     @staticmethod
@@ -58,15 +63,19 @@ class CacheHandle:
         """calls, computed, skipped (calls whose stack ran / was skipped), samples_computed and
         samples_skipped, uncached_calls (calls the cache could not serve, e.g. with ControlNet
         residuals), decision_seconds (host time deciding, including the one synchronisation),
-        bytes_held (state kept between steps), branches."""
+        bytes_held (state kept between steps), memo_hits (calls that reused a module output
+        outside the stack, see cachekern.shell_memo), branches."""
         out = dict(self._stats)
-        out["bytes_held"] = sum(state.nbytes() for state in self._branches.values())
+        out["bytes_held"] = sum(state.nbytes() for state in self._branches.values()) + \
+            sum(memo.nbytes() for memo in self._memos.values())
+        out["memo_hits"] = sum(memo.hits for memo in self._memos.values())
         out["branches"] = sorted(self._branches)
         return out
 
     def reset(self):
         """Forgets all state, history and counters: the next call starts a new generation."""
         self._branches.clear()
+        self._memos.clear()
         self.history.clear()
         self._stats = self._zero_stats()
         self._call_counter = itertools.count()
@@ -93,18 +102,38 @@ class CacheHandle:
         else:
             branch = f"call{next(self._call_counter) % self.policy.calls_per_step}"
         self._call = (branch, timestep, steps)
-        lists = self.adapter.block_lists(self.model)
+        lists = tuple(self.adapter.block_lists(self.model))
         saved = {name: self.model._modules[name] for name in lists}
         self._blocks = [block for name in lists for block in saved[name]]
-        stack = _CachedStack(self)
+        stand_ins = dict(self._stand_ins(lists))
+        for name, inputs in self.adapter.memoized_modules.items():
+            tensors = [kwargs.get(arg) for arg in inputs]
+            module = self.model._modules.get(name)
+            if module is None or not all(isinstance(t, torch.Tensor) for t in tensors):
+                continue  # passed positionally, or absent: the module runs as it is
+            memo = self._memos.get(name)
+            if memo is None or memo.module is not module:
+                memo = self._memos[name] = MemoizedModule(module)
+            memo.set_inputs(tensors)
+            saved[name] = module
+            stand_ins[name] = memo
         try:
-            self.model._modules[lists[0]] = nn.ModuleList([stack])
-            for name in lists[1:]:
-                self.model._modules[name] = nn.ModuleList()
+            self.model._modules.update(stand_ins)
             return original_forward(*args, **kwargs)
         finally:
             self.model._modules.update(saved)
             self._call = self._blocks = None
+
+    def _stand_ins(self, lists):
+        """The block lists the model sees during a call: the cached stack in the first, the rest
+        empty. Built once per set of lists (building modules per call costs host time that a
+        skipped step would pay in full)."""
+        stand_ins = self._stand_in_lists.get(lists)
+        if stand_ins is None:
+            stand_ins = {name: nn.ModuleList() for name in lists}
+            stand_ins[lists[0]].append(_CachedStack(self))
+            self._stand_in_lists[lists] = stand_ins
+        return stand_ins
 
     def _run_stack(self, args, kwargs):
         branch, timestep, steps = self._call

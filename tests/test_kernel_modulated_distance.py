@@ -99,6 +99,24 @@ def test_modulate_alone_and_in_place_over_prev(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 33, 3072), (1, 9, 5120), (3, 5, 1000)])
+def test_in_place_over_prev_at_model_widths(device, dtype, shape):
+    """Written over prev, rows are held whole (another tile shape than with a separate m)."""
+    x, scale, shift = make_inputs(shape, dtype, device)
+    prev = torch_modulate(x, scale, shift) + 0.05 * torch.randn(shape, device=device).to(dtype)
+    old_prev = prev.clone()
+    diff, prev_sum = modulated_distance(x, prev, scale, shift, out_modulated=prev)
+    m64, diff64, prev64 = torch_modulated_distance(x.double(), old_prev.double(), scale.double(),
+                                                   shift.double(), "layer", 1e-6)
+    m_torch = torch_same_dtype_modulate(x, scale, shift, "layer", 1e-6)
+    assert_tensor_close(prev, m64, m_torch, dtype, "modulated input")
+    torch_error_l1 = (m_torch.double() - m64).abs().flatten(1).sum(1)
+    assert_sums_close(diff, diff64, torch_error_l1, dtype, "diff_sum")
+    assert_sums_close(prev_sum, prev64, torch.zeros_like(prev64), dtype, "prev_sum")
+
+
+@pytest.mark.parametrize("device", DEVS)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_samples_never_mix(device, deterministic):
     x, scale, shift = make_inputs((3, 40, 48), torch.float32, device)

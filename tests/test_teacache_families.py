@@ -242,3 +242,37 @@ def test_wan_picks_the_published_e0_fit_by_model_size():
     model.register_to_config(num_attention_heads=12, attention_head_dim=128)
     assert WanAdapter().coefficient_key(model) == "wan_t2v_1.3b_e0"
     assert TeaCache().polynomial_for("wan_t2v_1.3b_e0") == PUBLISHED["wan_t2v_1.3b_e0"]
+
+
+REUSES_MODULATED = [flux, sd3, hunyuan_video]
+
+
+@pytest.mark.parametrize("family", REUSES_MODULATED, ids=lambda f: f.__name__)
+def test_reuse_modulated_serves_block_0s_norm1_and_stays_close(family):
+    model, inputs, scale = family()
+    inp = inputs(1)
+    reference = sample(model, inp, timestep_scale=scale)
+    calls = []
+    model.transformer_blocks[0].norm1.register_forward_hook(lambda *_: calls.append(1))
+    with cachekern.patched(model, policy(threshold=0.0, reuse_modulated=True)) as handle:
+        reused = sample(model, inp, timestep_scale=scale)
+        assert handle.stats()["skipped"] == 0
+    assert calls == []          # block 0's own norm1 never ran: the kernel's m served it
+    # fp32: the fused m and the model's norm1 differ only in rounding.
+    torch.testing.assert_close(reused, reference, rtol=1e-4, atol=1e-5)
+    assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+
+
+@pytest.mark.parametrize("family", [wan, pixart, ltx_video], ids=lambda f: f.__name__)
+def test_reuse_modulated_is_refused_where_block_0_has_no_plain_adaln_zero(family):
+    model, _, _ = family()
+    with pytest.raises(ValueError, match="reuse_modulated=True needs block 0"):
+        cachekern.patch(model, policy(reuse_modulated=True))
+    assert "_cachekern_patch" not in model.__dict__
+
+
+def test_reuse_modulated_and_parity_exclude_each_other():
+    with pytest.raises(ValueError, match="parity=True .* reuse_modulated=True"):
+        TeaCache(parity=True, reuse_modulated=True)
+    with pytest.raises(ValueError, match="reuse_modulated must be True or False"):
+        TeaCache(reuse_modulated="yes")

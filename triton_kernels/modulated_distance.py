@@ -74,28 +74,41 @@ if triton is not None:
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_CHUNKS: tl.constexpr,
         EXPLICIT_BF16: tl.constexpr,
     ):
-        """A tile of BLOCK_N rows per program, its rows walked in chunks of BLOCK_D columns:
-        pass 1 reads x for the row statistics, pass 2 reads x again (from L2: the rows were just
-        read) with prev, and writes m. Chunks keep registers few, so many programs share an SM
-        and their loads overlap; whole 5120-wide rows in registers left the GPU half idle. The
-        chunk loops are unrolled (NUM_CHUNKS is a constant) so every chunk's loads are in flight
-        together, and the compiler may keep pass 1's x for pass 2."""
+        """A tile of BLOCK_N rows per program. When the row is one tile (NUM_CHUNKS == 1), x and
+        prev are loaded once, up front. Otherwise the row is walked in chunks of BLOCK_D
+        columns: pass 1 reads x for the row statistics, pass 2 reads x again (from L2) with
+        prev, and writes m; the chunk loops are unrolled so independent loads overlap."""
         pid = tl.program_id(0)
         # int64: B * N * D exceeds 2**31 at video sizes (Wan-14B 720p: 3.9e8 per sample).
         b = tl.program_id(1).to(tl.int64)
         rows = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
         row_ok = rows < N
         x_rows = X + b * stride_xb + rows[:, None] * stride_xn
+        p_rows = PREV + b * stride_pb + rows[:, None] * stride_pn
         # Pass 1. Sums are shifted by each row's first element, so the variance does not
         # cancel catastrophically when a row's mean is large against its spread.
         pivot = tl.load(X + b * stride_xb + rows * stride_xn, mask=row_ok, other=0.0).to(tl.float32)
+        if NUM_CHUNKS == 1:
+            # The whole row in one tile: x and prev are loaded together, before the statistics.
+            # TeaCache writes m over prev (out_modulated=prev); chunk by chunk, the compiler
+            # cannot move the next chunk's prev load above this chunk's store to a pointer that
+            # may alias it, and every chunk waits out a full memory latency (76.9 µs instead of
+            # 28.0 at FLUX size on an H200, benchmarks/RESULTS.md).
+            cols = tl.arange(0, BLOCK_D)
+            whole_mask = row_ok[:, None] & (cols < D)[None, :]
+            x_whole = tl.load(x_rows + cols[None, :], mask=whole_mask, other=0.0).to(tl.float32)
+            if HAS_PREV:
+                p_whole = tl.load(p_rows + cols[None, :], mask=whole_mask, other=0.0).to(tl.float32)
         s1 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         s2 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
         for chunk in tl.static_range(NUM_CHUNKS):
             start = chunk * BLOCK_D
             cols = start + tl.arange(0, BLOCK_D)
             mask = row_ok[:, None] & (cols < D)[None, :]
-            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            if NUM_CHUNKS == 1:
+                x = x_whole
+            else:
+                x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             if NORM == 0:
                 d = tl.where(mask, x - pivot[:, None], 0.0)
                 s1 += d
@@ -121,10 +134,14 @@ if triton is not None:
             cols = start + tl.arange(0, BLOCK_D)
             col_ok = cols < D
             mask = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            if HAS_PREV:
-                p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pn + cols[None, :],
-                            mask=mask, other=0.0).to(tl.float32)
+            if NUM_CHUNKS == 1:
+                x = x_whole
+                if HAS_PREV:
+                    p = p_whole
+            else:
+                x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                if HAS_PREV:
+                    p = tl.load(p_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
             y = ((x - center[:, None]) - shifted_mean[:, None]) * rstd[:, None]
             if HAS_SCALE:
                 scale = tl.load(SCALE + b * stride_sb + cols, mask=col_ok, other=0.0)
@@ -148,15 +165,25 @@ if triton is not None:
                            tl.sum(tl.sum(prev_acc, axis=1), axis=0), DETERMINISTIC)
 
 
-CHUNK = 1024  # columns per chunk: 8 fp32 per thread per tensor with 4 warps
+CHUNK = 1024  # columns per chunk when the row is walked in chunks
+WHOLE_ROW = 8192  # in place, rows up to this wide (every model's; Wan-14B: 5120) are one tile
 
 
 def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic, *, block_d=None,
-            block_n=None, num_warps=4):
+            block_n=None, num_warps=None):
     """Runs the kernel; returns the [2, B] sums (or None without prev). The tile shape can be
     overridden for tuning (benchmarks/tune_modulated_distance.py)."""
     B, N, D = x.shape
-    block_d = block_d or min(next_power_of_2(D), CHUNK)
+    width = next_power_of_2(D)
+    if block_d is None:
+        # Writing m over prev (TeaCache's call) needs whole rows: chunk by chunk the loads wait
+        # on the stores (see the kernel). With separate buffers, chunks of 1024 are faster (the
+        # masked lanes of a power-of-two row tile cost more than they save). Both measured on
+        # an H200 (benchmarks/tune_modulated_distance.py, RESULTS.md).
+        aliased = prev is not None and out is not None and \
+            out.untyped_storage().data_ptr() == prev.untyped_storage().data_ptr()
+        block_d = width if aliased and width <= WHOLE_ROW else min(width, CHUNK)
+    num_warps = num_warps or 4
     block_n = block_n or max(1, min(64, CHUNK // block_d))  # narrow rows: several per program
     programs = cdiv(N, block_n)  # one tile each: many programs hide memory latency
     has_prev = prev is not None

@@ -13,7 +13,19 @@ class AdaLNZeroStackAdapter(Adapter):
         emb = norm1.linear(norm1.silu(call.extras["temb"]))
         # AdaLayerNormZero splits 6 ways, SD3.5's AdaLayerNormZeroX 9; both start shift, scale.
         chunks = emb.chunk(norm1.linear.out_features // call.hidden.shape[-1], dim=1)
-        return Indicator(chunks[1], chunks[0], "layer", norm1.norm.eps)
+        return Indicator(chunks[1], chunks[0], "layer", norm1.norm.eps, chunks=chunks)
+
+    def supports_reuse_modulated(self, blocks):
+        # Plain AdaLayerNormZero fed an embedding returns (m, gate_msa, shift_mlp, scale_mlp,
+        # gate_mlp); SD3.5's AdaLayerNormZeroX also normalises a second stream.
+        from diffusers.models.normalization import AdaLayerNormZero
+
+        norm1 = getattr(blocks[0], "norm1", None)
+        return type(norm1) is AdaLayerNormZero and norm1.emb is None
+
+    def norm1_output(self, indicator, modulated):
+        chunks = indicator.chunks
+        return modulated, chunks[2], chunks[3], chunks[4], chunks[5]
 
     def reference_modulated_input(self, blocks, call):
         return blocks[0].norm1(call.hidden, emb=call.extras["temb"])[0]

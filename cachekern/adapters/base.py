@@ -26,6 +26,9 @@ class Indicator:
     norm: str = "layer"
     eps: float = 1e-6
     embedding: Optional[torch.Tensor] = None
+    # All chunks of block 0's modulation (AdaLN-Zero: shift, scale, gate of attention, then of
+    # the MLP), for families whose norm1 output can be served from the indicator.
+    chunks: Optional[tuple] = None
 
 
 class Adapter:
@@ -45,6 +48,10 @@ class Adapter:
     # forward() arguments under which the stack cannot be fused (e.g. per-block ControlNet
     # residuals): such calls run uncached.
     uncacheable_args: tuple = ()
+    # Modules outside the stack whose output is fixed by some forward() arguments: while a call
+    # passes the very same tensors, unmodified, their last output is reused (cachekern.shell_memo;
+    # exact). {module attribute: (argument names)}.
+    memoized_modules: dict = {}
 
     def block_lists(self, model) -> List[str]:
         return list(self.lists)
@@ -91,6 +98,15 @@ class Adapter:
     def reference_modulated_input(self, blocks, call: StackCall) -> torch.Tensor:
         """The indicator computed as the published TeaCache computes it, in the model's dtype
         (parity mode)."""
+        raise NotImplementedError
+
+    def supports_reuse_modulated(self, blocks) -> bool:
+        """Whether block 0's norm1 output can be served from the indicator
+        (TeaCache(reuse_modulated=True))."""
+        return False
+
+    def norm1_output(self, indicator: Indicator, modulated: torch.Tensor):
+        """What block 0's norm1 returns, built from the indicator and the modulated input."""
         raise NotImplementedError
 
     def select(self, call: StackCall, index: torch.Tensor) -> StackCall:

@@ -11,3 +11,5 @@ class FluxAdapter(AdaLNZeroStackAdapter):
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb",
                   "joint_attention_kwargs")
     uncacheable_args = ("controlnet_block_samples", "controlnet_single_block_samples")
+    # The rotary table depends only on the position ids, which a pipeline passes unchanged.
+    memoized_modules = {"pos_embed": ("txt_ids", "img_ids")}

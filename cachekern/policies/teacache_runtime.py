@@ -6,6 +6,7 @@ per-sample sums together: the call's only synchronisation. A skipped call is one
 a computed one runs the blocks and writes the new residual with residual_capture.
 """
 
+import contextlib
 import importlib
 import time
 from typing import Optional
@@ -13,6 +14,27 @@ from typing import Optional
 import torch
 
 from cachekern.adapters.base import StackCall
+
+
+class _Served(torch.nn.Module):
+    """Stands in for a submodule for one call and returns a value computed elsewhere."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, *args, **kwargs):
+        return self.value
+
+
+@contextlib.contextmanager
+def _serving(parent, name, value):
+    original = parent._modules[name]
+    parent._modules[name] = _Served(value)
+    try:
+        yield
+    finally:
+        parent._modules[name] = original
 
 
 class BranchState:
@@ -44,6 +66,15 @@ class TeaCacheRuntime:
         # Imported when a model is patched, not with `import cachekern`: the kernels pull in
         # Triton, which a BlockCache-only user need not load.
         self.kernels = importlib.import_module("cachekern.triton_kernels")
+        self.indicator = None  # this call's (Indicator, modulated input), for reuse_modulated
+
+    def check_model(self, blocks):
+        if self.policy.reuse_modulated and not self.adapter.supports_reuse_modulated(blocks):
+            raise ValueError(
+                f"TeaCache: reuse_modulated=True needs block 0 to start with a plain "
+                f"AdaLayerNormZero (FLUX, SD3, HunyuanVideo); this "
+                f"{self.adapter.model_class}'s block 0 has "
+                f"{type(getattr(blocks[0], 'norm1', None)).__name__}")
 
     # -- the indicator ------------------------------------------------------------------------
     def _sums(self, blocks, call: StackCall, state: BranchState):
@@ -59,6 +90,7 @@ class TeaCacheRuntime:
             state.prev = m
             return sums
         ind = self.adapter.indicator(blocks, call)
+        self.indicator = None
         if ind.embedding is not None:  # a [B, ...] embedding: tiny, plain PyTorch suffices
             e = ind.embedding.float()
             if state.prev is None or state.prev.shape != e.shape:
@@ -68,13 +100,17 @@ class TeaCacheRuntime:
             prev_sum = state.prev.abs().flatten(1).sum(1)
             state.prev.copy_(e)
             return diff, prev_sum
-        if state.prev is None:
+        if state.prev is None or state.prev.shape != call.hidden.shape:
             state.prev = self.kernels.modulate(call.hidden, ind.scale, ind.shift, norm=ind.norm,
                                                eps=ind.eps)
-            return None
-        return self.kernels.modulated_distance(call.hidden, state.prev, ind.scale, ind.shift,
-                                               norm=ind.norm, eps=ind.eps,
-                                               out_modulated=state.prev)
+            sums = None
+        else:
+            sums = self.kernels.modulated_distance(call.hidden, state.prev, ind.scale, ind.shift,
+                                                   norm=ind.norm, eps=ind.eps,
+                                                   out_modulated=state.prev)
+        if self.policy.reuse_modulated:
+            self.indicator = (ind, state.prev)
+        return sums
 
     # -- one call -----------------------------------------------------------------------------
     def run(self, model, call: StackCall, blocks, state: BranchState, timestep, num_steps,
@@ -149,7 +185,12 @@ class TeaCacheRuntime:
     def _execute(self, model, call, dense, blocks, state, compute):
         """Runs or skips the stack; `dense` is `call` with a last-dim-contiguous hidden."""
         if all(compute):
-            out = self.adapter.run_blocks(model, call, blocks)
+            if self.indicator is not None:  # reuse_modulated: block 0's norm1 is served
+                ind, modulated = self.indicator
+                with _serving(blocks[0], "norm1", self.adapter.norm1_output(ind, modulated)):
+                    out = self.adapter.run_blocks(model, call, blocks)
+            else:
+                out = self.adapter.run_blocks(model, call, blocks)
             reuse = state.residual if state.residual is not None and \
                 state.residual.shape == out.hidden.shape else None
             state.residual = self.kernels.residual_capture(out.hidden.contiguous(), dense.hidden,
