@@ -9,11 +9,11 @@ Complements bench_e2e_speed.py (which times whole calls against the peers) with 
   stack still pays it; it bounds what a skipped step can cost;
 - a skipped TeaCache call: wall time, host time, GPU kernel time, and the host functions that
   take the time (cProfile, cumulative);
-- computed TeaCache calls against the unpatched model, four in a row from a torch.profiler
-  trace: the GPU time of the kernels TeaCache adds and the GPU idle time (the wait at the one
-  host synchronisation per call), per call. Their sum is the patched-but-never-skipping
-  overhead, measured directly rather than as the small difference of two noisy 175-ms timings
-  (a slight overestimate: the first call of the four also exposes its pre-sync host work).
+- the patched-but-never-skipping overhead, measured directly in a steady loop of computed calls
+  with CUDA events around each piece TeaCache adds (the indicator's projection, the decision
+  kernels, the GPU idle time at the one synchronisation, a slower start of block 0 while the
+  host catches up, the residual capture), rather than as the small difference of two noisy
+  175-ms timings (their run-to-run spread is ~1 %, ten times the 0.1 % bar).
 """
 
 import argparse
@@ -88,13 +88,80 @@ def profile_call(fn, calls=5):
             {name: statistics.median(v) for name, v in by_name.items()})
 
 
-CONSECUTIVE = 4
+COST_KEYS = ("indicator", "decision", "sync_idle", "ramp", "capture")
+STEADY = 6
 
 
-def per_call(profiled):
-    busy, idle, kernels = profiled
-    return (busy / CONSECUTIVE, idle / CONSECUTIVE,
-            {name: us / CONSECUTIVE for name, us in kernels.items()})
+def _timed(owner, name, record):
+    """Wraps owner.name so that CUDA events are recorded before and after each call."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        start = torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = original(*args, **kwargs)
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        record.append((start, end))
+        return out
+    setattr(owner, name, wrapper)
+    return lambda: setattr(owner, name, original)
+
+
+def never_skipping_costs(model, call, policy):
+    """Per call, in a steady loop (the host ahead of the GPU, as in a pipeline): GPU time of the
+    indicator's projection, of the decision kernels and of the residual capture; the GPU idle
+    time from the end of the decision to block 0's first kernel (the one synchronisation); and
+    the GPU time from block 0 to block 2, which grows if the host, just back from the sync,
+    cannot launch block 0's small kernels as fast as the GPU runs them. None: unpatched."""
+    import cachekern.triton_kernels as kernels
+
+    records = {key: [] for key in COST_KEYS}
+    marks = []
+    hooks = [model.transformer_blocks[i].register_forward_pre_hook(
+        lambda *_, i=i: marks.append((i, _event()))) for i in (0, 2)]
+    restore = []
+    if policy is not None:
+        handle = cachekern.patch(model, policy)
+        restore = [_timed(handle.adapter, "indicator", records["indicator"]),
+                   _timed(kernels, "modulated_distance", records["decision"]),
+                   _timed(kernels, "residual_capture", records["capture"])]
+    try:
+        for _ in range(3):
+            call()
+        for key in records:
+            records[key].clear()
+        marks.clear()
+        torch.cuda.synchronize()
+        for _ in range(STEADY):
+            call()
+        torch.cuda.synchronize()
+    finally:
+        for undo in restore:
+            undo()
+        for hook in hooks:
+            hook.remove()
+        if policy is not None:
+            cachekern.unpatch(model)
+    block0 = [e for i, e in marks if i == 0]
+    block2 = [e for i, e in marks if i == 2]
+    median = lambda pairs: statistics.median(a.elapsed_time(b) * 1e3 for a, b in pairs) \
+        if pairs else 0.0  # noqa: E731
+    costs = {key: median(records[key]) for key in ("indicator", "decision", "capture")}
+    costs["sync_idle"] = median([(d[1], b) for d, b in zip(records["decision"], block0)])
+    costs["ramp"] = median(list(zip(block0, block2)))
+    return costs
+
+
+def overhead_us(costs, plain):
+    return (costs["indicator"] + costs["decision"] + costs["sync_idle"] + costs["capture"]
+            + costs["ramp"] - plain["ramp"])
+
+
+def _event():
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
 
 
 def host_us(fn, reps):
@@ -156,23 +223,18 @@ def main(preset, reps, out_path):
     cachekern.unpatch(model)
 
     skip_syncs = profile_call.syncs
-    # Computed calls are profiled four in a row, as a denoising loop makes them: the host runs
-    # ahead of the GPU, and what a call's synchronisation costs shows as GPU idle time.
-    run = lambda: [call() for _ in range(CONSECUTIVE)]  # noqa: E731
     cachekern.patch(model, cachekern.TeaCache(threshold=0.0))
     for _ in range(3):
         call()
-    never_busy, never_idle, never_kernels = per_call(profile_call(run, 3))
+    profile_call(call, 1)
     never_syncs = profile_call.syncs
     cachekern.unpatch(model)
-    cachekern.patch(model, cachekern.TeaCache(threshold=0.0, reuse_modulated=True))
-    for _ in range(3):
-        call()
-    reuse_busy, reuse_idle, _ = per_call(profile_call(run, 3))
-    cachekern.unpatch(model)
-    plain_busy, plain_idle, plain_kernels = per_call(profile_call(run, 3))
+    plain_busy, plain_idle, _ = profile_call(call, 1)
     plain_syncs = profile_call.syncs
-    added = {name: us for name, us in never_kernels.items() if name not in plain_kernels}
+    plain = never_skipping_costs(model, call, None)
+    never = never_skipping_costs(model, call, cachekern.TeaCache(threshold=0.0))
+    reuse = never_skipping_costs(model, call, cachekern.TeaCache(threshold=0.0,
+                                                                 reuse_modulated=True))
 
     rows = [
         ["full step, unpatched", f"{full * 1e3:.0f}", "—", f"{plain_busy:.0f}", f"{plain_idle:.0f}"],
@@ -180,11 +242,12 @@ def main(preset, reps, out_path):
          f"{shell_busy:.0f}", f"{shell_idle:.0f}"],
         ["TeaCache, skipped", f"{skip_wall * 1e3:.0f}", f"{skip_host:.0f}", f"{skip_busy:.0f}",
          f"{skip_idle:.0f}"],
-        ["TeaCache, computed (threshold 0)", "—", "—", f"{never_busy:.0f}", f"{never_idle:.0f}"],
-        ["TeaCache, computed, reuse_modulated", "—", "—", f"{reuse_busy:.0f}",
-         f"{reuse_idle:.0f}"],
     ]
-    overhead = (never_busy - plain_busy) + (never_idle - plain_idle)
+    cost_rows = [[name, *(f"{costs[k]:.1f}" for k in COST_KEYS),
+                  f"{overhead_us(costs, plain):.1f}",
+                  f"{overhead_us(costs, plain) / (full * 1e3):+.3%}"]
+                 for name, costs in (("TeaCache, threshold 0", never),
+                                     ("TeaCache, threshold 0, reuse_modulated", reuse))]
     text = "\n".join([
         environment(),
         f"Preset {preset}. Medians; wall = CUDA events around the call, host = perf_counter "
@@ -194,16 +257,16 @@ def main(preset, reps, out_path):
         "",
         f"Skipped / full: wall {skip_wall / full:.3%}, GPU busy {skip_busy / (full * 1e3):.3%}; "
         f"shell / full: wall {shell_wall / full:.3%}.",
-        f"Never-skipping overhead, direct: added GPU busy {never_busy - plain_busy:+.0f} µs, added "
-        f"GPU idle {never_idle - plain_idle:+.0f} µs, total {overhead:+.0f} µs = "
-        f"{overhead / (full * 1e3):+.3%} of a full step. With reuse_modulated: added GPU busy "
-        f"{reuse_busy - plain_busy:+.0f} µs, added idle {reuse_idle - plain_idle:+.0f} µs.",
+        "",
+        f"Never-skipping overhead per call, from CUDA events in {STEADY} consecutive calls "
+        f"(medians, µs; the unpatched model's first two blocks take {plain['ramp']:.1f} µs):",
+        "",
+        markdown_table(["policy", "indicator (block 0's AdaLN projection)",
+                        "decision kernels", "GPU idle at the sync", "first two blocks",
+                        "residual capture", "overhead µs", "of a full step"], cost_rows),
         f"Host synchronisations per call (cudaStreamSynchronize/cudaEventSynchronize in the "
         f"trace): unpatched {plain_syncs}, TeaCache computed {never_syncs}, TeaCache skipped "
         f"{skip_syncs}.",
-        "",
-        "Kernels a computed TeaCache call adds (µs): " + ", ".join(
-            f"{name[:60]} {us:.1f}" for name, us in sorted(added.items(), key=lambda kv: -kv[1])),
         "",
         "Kernels of a skipped call (µs): " + ", ".join(
             f"{name[:60]} {us:.1f}" for name, us in sorted(skip_kernels.items(),
