@@ -74,7 +74,7 @@ def profile_call(fn, calls=5):
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-        profile_call.syncs = host_syncs(prof)
+        syncs = host_syncs(prof)
         intervals = kernel_intervals(prof)
         b, i = busy_and_idle(intervals)
         busy.append(b)
@@ -85,7 +85,7 @@ def profile_call(fn, calls=5):
         for name, us in names.items():
             by_name.setdefault(name, []).append(us)
     return (statistics.median(busy), statistics.median(idle),
-            {name: statistics.median(v) for name, v in by_name.items()})
+            {name: statistics.median(v) for name, v in by_name.items()}, syncs)
 
 
 COST_KEYS = ("indicator", "decision", "sync_idle", "ramp", "capture")
@@ -97,12 +97,9 @@ def _timed(owner, name, record):
     original = getattr(owner, name)
 
     def wrapper(*args, **kwargs):
-        start = torch.cuda.Event(enable_timing=True)
-        start.record()
+        start = _event()
         out = original(*args, **kwargs)
-        end = torch.cuda.Event(enable_timing=True)
-        end.record()
-        record.append((start, end))
+        record.append((start, _event()))
         return out
     setattr(owner, name, wrapper)
     return lambda: setattr(owner, name, original)
@@ -199,7 +196,6 @@ def main(preset, reps, out_path):
     for _ in range(3):
         call()
     full, _ = gpu_ms(call, reps)
-    _, full_idle, _ = profile_call(call, 3)
 
     lists = ("transformer_blocks", "single_transformer_blocks")
     saved = {name: model._modules[name] for name in lists}
@@ -209,7 +205,7 @@ def main(preset, reps, out_path):
         call()
     shell_wall, _ = gpu_ms(call, 4 * reps)
     shell_host = host_us(call, 4 * reps)
-    shell_busy, shell_idle, _ = profile_call(call)
+    shell_busy, shell_idle, _, _ = profile_call(call)
     model._modules.update(saved)
 
     handle = cachekern.patch(model, cachekern.TeaCache(threshold=1e9))
@@ -217,20 +213,17 @@ def main(preset, reps, out_path):
         call()
     skip_wall, _ = gpu_ms(call, 4 * reps)
     skip_host = host_us(call, 4 * reps)
-    skip_busy, skip_idle, skip_kernels = profile_call(call)
+    skip_busy, skip_idle, skip_kernels, skip_syncs = profile_call(call)
     skip_profile = cprofile_top(call)
     assert handle.stats()["computed"] <= 2, handle.stats()
     cachekern.unpatch(model)
 
-    skip_syncs = profile_call.syncs
     cachekern.patch(model, cachekern.TeaCache(threshold=0.0))
     for _ in range(3):
         call()
-    profile_call(call, 1)
-    never_syncs = profile_call.syncs
+    never_syncs = profile_call(call, 1)[3]
     cachekern.unpatch(model)
-    plain_busy, plain_idle, _ = profile_call(call, 1)
-    plain_syncs = profile_call.syncs
+    plain_busy, plain_idle, _, plain_syncs = profile_call(call, 1)
     plain = never_skipping_costs(model, call, None)
     never = never_skipping_costs(model, call, cachekern.TeaCache(threshold=0.0))
     reuse = never_skipping_costs(model, call, cachekern.TeaCache(threshold=0.0,

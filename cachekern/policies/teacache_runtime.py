@@ -80,6 +80,7 @@ class TeaCacheRuntime:
     def _sums(self, blocks, call: StackCall, state: BranchState):
         """Per-sample (diff, prev) sums of the indicator's change as device tensors, or None on
         the first call; state.prev becomes this call's modulated input."""
+        self.indicator = None  # set again below when block 0 may be served from it
         if self.policy.parity:
             m = self.adapter.reference_modulated_input(blocks, call)
             sums = None
@@ -90,7 +91,6 @@ class TeaCacheRuntime:
             state.prev = m
             return sums
         ind = self.adapter.indicator(blocks, call)
-        self.indicator = None
         if ind.embedding is not None:  # a [B, ...] embedding: tiny, plain PyTorch suffices
             e = ind.embedding.float()
             if state.prev is None or state.prev.shape != e.shape:
