@@ -1,0 +1,277 @@
+"""Quality against compute: the same seeds and classes sampled uncached and with each setting of each
+method, on a reference model trained by benchmarks/zoo/train.py.
+
+    python quality.py flux-photos                     # cachekern TeaCache, fewer steps, the peers
+    python quality.py unet-digits --scheduler ddim
+    python quality.py unet-digits --scheduler dpm++
+    python quality.py flux-photos --quick --untrained # a CPU smoke run on random weights
+
+For each setting, against the uncached outputs: PSNR (per sample, capped at 100 dB for identical
+images), SSIM and relative L2, each the mean over samples;
+the compute ratio (block work executed ÷ the uncached run's, counted by block_work.BlockWork);
+the wall time (on a GPU, a second pass after the counted one). Writes quality_<model>_<scheduler>.csv,
+.md (the table at compute budgets 0.5, 0.4 and 0.3: each method's best PSNR within the budget)
+and .png (PSNR against speed-up, one line per method) to --out.
+"""
+
+import argparse
+import contextlib
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import quality_methods as methods  # noqa: E402
+from block_work import BlockWork  # noqa: E402
+
+from cachekern import reference_models  # noqa: E402
+from cachekern.metrics import psnr, relative_error, ssim  # noqa: E402
+
+BUDGETS = (0.5, 0.4, 0.3)
+BUDGET_SLACK = 0.02   # "about 0.4" admits compute up to 0.42
+THRESHOLDS = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2)
+QUICK_THRESHOLDS = (0.05, 0.3)
+FIELDS = ("model", "scheduler", "method", "setting", "steps", "compute", "speedup_compute",
+          "wall_s", "speedup_wall", "psnr_db", "ssim", "rel_l2")
+
+
+def one_sample_call(ref, device):
+    """One model call on one sample, as the sampler makes it (for BlockWork's FLOP count)."""
+    model, cond = ref.model, ref.conditioner
+    dtype = next(model.parameters()).dtype
+    if ref.name == "flux-photos":
+        recipe = ref.recipe
+        x = torch.randn(1, recipe.GRID ** 2, model.config.in_channels, device=device, dtype=dtype)
+        sigma = torch.full((1,), 0.5, device=device)
+        return lambda: recipe.velocity(model, cond, x, sigma, torch.zeros(1, dtype=torch.long,
+                                                                          device=device))
+    x = torch.randn(1, 1, model.config.sample_size, model.config.sample_size, device=device,
+                    dtype=dtype)
+    context = cond(torch.zeros(1, dtype=torch.long, device=device))["encoder_hidden_states"]
+    return lambda: model(x, 500, encoder_hidden_states=context.to(dtype))
+
+
+def settings_for(ref, steps, sample_kwargs, calibration, quick):
+    thresholds = QUICK_THRESHOLDS if quick else THRESHOLDS
+    found = methods.uncached(steps) + methods.fewer_steps(steps)
+    if ref.name != "flux-photos":
+        # UNet2DConditionModel: cachekern's policy for it is Block Caching (issue 6); the diffusers
+        # hooks and cache-dit need transformer blocks.
+        return found
+    found += methods.teacache(steps, thresholds)
+    found += methods.first_block_cache(steps, thresholds)
+    found += methods.taylorseer(steps, (2, 3) if quick else (2, 3, 4, 5, 6, 8))
+    ratios = methods.calibrate_magcache(
+        ref.model, lambda: ref.sample(**calibration, steps=steps, **sample_kwargs), steps)
+    found += methods.magcache(steps, thresholds, ratios)
+    found += methods.dbcache(steps, thresholds)
+    return found
+
+
+def generate(ref, setting, labels, seeds, batch, sample_kwargs, work, device):
+    """All samples under `setting`: (images, executed block FLOPs, wall seconds or None).
+
+    Two passes over the same batches: the first with BlockWork's counters (installed before the
+    cache is applied, so they sit under it), for the images and the work; then, on a GPU, the
+    same generation again without counters, for the time (the first pass was its warm-up:
+    compilation, the allocator, a cache's first use)."""
+
+    def run(lo, hi):
+        images = ref.sample(labels[lo:hi], seeds[lo:hi], steps=setting.steps, **sample_kwargs)
+        reset = getattr(ref.model, "_reset_stateful_cache", None)
+        if reset is not None:   # what a diffusers pipeline does after each generation
+            reset()
+        return images
+
+    def run_all():
+        return torch.cat([run(lo, lo + batch) for lo in range(0, len(labels), batch)])
+
+    with work:
+        work.reset()
+        with applied(ref.model, setting):
+            images = run_all()
+        flops = work.flops
+    wall = None
+    if device.type == "cuda":
+        with applied(ref.model, setting):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            timed = run_all()
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+        if not torch.equal(timed, images):
+            raise RuntimeError(f"{setting.method} {setting.label}: the timed run's images differ "
+                               f"from the counted run's")
+    return images, flops, wall
+
+
+@contextlib.contextmanager
+def applied(model, setting):
+    remove = setting.apply(model) if setting.apply else None
+    try:
+        yield
+    finally:
+        if remove is not None:
+            remove()
+
+
+PSNR_CAP_DB = 100.0   # an identical image has infinite PSNR; capped so that means stay finite
+
+
+def per_sample_mean(metric, reference, images, **kwargs):
+    values = [metric(r, i, **kwargs) for r, i in zip(reference, images)]
+    if metric is psnr:
+        values = [min(v, PSNR_CAP_DB) for v in values]
+    return sum(values) / len(values)
+
+
+def best_at_budgets(rows):
+    """{budget: {method: best row (highest PSNR) with compute ≤ budget + slack}}."""
+    table = {}
+    for budget in BUDGETS:
+        table[budget] = {}
+        for row in rows:
+            if row["method"] == methods.UNCACHED or row["compute"] > budget + BUDGET_SLACK:
+                continue
+            best = table[budget].get(row["method"])
+            if best is None or row["psnr_db"] > best["psnr_db"]:
+                table[budget][row["method"]] = row
+    return table
+
+
+def markdown(rows, title, environment, command):
+    lines = [f"### {title}", "", f"`{command}`", "", environment, "",
+             "| budget | method | best setting | compute | PSNR dB | SSIM | rel L2 | wall speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
+    for budget, best in best_at_budgets(rows).items():
+        for method, row in sorted(best.items(), key=lambda kv: -kv[1]["psnr_db"]):
+            lines.append(f"| {budget} | {method} | {row['setting']} | {row['compute']:.3f} | "
+                         f"{row['psnr_db']:.2f} | {row['ssim']:.4f} | {row['rel_l2']:.4f} | "
+                         f"{row['speedup_wall']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path, title):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != methods.UNCACHED):
+        points = sorted((r for r in rows if r["method"] == method),
+                        key=lambda r: r["speedup_compute"])
+        for ax, key in zip(axes, ("speedup_compute", "speedup_wall")):
+            ax.plot([p[key] for p in points], [min(p["psnr_db"], 60) for p in points], "o-",
+                    label=method, markersize=3)
+    for ax, xlabel in zip(axes, ("speed-up in block compute (1 / compute ratio)",
+                                 "speed-up in wall time")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("PSNR against uncached, dB")
+        ax.grid(alpha=0.3)
+    for budget in BUDGETS:
+        axes[0].axvline(1 / budget, color="grey", lw=0.5, ls="--")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(reference_models.RECIPES))
+    parser.add_argument("--scheduler", default=None, help="unet-digits: ddim or dpm++")
+    parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--per-class", type=int, default=4, help="samples per class")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--cache-dir", default=None, help="zoo directory")
+    parser.add_argument("--untrained", action="store_true", help="random weights (smoke runs)")
+    parser.add_argument("--quick", action="store_true", help="a few settings (smoke runs)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.backends.cuda.matmul.allow_tf32 = False    # fp32 throughout: quality, not speed
+    torch.backends.cudnn.allow_tf32 = False
+    ref = (reference_models.create(args.name, device) if args.untrained else
+           reference_models.load(args.name, device, cache_dir=args.cache_dir))
+    sample_kwargs, scheduler = {}, "flow-euler"
+    if args.name == "unet-digits":
+        scheduler = args.scheduler or "ddim"
+        sample_kwargs["scheduler"] = scheduler
+    elif args.scheduler not in (None, "flow-euler"):
+        parser.error("--scheduler: flux-photos samples with flow-matching Euler only")
+    steps = args.steps or (ref.recipe.SAMPLING["steps"][scheduler] if args.name == "unet-digits"
+                           else ref.recipe.SAMPLING["steps"])
+    classes = ref.conditioner.num_classes
+    labels = [c for c in range(classes) for _ in range(args.per_class)]
+    seeds = list(range(len(labels)))
+    calibration = dict(labels=labels[:args.batch],   # MagCache's, on seeds not in the benchmark
+                       seeds=[10_000 + s for s in range(len(labels[:args.batch]))])
+
+    environment = environment_line(device)
+    work = BlockWork(ref.model, one_sample_call(ref, device))
+    rows, reference, full = [], None, None
+    for setting in settings_for(ref, steps, sample_kwargs, calibration, args.quick):
+        images, flops, wall = generate(ref, setting, labels, seeds, args.batch,
+                                       sample_kwargs, work, device)
+        if reference is None:
+            reference, full = images, (wall, flops)
+        row = dict(model=args.name, scheduler=scheduler, method=setting.method,
+                   setting=setting.label, steps=setting.steps, compute=flops / full[1],
+                   speedup_compute=full[1] / flops, wall_s=wall,
+                   speedup_wall=full[0] / wall if wall else float("nan"),
+                   psnr_db=per_sample_mean(psnr, reference, images, data_range=2.0),
+                   ssim=per_sample_mean(ssim, reference, images, data_range=2.0),
+                   rel_l2=per_sample_mean(relative_error, reference, images))
+        rows.append(row)
+        print(f"{row['method']:<26} {row['setting']:<44} compute {row['compute']:.3f}  "
+              f"PSNR {row['psnr_db']:6.2f}  SSIM {row['ssim']:.4f}  "
+              f"wall {wall or float('nan'):6.2f} s", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"quality_{args.name}_{scheduler}"
+    with open(f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    title = (f"{args.name}, {scheduler}, {steps} steps, {len(labels)} samples"
+             f"{' (untrained)' if args.untrained else ''}")
+    command = "python " + " ".join([Path(__file__).name] + (argv if argv is not None else
+                                                            sys.argv[1:]))
+    summary = markdown(rows, title, environment, command)
+    Path(f"{stem}.md").write_text(summary)
+    plot(rows, f"{stem}.png", title)
+    print(summary)
+    return rows
+
+
+def environment_line(device):
+    import diffusers
+
+    parts = [f"torch {torch.__version__}", f"diffusers {diffusers.__version__}"]
+    try:
+        import cache_dit
+        parts.append(f"cache-dit {cache_dit.__version__}")
+    except ImportError:
+        parts.append("cache-dit not installed")
+    if device.type == "cuda":
+        import triton
+        parts.insert(0, f"GPU: {torch.cuda.get_device_name(device)}")
+        parts.append(f"triton {triton.__version__}")
+    else:
+        parts.insert(0, "CPU")
+    return ", ".join(parts)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The settings the quality benchmark sweeps, one constructor per method. A setting says how many
+steps it samples and how to apply its cache to a model (returning the function that removes it);
+the sweeps are chosen to cover compute from the full run down to about a quarter of it."""
+
+import ast
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+UNCACHED = "uncached"
+FEWER_STEPS = "fewer steps"
+TEACACHE = "cachekern TeaCache"
+FIRST_BLOCK_CACHE = "diffusers FirstBlockCache"
+TAYLORSEER = "diffusers TaylorSeer"
+MAGCACHE = "diffusers MagCache"
+DBCACHE = "cache-dit DBCache F1B0"
+CACHEKERN_METHODS = (TEACACHE,)
+PEERS = (FIRST_BLOCK_CACHE, TAYLORSEER, MAGCACHE, DBCACHE)
+
+
+@dataclass
+class Setting:
+    method: str
+    label: str
+    steps: int
+    apply: Optional[Callable] = None   # model -> remove()
+
+
+def uncached(steps):
+    return [Setting(UNCACHED, f"{steps} steps", steps)]
+
+
+def fewer_steps(full_steps, fractions=(0.85, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)):
+    counts = sorted({max(2, round(full_steps * f)) for f in fractions} - {full_steps}, reverse=True)
+    return [Setting(FEWER_STEPS, f"{n} steps", n) for n in counts]
+
+
+def teacache(steps, thresholds, coefficients=("auto", None)):
+    import cachekern
+
+    def applier(threshold, coeffs):
+        def apply(model):
+            cachekern.patch(model, cachekern.TeaCache(threshold=threshold, coefficients=coeffs,
+                                                      num_inference_steps=steps))
+            return lambda: cachekern.unpatch(model)
+        return apply
+    return [Setting(TEACACHE, f"threshold={t} coefficients={c}", steps, applier(t, c))
+            for c in coefficients for t in thresholds]
+
+
+def _diffusers_cache(config_factory):
+    def apply(model):
+        model.enable_cache(config_factory())
+        return model.disable_cache
+    return apply
+
+
+def first_block_cache(steps, thresholds):
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    return [Setting(FIRST_BLOCK_CACHE, f"threshold={t}", steps,
+                    _diffusers_cache(lambda t=t: FirstBlockCacheConfig(threshold=t)))
+            for t in thresholds]
+
+
+def taylorseer(steps, intervals, warmups=(1, 3)):
+    from diffusers.hooks import TaylorSeerCacheConfig
+
+    return [Setting(TAYLORSEER, f"cache_interval={k} disable_cache_before_step={w}", steps,
+                    _diffusers_cache(lambda k=k, w=w: TaylorSeerCacheConfig(
+                        cache_interval=k, disable_cache_before_step=w, max_order=1)))
+            for w in warmups for k in intervals]
+
+
+def calibrate_magcache(model, generate, steps):
+    """MagCache's own calibration (`calibrate=True` prints each branch's ratios at the end of a
+    generation): the mean over the branches printed."""
+    from diffusers.hooks import MagCacheConfig
+
+    model.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            generate()
+    finally:
+        model.disable_cache()
+    runs = [ast.literal_eval(line) for line in printed.getvalue().splitlines()
+            if line.startswith("[") and not line.startswith("[MagCache]")]
+    if not runs or any(len(r) != steps for r in runs):
+        raise RuntimeError(f"MagCache calibration printed no ratios of length {steps}: "
+                           f"{printed.getvalue()[:500]!r}")
+    return [sum(column) / len(column) for column in zip(*runs)]
+
+
+def magcache(steps, thresholds, mag_ratios, max_skip_steps=(3,)):
+    from diffusers.hooks import MagCacheConfig
+
+    return [Setting(MAGCACHE, f"threshold={t} max_skip_steps={k}", steps,
+                    _diffusers_cache(lambda t=t, k=k: MagCacheConfig(
+                        threshold=t, max_skip_steps=k, num_inference_steps=steps,
+                        mag_ratios=list(mag_ratios))))
+            for k in max_skip_steps for t in thresholds]
+
+
+def _quiet_cache_dit():
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("cache_dit"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def dbcache(steps, thresholds, warmups=(2,)):
+    """cache-dit's DBCache with one front block computed and none at the back (F1B0, its
+    First-Block-Cache configuration), transformer-only mode, CFG branches cached separately."""
+    try:
+        import cache_dit
+    except ImportError:
+        return []
+    _quiet_cache_dit()
+
+    def applier(threshold, warmup):
+        def apply(model):
+            cache_dit.enable_cache(model, cache_config=cache_dit.DBCacheConfig(
+                Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
+                max_warmup_steps=warmup, num_inference_steps=steps, enable_separate_cfg=True))
+            _quiet_cache_dit()
+            return lambda: cache_dit.disable_cache(model)
+        return apply
+    return [Setting(DBCACHE, f"threshold={t} max_warmup_steps={w}", steps, applier(t, w))
+            for w in warmups for t in thresholds]

@@ -1,0 +1,183 @@
+"""Trains a reference model and saves it to the zoo directory with a grid of its samples.
+
+    python benchmarks/zoo/train.py flux-photos      # ~? min on one H100/H200
+    python benchmarks/zoo/train.py unet-digits
+
+Fixed seeds and a fixed number of iterations (a time limit stops a slower machine early, and says
+so). Weights are the exponential moving average of the trained ones, saved in fp32 as
+<zoo>/<name>/model.safetensors (<zoo>: --cache-dir, else $CACHEKERN_ZOO, else
+~/.cache/cachekern/zoo); next to them: samples.png (8 samples per class, one class per row),
+data.png (training images, same layout) and train_log.json (the loss curve).
+"""
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from data import Digits, PhotoCrops  # noqa: E402
+from grid import save_grid  # noqa: E402
+
+from cachekern import reference_models  # noqa: E402
+from cachekern.reference_models import flux_photos, unet_digits  # noqa: E402
+
+SETTINGS = {   # iterations, batch, learning rate
+    "flux-photos": dict(iterations=3000, batch=256, lr=4e-4),
+    "unet-digits": dict(iterations=3000, batch=256, lr=4e-4),
+}
+CONDITION_DROPOUT = 0.1
+EMA_DECAY = 0.999
+WARMUP_ITERATIONS = 200
+PER_CLASS = 8
+
+
+class FluxPhotosTask:
+    recipe = flux_photos
+
+    def __init__(self, device):
+        self.data = PhotoCrops(flux_photos.PHOTOS, crop=flux_photos.IMAGE_SIZE, device=device)
+
+    def loss(self, model, conditioner, images, labels, generator):
+        """Rectified flow: x_t = (1 − t)·x0 + t·ε, the model predicts ε − x0 (as FLUX)."""
+        x0 = flux_photos.pack(images)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        t = torch.rand(len(x0), generator=generator).to(x0.device)
+        x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+        prediction = flux_photos.velocity(model, conditioner, x_t, t, labels)
+        return F.mse_loss(prediction.float(), noise - x0)
+
+    def examples(self, generator):
+        labels = torch.arange(len(flux_photos.PHOTOS)).repeat_interleave(PER_CLASS)
+        return self.data.batch(len(labels), generator, labels)[0]
+
+    def samples(self, reference, steps=None):
+        labels = [c for c in range(len(flux_photos.PHOTOS)) for _ in range(PER_CLASS)]
+        return reference.sample(labels, seeds=list(range(len(labels))),
+                                steps=steps or flux_photos.SAMPLING["steps"])
+
+    upscale = 1
+
+
+class UNetDigitsTask:
+    recipe = unet_digits
+
+    def __init__(self, device):
+        from diffusers import DDPMScheduler
+
+        self.data = Digits(unet_digits.IMAGE_SIZE, device=device)
+        self.noise_schedule = DDPMScheduler(**unet_digits.NOISE_SCHEDULE)
+
+    def loss(self, model, conditioner, images, labels, generator):
+        noise = torch.randn(images.shape, generator=generator).to(images.device)
+        t = torch.randint(self.noise_schedule.config.num_train_timesteps, (len(images),),
+                          generator=generator).to(images.device)
+        x_t = self.noise_schedule.add_noise(images, noise, t)
+        context = conditioner(labels)["encoder_hidden_states"]
+        prediction = model(x_t, t, encoder_hidden_states=context, return_dict=False)[0]
+        return F.mse_loss(prediction.float(), noise)
+
+    def examples(self, generator):
+        return self.data.examples(PER_CLASS, len(unet_digits.DIGITS))
+
+    def samples(self, reference, steps=None):
+        labels = [c for c in range(len(unet_digits.DIGITS)) for _ in range(PER_CLASS)]
+        return reference.sample(labels, seeds=list(range(len(labels))), steps=steps,
+                                scheduler="dpm++")
+
+    upscale = 2
+
+
+TASKS = {"flux-photos": FluxPhotosTask, "unet-digits": UNetDigitsTask}
+
+
+def train(name, *, iterations=None, batch=None, device=None, cache_dir=None, max_minutes=9.5,
+          log_every=100, seed=0, sample_steps=None):
+    settings = dict(SETTINGS[name])
+    iterations = iterations or settings["iterations"]
+    batch = batch or settings["batch"]
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    task = TASKS[name](device)
+    reference = reference_models.create(name, device=device, seed=seed)
+    model, conditioner = reference.model.train(), reference.conditioner.train()
+    ema = copy.deepcopy(reference)
+    params = list(model.parameters()) + list(conditioner.parameters())
+    ema_params = list(ema.model.parameters()) + list(ema.conditioner.parameters())
+    optimizer = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / WARMUP_ITERATIONS))
+    # fp32 with TF32 matmuls: models this small are bound by kernel launches, not arithmetic, and
+    # bf16 autocast only adds cast kernels (and cuDNN's bf16 attention backward failed on an H200
+    # with torch 2.11 at these shapes: "mha_graph.execute(...).is_good()").
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+    log, running, start = [], [], time.perf_counter()
+    done = 0
+    for i in range(iterations):
+        images, labels = task.data.batch(batch, generator)
+        drop = torch.rand(batch, generator=generator).to(device) < CONDITION_DROPOUT
+        labels = torch.where(drop, torch.full_like(labels, conditioner.num_classes), labels)
+        loss = task.loss(model, conditioner, images, labels, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, params, 1 - EMA_DECAY)
+        running.append(loss.detach())
+        done = i + 1
+        if done % log_every == 0 or done == iterations:
+            mean = torch.stack(running).mean().item()
+            running = []
+            elapsed = time.perf_counter() - start
+            log.append(dict(iteration=done, loss=mean, seconds=round(elapsed, 1)))
+            print(f"{name} {done}/{iterations} loss {mean:.4f} {elapsed:.0f} s", flush=True)
+            if elapsed > max_minutes * 60 and done < iterations:
+                print(f"stopping early at {done} iterations: time limit {max_minutes} min")
+                break
+    seconds = time.perf_counter() - start
+
+    ema.model.eval(), ema.conditioner.eval()
+    folder = reference_models.model_dir(name, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = dict(name=name, config=task.recipe.CONFIG, num_classes=conditioner.num_classes,
+                iterations=done, batch=batch, seed=seed, train_seconds=round(seconds, 1),
+                device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                torch=torch.__version__)
+    path = reference_models.save(folder / reference_models.WEIGHTS, ema.model, ema.conditioner,
+                                 meta)
+    save_grid(task.samples(ema, sample_steps), folder / reference_models.SAMPLES, PER_CLASS,
+              task.upscale)
+    save_grid(task.examples(generator), folder / "data.png", PER_CLASS, task.upscale)
+    (folder / "train_log.json").write_text(json.dumps(dict(meta=meta, log=log), indent=1))
+    print(f"saved {path} ({path.stat().st_size / 2**20:.1f} MiB) after {done} iterations, "
+          f"{seconds:.0f} s")
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(TASKS))
+    parser.add_argument("--iterations", type=int, help="default: the recipe's")
+    parser.add_argument("--batch", type=int, help="default: the recipe's")
+    parser.add_argument("--device", help="default: cuda if present")
+    parser.add_argument("--cache-dir", help="zoo directory (default: $CACHEKERN_ZOO or "
+                                            "~/.cache/cachekern/zoo)")
+    parser.add_argument("--max-minutes", type=float, default=9.5)
+    args = parser.parse_args(argv)
+    train(args.name, iterations=args.iterations, batch=args.batch, device=args.device,
+          cache_dir=args.cache_dir, max_minutes=args.max_minutes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The benchmark tools whose figures RESULTS.md reports: the zoo's training recipes (a few
+iterations on the CPU) and the block-work counter behind the quality benchmark's compute ratios."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cachekern import reference_models
+
+pytest.importorskip("diffusers")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+sys.path.insert(0, str(BENCHMARKS / "zoo"))
+
+
+@pytest.mark.parametrize("name", ["flux-photos", "unet-digits"])
+def test_a_recipe_trains_saves_and_loads(name, tmp_path):
+    pytest.importorskip("skimage" if name == "flux-photos" else "sklearn")
+    import train
+
+    path = train.train(name, iterations=3, batch=4, device="cpu", cache_dir=tmp_path,
+                       log_every=1, sample_steps=1)
+    folder = path.parent
+    assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "samples.png", "data.png",
+                                                  "train_log.json"}
+    ref = reference_models.load(name, cache_dir=tmp_path)
+    assert ref.meta["iterations"] == 3
+    before = reference_models.create(name, seed=0)
+    changed = [not torch.equal(a, b) for a, b in zip(before.model.parameters(),
+                                                      ref.model.parameters())]
+    assert any(changed)   # the EMA moved from the initial weights
+
+
+def test_the_photo_and_digit_data_are_in_range():
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    from data import Digits, PhotoCrops
+
+    g = torch.Generator().manual_seed(0)
+    crops, labels = PhotoCrops(reference_models.flux_photos.PHOTOS).batch(5, g)
+    assert crops.shape == (5, 3, 64, 64) and labels.max() < 8
+    digits = Digits()
+    assert digits.images.shape == (1797, 1, 32, 32) and set(digits.labels.tolist()) == set(range(10))
+    for x in (crops, digits.images):
+        assert x.min() >= -1 and x.max() <= 1 and x.std() > 0.1
+
+
+def flux_call(ref):
+    from quality import one_sample_call
+    return one_sample_call(ref, torch.device("cpu"))
+
+
+def test_block_work_counts_steps_exactly_and_leaves_no_wrapper_behind():
+    from block_work import BlockWork
+
+    ref = reference_models.create("flux-photos")
+    work = BlockWork(ref.model, flux_call(ref))
+    with work:
+        ref.sample([0, 1], [0, 1], steps=4)
+        four = work.flops
+        work.reset()
+        ref.sample([0, 1], [0, 1], steps=2)
+        two = work.flops
+    assert four == 2 * two == 4 * 2 * 2 * work.block_flops_per_sample  # steps × CFG × batch
+    assert all("forward" not in vars(module) for module, _ in work.units)
+
+
+def test_block_work_counts_less_under_a_cache_that_skips():
+    from block_work import BlockWork
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    ref = reference_models.create("flux-photos")
+    work = BlockWork(ref.model, flux_call(ref))
+    with work:
+        ref.sample([0], [0], steps=6, guidance_scale=1.0)
+        full = work.flops
+        work.reset()
+        ref.model.enable_cache(FirstBlockCacheConfig(threshold=10.0))   # skips after step 0
+        try:
+            ref.sample([0], [0], steps=6, guidance_scale=1.0)
+        finally:
+            ref.model.disable_cache()
+    block0 = sum(own for module, own in work.units
+                 if any(module is m for m in ref.model.transformer_blocks[0].modules()))
+    assert work.flops == full / 6 + 5 * block0      # one full step, then block 0 alone

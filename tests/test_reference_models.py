@@ -1,0 +1,72 @@
+"""The reference models' definitions (cachekern.reference_models): packing, conditioning, sampling,
+and the zoo file format, on the real diffusers classes at the recipes' sizes (untrained)."""
+
+import pytest
+import torch
+
+from cachekern import reference_models
+from cachekern.reference_models import flux_photos, unet_digits
+
+pytest.importorskip("diffusers")
+
+
+def test_pack_and_unpack_are_inverse_and_tokens_are_patches():
+    images = torch.randn(3, 3, 64, 64)
+    tokens = flux_photos.pack(images)
+    assert tokens.shape == (3, 256, 48)
+    assert torch.equal(flux_photos.unpack(tokens), images)
+    # token (row 2, column 5) holds the 4×4 patch at pixels [8:12, 20:24], channel-major
+    patch = images[1, :, 8:12, 20:24].reshape(-1)
+    assert torch.equal(tokens[1, 2 * 16 + 5], patch)
+    ids = flux_photos.image_ids("cpu")
+    assert ids[2 * 16 + 5].tolist() == [0.0, 2.0, 5.0]
+
+
+@pytest.mark.parametrize("name", sorted(reference_models.RECIPES))
+def test_save_and_load_round_trip(name, tmp_path):
+    ref = reference_models.create(name, seed=3)
+    assert not reference_models.is_trained(name, tmp_path)
+    reference_models.save(reference_models.model_dir(name, tmp_path) / reference_models.WEIGHTS,
+                          ref.model, ref.conditioner, ref.meta)
+    assert reference_models.is_trained(name, tmp_path)
+    loaded = reference_models.load(name, cache_dir=tmp_path)
+    for a, b in [(ref.model, loaded.model), (ref.conditioner, loaded.conditioner)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(ref.sample([1, 0], [4, 5], steps=2), loaded.sample([1, 0], [4, 5], steps=2))
+
+
+def test_the_zoo_directory_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CACHEKERN_ZOO", str(tmp_path))
+    assert reference_models.zoo_dir() == tmp_path
+    assert reference_models.model_dir("flux-photos") == tmp_path / "flux-photos"
+
+
+@pytest.mark.parametrize("name,options", [("flux-photos", {}), ("unet-digits", {"scheduler": "ddim"}),
+                                          ("unet-digits", {"scheduler": "dpm++"})])
+def test_a_sample_depends_on_its_own_seed_and_label_only(name, options):
+    ref = reference_models.create(name, seed=1)
+    batch = ref.sample([2, 0, 1], [7, 8, 9], steps=3, **options)
+    alone = ref.sample([1], [9], steps=3, **options)
+    size = ref.recipe.IMAGE_SIZE
+    assert batch.shape == (3, 3 if name == "flux-photos" else 1, size, size)
+    assert batch.isfinite().all() and batch.abs().max() <= 1
+    torch.testing.assert_close(batch[2:], alone, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(batch[0], batch[2])
+
+
+def test_bad_arguments_are_named():
+    ref = reference_models.create("flux-photos")
+    with pytest.raises(ValueError, match="labels"):
+        ref.sample([8], [0], steps=1)            # 8 classes: 0..7
+    with pytest.raises(ValueError, match="seeds"):
+        ref.sample([0, 1], [0], steps=1)
+    with pytest.raises(ValueError, match="name"):
+        reference_models.create("sd-cats")
+    with pytest.raises(ValueError, match="scheduler"):
+        unet_digits.make_scheduler("euler")
+
+
+def test_loading_an_untrained_model_says_how_to_train_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train.py unet-digits"):
+        reference_models.load("unet-digits", cache_dir=tmp_path)
