@@ -9,7 +9,7 @@ method, on a reference model trained by benchmarks/zoo/train.py.
 For each setting, against the uncached outputs: PSNR (per sample, capped at 100 dB for identical
 images), SSIM and relative L2, each the mean over samples;
 the compute ratio (block work executed ÷ the uncached run's, counted by block_work.BlockWork);
-the wall time (on a GPU, a second pass after the counted one). Writes quality_<model>_<scheduler>.csv,
+the wall time (on a GPU: the median of --timing-passes generations after the counted one). Writes quality_<model>_<scheduler>.csv,
 .md (the table at compute budgets 0.5, 0.4 and 0.3: each method's best PSNR within the budget)
 and .png (PSNR against speed-up, one line per method) to --out.
 """
@@ -17,6 +17,7 @@ and .png (PSNR against speed-up, one line per method) to --out.
 import argparse
 import contextlib
 import csv
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_methods as methods  # noqa: E402
 from block_work import BlockWork  # noqa: E402
 
+import cachekern  # noqa: E402
 from cachekern import reference_models  # noqa: E402
 from cachekern.metrics import psnr, relative_error, ssim  # noqa: E402
 
@@ -62,23 +64,27 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick):
         # UNet2DConditionModel: cachekern's policy for it is Block Caching (issue 6); the diffusers
         # hooks and cache-dit need transformer blocks.
         return found
-    found += methods.teacache(steps, thresholds)
+    calibrated = cachekern.calibrate_teacache(
+        ref.model, lambda: ref.sample(**calibration, steps=steps, **sample_kwargs))
+    print(f"TeaCache coefficients fitted by cachekern.calibrate_teacache: {calibrated}")
+    found += methods.teacache(steps, thresholds, {"auto": ("auto", False), "None": (None, False),
+                                                  "calibrated": (calibrated, True)})
     found += methods.first_block_cache(steps, thresholds)
     found += methods.taylorseer(steps, (2, 3) if quick else (2, 3, 4, 5, 6, 8))
-    ratios = methods.calibrate_magcache(
+    ratios = methods.calibrate_magcache(   # each method calibrated on the same held-out seeds
         ref.model, lambda: ref.sample(**calibration, steps=steps, **sample_kwargs), steps)
     found += methods.magcache(steps, thresholds, ratios)
     found += methods.dbcache(steps, thresholds)
     return found
 
 
-def generate(ref, setting, labels, seeds, batch, sample_kwargs, work, device):
+def generate(ref, setting, labels, seeds, batch, sample_kwargs, work, device, timing_passes):
     """All samples under `setting`: (images, executed block FLOPs, wall seconds or None).
 
-    Two passes over the same batches: the first with BlockWork's counters (installed before the
-    cache is applied, so they sit under it), for the images and the work; then, on a GPU, the
-    same generation again without counters, for the time (the first pass was its warm-up:
-    compilation, the allocator, a cache's first use)."""
+    A pass over the batches with BlockWork's counters (installed before the cache is applied, so
+    they sit under it), for the images and the work; then, on a GPU, `timing_passes` more
+    without counters, for the median time (the counted pass was their warm-up: compilation, the
+    allocator, a cache's first use)."""
 
     def run(lo, hi):
         images = ref.sample(labels[lo:hi], seeds[lo:hi], steps=setting.steps, **sample_kwargs)
@@ -97,15 +103,18 @@ def generate(ref, setting, labels, seeds, batch, sample_kwargs, work, device):
         flops = work.flops
     wall = None
     if device.type == "cuda":
+        walls = []
         with applied(ref.model, setting):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            timed = run_all()
-            torch.cuda.synchronize()
-            wall = time.perf_counter() - start
-        if not torch.equal(timed, images):
-            raise RuntimeError(f"{setting.method} {setting.label}: the timed run's images differ "
-                               f"from the counted run's")
+            for _ in range(timing_passes):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                timed = run_all()
+                torch.cuda.synchronize()
+                walls.append(time.perf_counter() - start)
+                if not torch.equal(timed, images):
+                    raise RuntimeError(f"{setting.method} {setting.label}: the timed run's "
+                                       f"images differ from the counted run's")
+        wall = statistics.median(walls)
     return images, flops, wall
 
 
@@ -191,6 +200,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--per-class", type=int, default=4, help="samples per class")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--timing-passes", type=int, default=3,
+                        help="GPU: timed generations per setting (the median is reported)")
     parser.add_argument("--out", default=".")
     parser.add_argument("--device", default=None)
     parser.add_argument("--cache-dir", default=None, help="zoo directory")
@@ -214,7 +225,8 @@ def main(argv=None):
     classes = ref.conditioner.num_classes
     labels = [c for c in range(classes) for _ in range(args.per_class)]
     seeds = list(range(len(labels)))
-    calibration = dict(labels=labels[:args.batch],   # MagCache's, on seeds not in the benchmark
+    # TeaCache's polynomial and MagCache's ratios are fitted on seeds not used for the table
+    calibration = dict(labels=labels[:args.batch],
                        seeds=[10_000 + s for s in range(len(labels[:args.batch]))])
 
     environment = environment_line(device)
@@ -222,7 +234,7 @@ def main(argv=None):
     rows, reference, full = [], None, None
     for setting in settings_for(ref, steps, sample_kwargs, calibration, args.quick):
         images, flops, wall = generate(ref, setting, labels, seeds, args.batch,
-                                       sample_kwargs, work, device)
+                                       sample_kwargs, work, device, args.timing_passes)
         if reference is None:
             reference, full = images, (wall, flops)
         row = dict(model=args.name, scheduler=scheduler, method=setting.method,

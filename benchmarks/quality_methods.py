@@ -37,17 +37,21 @@ def fewer_steps(full_steps, fractions=(0.85, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3
     return [Setting(FEWER_STEPS, f"{n} steps", n) for n in counts]
 
 
-def teacache(steps, thresholds, coefficients=("auto", None)):
+def teacache(steps, thresholds, coefficient_sets):
+    """coefficient_sets: {label: (coefficients, clamp)}, e.g. the published polynomial ("auto"),
+    the raw distance (None), one fitted by cachekern.calibrate_teacache."""
     import cachekern
 
-    def applier(threshold, coeffs):
+    def applier(threshold, coefficients, clamp):
         def apply(model):
-            cachekern.patch(model, cachekern.TeaCache(threshold=threshold, coefficients=coeffs,
+            cachekern.patch(model, cachekern.TeaCache(threshold=threshold,
+                                                      coefficients=coefficients, clamp=clamp,
                                                       num_inference_steps=steps))
             return lambda: cachekern.unpatch(model)
         return apply
-    return [Setting(TEACACHE, f"threshold={t} coefficients={c}", steps, applier(t, c))
-            for c in coefficients for t in thresholds]
+    return [Setting(TEACACHE, f"threshold={t} coefficients={label}", steps,
+                    applier(t, coefficients, clamp))
+            for label, (coefficients, clamp) in coefficient_sets.items() for t in thresholds]
 
 
 def _diffusers_cache(config_factory):

@@ -8,9 +8,10 @@ memory (``cachekern.BlockCache``).
 from cachekern._version import __version__
 from cachekern.block_cache import BlockCache, CapacityError
 from cachekern.build_info import build_info
+from cachekern.calibration import calibrate_teacache
 from cachekern.handle import CacheHandle
 from cachekern.patching import patch, patched, unpatch
 from cachekern.policies import TeaCache
 
-__all__ = ["BlockCache", "CacheHandle", "CapacityError", "TeaCache", "build_info", "patch",
-           "patched", "unpatch", "__version__"]
+__all__ = ["BlockCache", "CacheHandle", "CapacityError", "TeaCache", "build_info",
+           "calibrate_teacache", "patch", "patched", "unpatch", "__version__"]

@@ -1,10 +1,13 @@
 """`python -m cachekern demo`: the same seeds sampled uncached and with TeaCache on a
 FluxTransformer2DModel; prints steps computed, time and PSNR against the uncached result.
 
-The default model is small (random weights, CPU or GPU, well under a minute on a CPU); `--full`
-builds FLUX.1-dev's dimensions (19 double + 38 single blocks, hidden 3072, 1024² = 4096 image
-tokens, 512 text tokens) with random weights in bf16 on a GPU. Random weights exercise speed and
-the mechanics, not image quality.
+When the reference model flux-photos has been trained (benchmarks/zoo/train.py; found in
+$CACHEKERN_ZOO or ~/.cache/cachekern/zoo), the demo samples it: 64×64 photographs, one class per
+seed, 28 steps with CFG, and PSNR on real images (`--save` writes them). Otherwise the model is
+small with random weights (CPU or GPU, well under a minute on a CPU), which exercises speed and
+the mechanics, not image quality. `--full` builds FLUX.1-dev's dimensions (19 double + 38 single
+blocks, hidden 3072, 1024² = 4096 image tokens, 512 text tokens) with random weights in bf16 on a
+GPU.
 """
 
 import argparse
@@ -85,20 +88,76 @@ def timed(fn, device):
     return out, time.perf_counter() - start
 
 
+def reference_model_demo(args, device):
+    """flux-photos, uncached and with TeaCache, one class per seed."""
+    import cachekern
+    from cachekern import reference_models
+    from cachekern.metrics import psnr
+
+    ref = reference_models.load("flux-photos", device)
+    steps = args.steps or ref.recipe.SAMPLING["steps"]
+    threshold = 0.4 if args.threshold is None else args.threshold
+    classes = ref.recipe.PHOTOS
+    print(f"flux-photos (FluxTransformer2DModel trained by cachekern, {ref.meta['iterations']} "
+          f"iterations), {steps} steps with CFG, {device}; TeaCache threshold {threshold}")
+    ref.sample([0], [0], steps=2)     # warm-up: Triton's JIT, the allocator
+    with cachekern.patched(ref.model, cachekern.TeaCache(threshold=1e9)):
+        ref.sample([0], [0], steps=3)
+    rows, images = [], []
+    for seed in range(args.seeds):
+        label = seed % len(classes)
+        reference, t_ref = timed(lambda: ref.sample([label], [seed], steps=steps), device)
+        policy = cachekern.TeaCache(threshold=threshold, num_inference_steps=steps)
+        with cachekern.patched(ref.model, policy) as handle:
+            cached, t_cached = timed(lambda: ref.sample([label], [seed], steps=steps), device)
+            computed = handle.stats()["computed"] // 2        # two calls (CFG) per step
+        rows.append((seed, classes[label], computed, t_ref, t_cached,
+                     psnr(reference, cached, data_range=2.0)))
+        images += [reference, cached]
+    print(f"{'seed':>4}  {'class':<20}  {'steps computed':>14}  {'uncached s':>10}  "
+          f"{'TeaCache s':>10}  {'speed-up':>8}  {'PSNR dB':>7}")
+    for seed, name, computed, t_ref, t_cached, quality in rows:
+        print(f"{seed:>4}  {name:<20}  {computed:>8} / {steps:<3}  {t_ref:>10.2f}  "
+              f"{t_cached:>10.2f}  {t_ref / t_cached:>7.2f}x  {quality:>7.1f}")
+    if args.save:
+        save_pairs(torch.cat(images), args.save)
+        print(f"wrote {args.save}: uncached (left) and TeaCache (right), one seed per row")
+    return 0
+
+
+def save_pairs(images, path):
+    from PIL import Image
+
+    pairs = images.reshape(-1, 2, *images.shape[1:])           # [seeds, 2, C, H, W]
+    rows = torch.cat([torch.cat(list(pair), dim=-1) for pair in pairs], dim=-2)
+    pixels = ((rows.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(pixels).save(path)
+
+
 def main(argv=None):
     import cachekern
+    from cachekern import reference_models
     from cachekern.metrics import psnr
 
     parser = argparse.ArgumentParser(prog="python -m cachekern demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="FLUX.1-dev dimensions (needs a GPU)")
-    parser.add_argument("--threshold", type=float, default=0.6, help="TeaCache threshold")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="TeaCache threshold (default: 0.4 on flux-photos, 0.6 on random weights)")
+    parser.add_argument("--random", action="store_true",
+                        help="random weights even when flux-photos has been trained")
+    parser.add_argument("--save", metavar="PNG", help="flux-photos: write the images here")
     parser.add_argument("--seeds", type=int, default=2, help="how many seeds to sample")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not (args.full or args.random) and reference_models.is_trained("flux-photos"):
+        return reference_model_demo(args, device)
+    if args.save:
+        parser.error("--save: needs the trained flux-photos model (random weights give noise)")
+    threshold = 0.6 if args.threshold is None else args.threshold
     preset = PRESETS["full" if args.full else "small"]
     if args.full and device.type != "cuda":
         parser.error("--full needs a CUDA GPU")
@@ -115,7 +174,7 @@ def main(argv=None):
     for seed in range(args.seeds):
         inputs = make_inputs(preset, model, seed, device)
         reference, t_ref = timed(lambda: generate(model, inputs, steps), device)
-        policy = cachekern.TeaCache(threshold=args.threshold, num_inference_steps=steps)
+        policy = cachekern.TeaCache(threshold=threshold, num_inference_steps=steps)
         with cachekern.patched(model, policy) as handle:
             cached, t_cached = timed(lambda: generate(model, inputs, steps), device)
             computed = handle.stats()["computed"]

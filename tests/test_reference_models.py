@@ -51,7 +51,8 @@ def test_a_sample_depends_on_its_own_seed_and_label_only(name, options):
     size = ref.recipe.IMAGE_SIZE
     assert batch.shape == (3, 3 if name == "flux-photos" else 1, size, size)
     assert batch.isfinite().all() and batch.abs().max() <= 1
-    torch.testing.assert_close(batch[2:], alone, rtol=1e-4, atol=1e-4)
+    # equal up to rounding: the batch size changes how the matmuls and convolutions are split
+    torch.testing.assert_close(batch[2:], alone, rtol=0, atol=2e-3)
     assert not torch.allclose(batch[0], batch[2])
 
 

@@ -279,10 +279,38 @@ def test_demo_runs_and_reports(tmp_path):
 
     # Outside the checkout (see test_build.py), and with the kernels' PyTorch path: the
     # interpreter would take minutes over the demo's tensors.
+    # An empty zoo: the random-weights demo, whatever the machine has trained.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CACHEKERN_ZOO"] = str(tmp_path / "empty-zoo")
     out = subprocess.run([sys.executable, "-m", "cachekern", "demo", "--seeds", "1", "--steps",
                           "6", "--device", "cpu"], check=True, capture_output=True, text=True,
                          env=env, cwd=tmp_path).stdout
-    assert "steps computed" in out and "PSNR dB" in out
+    assert "random weights" in out and "steps computed" in out and "PSNR dB" in out
     row = out.strip().splitlines()[-1].split()
     assert row[0] == "0" and row[2:4] == ["/", "6"] and 1 <= int(row[1]) <= 6
+
+
+def test_demo_samples_flux_photos_once_it_is_trained(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from cachekern import reference_models
+
+    ref = reference_models.create("flux-photos")       # stands in for a trained one
+    ref.meta["iterations"] = 0
+    zoo = tmp_path / "zoo"
+    reference_models.save(reference_models.model_dir("flux-photos", zoo) / reference_models.WEIGHTS,
+                          ref.model, ref.conditioner, ref.meta)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CACHEKERN_ZOO"] = str(zoo)
+    out = subprocess.run([sys.executable, "-m", "cachekern", "demo", "--seeds", "2", "--steps",
+                          "5", "--device", "cpu", "--save", str(tmp_path / "pairs.png")],
+                         check=True, capture_output=True, text=True, env=env,
+                         cwd=tmp_path).stdout
+    assert "flux-photos" in out and "PSNR dB" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["0"], ["1"])]
+    assert [r[1] for r in rows] == ["astronaut", "chelsea"]
+    assert all(r[3:5] == ["/", "5"] and 1 <= int(r[2]) <= 5 for r in rows)
+    from PIL import Image
+    assert Image.open(tmp_path / "pairs.png").size == (128, 128)   # 2 seeds × (uncached, cached)

@@ -72,5 +72,7 @@ def load(name, device="cpu", dtype=torch.float32, cache_dir=None) -> ReferenceMo
     model.load_state_dict(model_state)
     conditioner = recipe.Conditioner(meta["num_classes"], meta["config"])
     conditioner.load_state_dict(conditioner_state)
-    return ReferenceModel(name, model.to(device=device, dtype=dtype).eval(),
-                          conditioner.to(device).eval(), meta)
+    model = model.to(device)
+    if dtype != torch.float32:    # (diffusers warns on any dtype cast, even a no-op one)
+        model = model.to(dtype)
+    return ReferenceModel(name, model.eval(), conditioner.to(device).eval(), meta)
