@@ -26,6 +26,7 @@ class Setting:
     label: str
     steps: int
     apply: Optional[Callable] = None   # model -> remove()
+    before_generation: Optional[Callable] = None   # model -> None, before each generation
 
 
 def uncached(steps):
@@ -131,5 +132,11 @@ def dbcache(steps, thresholds, warmups=(2,)):
             _quiet_cache_dit()
             return lambda: cache_dit.disable_cache(model)
         return apply
-    return [Setting(DBCACHE, f"threshold={t} max_warmup_steps={w}", steps, applier(t, w))
+    def refresh(model):
+        # Transformer-only mode, as cache-dit documents it per request: without a refresh, its
+        # state runs on from one generation into the next (seen here: the fifth generation of a
+        # setting came out different from the first).
+        cache_dit.refresh_context(model, num_inference_steps=steps)
+    return [Setting(DBCACHE, f"threshold={t} max_warmup_steps={w}", steps, applier(t, w),
+                    refresh)
             for w in warmups for t in thresholds]
