@@ -57,25 +57,60 @@ def one_sample_call(ref, device):
     return lambda: model(x, 500, encoder_hidden_states=context.to(dtype))
 
 
-def settings_for(ref, steps, sample_kwargs, calibration, quick):
+METHOD_KEYS = {"fewer": methods.FEWER_STEPS, "teacache": methods.TEACACHE,
+               "blockcaching": methods.BLOCK_CACHING, "fbc": methods.FIRST_BLOCK_CACHE,
+               "taylorseer": methods.TAYLORSEER, "magcache": methods.MAGCACHE,
+               "dbcache": methods.DBCACHE}
+BLOCK_CACHING_TARGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+
+
+def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted):
     thresholds = QUICK_THRESHOLDS if quick else THRESHOLDS
-    found = methods.uncached(steps) + methods.fewer_steps(steps)
+    found = methods.uncached(steps)
+    if methods.FEWER_STEPS in wanted:
+        found += methods.fewer_steps(steps)
+
+    def calibration_run():
+        return ref.sample(**calibration, steps=steps, **sample_kwargs)
+
+    if methods.BLOCK_CACHING in wanted:
+        # A UNet: its attention blocks alone (as the paper caches LDM), and with its ResNet blocks.
+        for resnets in ((False, True) if ref.name == "unet-digits" else (False,)):
+            found += block_caching_settings(ref, steps, calibration_run, resnets, quick)
     if ref.name != "flux-photos":
-        # UNet2DConditionModel: cachekern's policy for it is Block Caching (issue 6); the diffusers
-        # hooks and cache-dit need transformer blocks.
+        # UNet2DConditionModel: TeaCache has no UNet family, and the diffusers hooks and
+        # cache-dit need transformer blocks.
         return found
-    calibrated = cachekern.calibrate_teacache(
-        ref.model, lambda: ref.sample(**calibration, steps=steps, **sample_kwargs))
-    print(f"TeaCache coefficients fitted by cachekern.calibrate_teacache: {calibrated}")
-    found += methods.teacache(steps, thresholds, {"auto": ("auto", False), "None": (None, False),
-                                                  "calibrated": (calibrated, True)})
-    found += methods.first_block_cache(steps, thresholds)
-    found += methods.taylorseer(steps, (2, 3) if quick else (2, 3, 4, 5, 6, 8))
-    ratios = methods.calibrate_magcache(   # each method calibrated on the same held-out seeds
-        ref.model, lambda: ref.sample(**calibration, steps=steps, **sample_kwargs), steps)
-    found += methods.magcache(steps, thresholds, ratios)
-    found += methods.dbcache(steps, thresholds)
+    if methods.TEACACHE in wanted:
+        calibrated = cachekern.calibrate_teacache(ref.model, calibration_run)
+        print(f"TeaCache coefficients fitted by cachekern.calibrate_teacache: {calibrated}")
+        found += methods.teacache(steps, thresholds, {"auto": ("auto", False),
+                                                      "None": (None, False),
+                                                      "calibrated": (calibrated, True)})
+    if methods.FIRST_BLOCK_CACHE in wanted:
+        found += methods.first_block_cache(steps, thresholds)
+    if methods.TAYLORSEER in wanted:
+        found += methods.taylorseer(steps, (2, 3) if quick else (2, 3, 4, 5, 6, 8))
+    if methods.MAGCACHE in wanted:
+        ratios = methods.calibrate_magcache(ref.model, calibration_run, steps)
+        found += methods.magcache(steps, thresholds, ratios)
+    if methods.DBCACHE in wanted:
+        found += methods.dbcache(steps, thresholds)
     return found
+
+
+def block_caching_settings(ref, steps, calibration_run, resnets, quick):
+    profile = cachekern.profile(ref.model, calibration_run, resnets=resnets)
+    fitted = set()
+
+    def fit(target):
+        if target not in fitted:
+            profile.fit_scale_shift(ref.model, calibration_run, target_compute=target)
+            fitted.add(target)
+    label = ("blocks=all " if resnets else "blocks=attention ") if ref.name == "unet-digits" \
+        else ""
+    return methods.block_caching(steps, profile, fit,
+                                 (0.6, 0.3) if quick else BLOCK_CACHING_TARGETS, label=label)
 
 
 def generate(ref, setting, labels, seeds, batch, sample_kwargs, work, device, timing_passes):
@@ -99,8 +134,8 @@ def generate(ref, setting, labels, seeds, batch, sample_kwargs, work, device, ti
         return torch.cat([run(lo, lo + batch) for lo in range(0, len(labels), batch)])
 
     with work:
-        work.reset()
         with applied(ref.model, setting):
+            work.reset()          # after applying: a method's calibration is not counted
             images = run_all()
         flops = work.flops
     wall = None
@@ -209,6 +244,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--per-class", type=int, default=4, help="samples per class")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--methods", default=",".join(METHOD_KEYS),
+                        help=f"comma-separated subset of {','.join(METHOD_KEYS)} (default: all); "
+                             f"the uncached run is always made")
     parser.add_argument("--timing-passes", type=int, default=3,
                         help="GPU: timed generations per setting (the median is reported)")
     parser.add_argument("--out", default=".")
@@ -217,6 +255,9 @@ def main(argv=None):
     parser.add_argument("--untrained", action="store_true", help="random weights (smoke runs)")
     parser.add_argument("--quick", action="store_true", help="a few settings (smoke runs)")
     args = parser.parse_args(argv)
+    unknown = set(args.methods.split(",")) - set(METHOD_KEYS)
+    if unknown:
+        parser.error(f"--methods: unknown {sorted(unknown)}; choose from {list(METHOD_KEYS)}")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.backends.cuda.matmul.allow_tf32 = False    # fp32 throughout: quality, not speed
@@ -241,7 +282,8 @@ def main(argv=None):
     environment = environment_line(device)
     work = BlockWork(ref.model, one_sample_call(ref, device))
     rows, reference, full = [], None, None
-    for setting in settings_for(ref, steps, sample_kwargs, calibration, args.quick):
+    wanted = {METHOD_KEYS[key] for key in args.methods.split(",")}
+    for setting in settings_for(ref, steps, sample_kwargs, calibration, args.quick, wanted):
         images, flops, wall = generate(ref, setting, labels, seeds, args.batch,
                                        sample_kwargs, work, device, args.timing_passes)
         if reference is None:

@@ -16,7 +16,8 @@ FIRST_BLOCK_CACHE = "diffusers FirstBlockCache"
 TAYLORSEER = "diffusers TaylorSeer"
 MAGCACHE = "diffusers MagCache"
 DBCACHE = "cache-dit DBCache F1B0"
-CACHEKERN_METHODS = (TEACACHE,)
+BLOCK_CACHING = "cachekern BlockCaching"
+CACHEKERN_METHODS = (TEACACHE, BLOCK_CACHING)
 PEERS = (FIRST_BLOCK_CACHE, TAYLORSEER, MAGCACHE, DBCACHE)
 
 
@@ -53,6 +54,24 @@ def teacache(steps, thresholds, coefficient_sets):
     return [Setting(TEACACHE, f"threshold={t} coefficients={label}", steps,
                     applier(t, coefficients, clamp))
             for label, (coefficients, clamp) in coefficient_sets.items() for t in thresholds]
+
+
+def block_caching(steps, profile, fit, targets, scale_shifts=(None, "fit"), label=""):
+    """profile: recorded on held-out seeds; fit(target) fits the scale-shift parameters for that
+    target's schedule (stored in the profile)."""
+    import cachekern
+
+    def applier(target, scale_shift):
+        def apply(model):
+            if scale_shift == "fit":
+                fit(target)
+            cachekern.patch(model, cachekern.BlockCaching(profile, target_compute=target,
+                                                          scale_shift=scale_shift))
+            return lambda: cachekern.unpatch(model)
+        return apply
+    return [Setting(BLOCK_CACHING, f"{label}target_compute={t} scale_shift={ss}", steps,
+                    applier(t, ss))
+            for ss in scale_shifts for t in targets]
 
 
 def _diffusers_cache(config_factory):

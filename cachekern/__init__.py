@@ -11,7 +11,9 @@ from cachekern.build_info import build_info
 from cachekern.calibration import calibrate_teacache
 from cachekern.handle import CacheHandle
 from cachekern.patching import patch, patched, unpatch
-from cachekern.policies import TeaCache
+from cachekern.policies import BlockCaching, TeaCache
+from cachekern.profiling import Profile, profile
 
-__all__ = ["BlockCache", "CacheHandle", "CapacityError", "TeaCache", "build_info",
-           "calibrate_teacache", "patch", "patched", "unpatch", "__version__"]
+__all__ = ["BlockCache", "BlockCaching", "CacheHandle", "CapacityError", "Profile", "TeaCache",
+           "build_info", "calibrate_teacache", "patch", "patched", "profile", "unpatch",
+           "__version__"]

@@ -9,11 +9,12 @@ import contextlib
 import functools
 
 from cachekern.adapters import adapter_for
+from cachekern.block_caching_handle import BlockCachingHandle
 from cachekern.handle import CacheHandle
-from cachekern.policies import TeaCache
+from cachekern.policies import BlockCaching, TeaCache
 
 _MARK = "_cachekern_patch"
-POLICIES = (TeaCache,)
+POLICIES = (TeaCache, BlockCaching)
 
 
 def resolve_model(target):
@@ -34,8 +35,10 @@ def patch(target, policy) -> CacheHandle:
     if model.__dict__.get(_MARK) is not None:
         raise RuntimeError(f"cachekern.patch: this {type(model).__name__} is already patched; "
                            f"call cachekern.unpatch(model) first")
-    adapter = adapter_for(model)
-    handle = CacheHandle(model, adapter, policy)
+    if isinstance(policy, BlockCaching):
+        handle = BlockCachingHandle(model, policy)
+    else:
+        handle = CacheHandle(model, adapter_for(model), policy)
     saved = {name: model.__dict__[name] for name in ("forward", "cache_context")
              if name in model.__dict__}
     original_forward = model.forward
@@ -58,7 +61,10 @@ def unpatch(target) -> None:
     record = model.__dict__.get(_MARK)
     if record is None:
         raise RuntimeError(f"cachekern.unpatch: this {type(model).__name__} is not patched")
-    _, saved = record
+    handle, saved = record
+    close = getattr(handle, "close", None)
+    if close is not None:         # Block Caching's wrappers on the blocks
+        close()
     for name in ("forward", "cache_context"):
         model.__dict__.pop(name, None)
         if name in saved:

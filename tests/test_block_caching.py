@@ -1,0 +1,205 @@
+"""Block Caching (cachekern.profile, Profile, BlockCaching) on real diffusers classes: the
+reference models' UNet2DConditionModel and FluxTransformer2DModel at their recipes' sizes
+(untrained), sampled with DDIM and with flow-matching Euler + CFG."""
+
+import math
+
+import pytest
+import torch
+
+import cachekern
+from cachekern import reference_models
+from cachekern.profiling import ChannelFit, Profile, schedule_key
+from cachekern.schedule import compute_fraction, delta_for_compute, derive_schedule
+
+pytest.importorskip("diffusers")
+NAN = math.nan
+
+
+# -- schedules ------------------------------------------------------------------------------------
+def test_schedule_follows_eq7_on_a_hand_computed_example():
+    change = [[NAN, 0.2, 0.2, 0.2, 0.5, 0.1],     # accumulates 0.2, 0.4, (0.6: compute), 0.5, (0.6)
+              [NAN, 1.0, 0.0, 0.0, 0.0, 0.0],     # 1.0 > delta: compute, then nothing changes
+              [NAN, 0.1, NAN, 0.1, 0.1, 0.1]]     # NaN: compute, never reuse on garbage
+    assert derive_schedule(change, 0.5) == [
+        [True, False, False, True, False, True],
+        [True, True, False, False, False, False],
+        [True, False, True, False, False, False]]
+    assert derive_schedule(change, 0.0) == [[True] * 6] * 3    # even where nothing changed
+    assert compute_fraction(derive_schedule(change, 0.5)) == 7 / 18
+
+
+def test_delta_for_compute_meets_the_target_with_the_smallest_delta():
+    g = torch.Generator().manual_seed(0)
+    change = (torch.rand(5, 12, generator=g) * 0.3).tolist()
+    for target in (0.9, 0.5, 0.25):
+        delta = delta_for_compute(change, target)
+        assert compute_fraction(derive_schedule(change, delta)) <= target
+        assert compute_fraction(derive_schedule(change, delta * 0.999)) > target
+    with pytest.raises(ValueError, match="target_compute"):
+        delta_for_compute(change, 0.05)           # below computing only the first step
+    with pytest.raises(ValueError, match="delta"):
+        derive_schedule(change, -1)
+
+
+def test_the_closed_form_fit_recovers_known_scale_and_shift():
+    g = torch.Generator().manual_seed(1)
+    scale, shift = torch.randn(7, generator=g), torch.randn(7, generator=g)
+    fit = ChannelFit()
+    for _ in range(3):                            # accumulated over several batches
+        x = torch.randn(50, 7, generator=g) * 3
+        fit.add(x, x * scale + shift + 1e-6 * torch.randn(50, 7, generator=g))
+    got_scale, got_shift = fit.solve()
+    torch.testing.assert_close(got_scale.float(), scale, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got_shift.float(), shift, rtol=0, atol=1e-5)
+    flat = ChannelFit()
+    flat.add(torch.ones(10, 2), torch.randn(10, 2, generator=g))
+    assert flat.solve()[0].tolist() == [1.0, 1.0]  # no spread in x: scale 1
+
+
+# -- on the models --------------------------------------------------------------------------------
+UNET_STEPS = 8
+FLUX_STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return reference_models.create("unet-digits", seed=4)
+
+
+@pytest.fixture(scope="module")
+def flux():
+    return reference_models.create("flux-photos", seed=5)
+
+
+def unet_run(ref, seeds=(0, 1), steps=UNET_STEPS):
+    return ref.sample([3, 7], list(seeds), steps=steps, scheduler="ddim")
+
+
+def flux_run(ref, seeds=(0, 1), steps=FLUX_STEPS):
+    return ref.sample([2, 5], list(seeds), steps=steps)
+
+
+@pytest.fixture(scope="module")
+def unet_profile(unet):
+    return cachekern.profile(unet.model, lambda: unet_run(unet, (10, 11)), runs=2, resnets=True)
+
+
+@pytest.fixture(scope="module")
+def flux_profile(flux):
+    return cachekern.profile(flux.model, lambda: flux_run(flux, (10, 11)))
+
+
+def test_a_profile_records_every_block_and_step(unet, unet_profile, flux_profile):
+    assert unet_profile.steps == UNET_STEPS and flux_profile.steps == FLUX_STEPS
+    assert len(unet_profile.units) == 18 and unet_profile.resnets     # 7 attention + 11 ResNet
+    assert len(flux_profile.units) == 8 and flux_profile.branches == ["cond", "uncond"]
+    for prof in (unet_profile, flux_profile):
+        assert all(math.isnan(row[0]) for row in prof.change)
+        assert all(v > 0 and math.isfinite(v) for row in prof.change for v in row[1:])
+    attention_only = cachekern.profile(unet.model, lambda: unet_run(unet, (10, 11)))
+    assert len(attention_only.units) == 7
+    assert all("attentions" in name for name in attention_only.units)
+
+
+@pytest.mark.parametrize("family", ["unet", "flux"])
+def test_delta_zero_is_bitwise_uncached_and_unpatch_restores(family, request):
+    ref = request.getfixturevalue(family)
+    prof = request.getfixturevalue(f"{family}_profile")
+    run = unet_run if family == "unet" else flux_run
+    uncached = run(ref)
+    with cachekern.patched(ref.model, cachekern.BlockCaching(prof, delta=0.0,
+                                                              scale_shift=None)) as handle:
+        assert torch.equal(run(ref), uncached)
+        assert handle.stats()["blocks_reused"] == 0
+    assert all("forward" not in vars(m) for m in ref.model.modules())
+    assert torch.equal(run(ref), uncached)
+
+
+@pytest.mark.parametrize("family", ["unet", "flux"])
+def test_reuse_follows_the_schedule_and_changes_the_output(family, request):
+    ref = request.getfixturevalue(family)
+    prof = request.getfixturevalue(f"{family}_profile")
+    run = unet_run if family == "unet" else flux_run
+    uncached = run(ref)
+    policy = cachekern.BlockCaching(prof, target_compute=0.5, scale_shift=None)
+    schedule = policy.schedule()
+    with cachekern.patched(ref.model, policy) as handle:
+        cached = run(ref)
+        stats = handle.stats()
+        history = list(handle.history)
+    calls_per_step = 2 if family == "flux" else 1          # Flux: CFG as two calls, one schedule
+    reused = sum(not c for row in schedule for c in row) * calls_per_step
+    assert stats["blocks_reused"] == reused > 0
+    assert stats["blocks_computed"] + reused == len(prof.units) * prof.steps * calls_per_step
+    assert [h["step"] for h in history] == [s for s in range(prof.steps)
+                                            for _ in range(calls_per_step)]
+    assert not torch.equal(cached, uncached) and cached.isfinite().all()
+
+
+def test_unit_scale_and_zero_shift_equal_plain_reuse(flux, flux_profile):
+    plain = cachekern.BlockCaching(flux_profile, target_compute=0.5, scale_shift=None)
+    schedule = plain.schedule()
+    with cachekern.patched(flux.model, plain):
+        expected = flux_run(flux)
+    c = flux.model.config.num_attention_heads * flux.model.config.attention_head_dim
+    identity = {(u, s, k): (torch.ones(c), torch.zeros(c))
+                for u, row in enumerate(schedule) for s, compute in enumerate(row)
+                if not compute for k in range(2)}
+    flux_profile.scale_shift[schedule_key(schedule)] = identity
+    try:
+        with cachekern.patched(flux.model, cachekern.BlockCaching(
+                flux_profile, target_compute=0.5, scale_shift="fit")):
+            assert torch.equal(flux_run(flux), expected)
+    finally:
+        del flux_profile.scale_shift[schedule_key(schedule)]
+
+
+def test_fitted_scale_shift_is_stored_used_and_saved(unet, unet_profile, tmp_path):
+    with pytest.raises(ValueError, match="fit_scale_shift"):
+        cachekern.BlockCaching(unet_profile, target_compute=0.5, scale_shift="fit")
+        cachekern.patch(unet.model, cachekern.BlockCaching(unet_profile, target_compute=0.5))
+    key = unet_profile.fit_scale_shift(unet.model, lambda: unet_run(unet, (10, 11)),
+                                       target_compute=0.5)
+    params = unet_profile.scale_shift[key]
+    schedule = unet_profile.schedule(target_compute=0.5)
+    assert {(u, s) for u, s, _ in params} == {(u, s) for u, row in enumerate(schedule)
+                                             for s, c in enumerate(row) if not c}
+    with cachekern.patched(unet.model, cachekern.BlockCaching(unet_profile, target_compute=0.5,
+                                                               scale_shift=None)):
+        plain = unet_run(unet)
+    with cachekern.patched(unet.model, cachekern.BlockCaching(unet_profile, target_compute=0.5)):
+        fitted = unet_run(unet)
+    assert not torch.equal(fitted, plain)
+
+    path = tmp_path / "unet.profile"
+    unet_profile.save(path)
+    loaded = Profile.load(path)
+    assert loaded.units == unet_profile.units and loaded.timesteps == unet_profile.timesteps
+    assert loaded.resnets and loaded.steps == UNET_STEPS
+    for a, b in zip(loaded.change, unet_profile.change):
+        assert all((math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b))
+    with cachekern.patched(unet.model, cachekern.BlockCaching(loaded, target_compute=0.5)):
+        assert torch.equal(unet_run(unet), fitted)
+
+
+def test_mismatches_and_bad_arguments_get_clear_errors(unet, flux, unet_profile, flux_profile):
+    policy = cachekern.BlockCaching(unet_profile, delta=0.3, scale_shift=None)
+    with cachekern.patched(unet.model, policy):
+        with pytest.raises(ValueError, match="recorded for 8 steps"):
+            unet_run(unet, steps=5)                           # another step count
+    with pytest.raises(ValueError, match="blocks"):
+        cachekern.patch(flux.model, cachekern.BlockCaching(unet_profile, scale_shift=None))
+    assert "_cachekern_patch" not in vars(flux.model)
+    with pytest.raises(TypeError, match="profile"):
+        cachekern.BlockCaching("unet.profile")
+    with pytest.raises(ValueError, match="delta"):
+        cachekern.BlockCaching(flux_profile, delta=-0.1)
+    with pytest.raises(ValueError, match="target_compute"):
+        cachekern.BlockCaching(flux_profile, target_compute=0)
+    with pytest.raises(ValueError, match="scale_shift"):
+        cachekern.BlockCaching(flux_profile, scale_shift="train")
+    with pytest.raises(ValueError, match="runs"):
+        cachekern.profile(flux.model, lambda: flux_run(flux), runs=0)
+    with pytest.raises(ValueError, match="resnets"):
+        cachekern.profile(flux.model, lambda: flux_run(flux), resnets=True)
