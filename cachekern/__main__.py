@@ -2,6 +2,8 @@
 
     python -m cachekern demo [--full]   uncached vs TeaCache on a FluxTransformer2DModel
     python -m cachekern info            how cachekern was built and what it runs on (JSON)
+    python -m cachekern plot-profile PROFILE -o out.png
+                                        a Block Caching profile as a heatmap, with its schedule
 """
 
 import argparse
@@ -15,7 +17,13 @@ def main(argv=None) -> int:
     commands.add_parser("info", help="print build and runtime information as JSON")
     commands.add_parser("demo", help="uncached vs TeaCache on a FluxTransformer2DModel",
                         add_help=False)
+    commands.add_parser("plot-profile", help="a Block Caching profile as a heatmap",
+                        add_help=False)
     args, rest = parser.parse_known_args(argv)
+    if args.command == "plot-profile":
+        from cachekern.plot_profile import main as plot_profile
+
+        return plot_profile(rest)
     if args.command == "demo":
         from cachekern.demo import main as demo
 

@@ -203,3 +203,16 @@ def test_mismatches_and_bad_arguments_get_clear_errors(unet, flux, unet_profile,
         cachekern.profile(flux.model, lambda: flux_run(flux), runs=0)
     with pytest.raises(ValueError, match="resnets"):
         cachekern.profile(flux.model, lambda: flux_run(flux), resnets=True)
+
+
+def test_plot_profile_writes_a_heatmap(flux_profile, tmp_path):
+    pytest.importorskip("matplotlib")
+    from cachekern.__main__ import main
+
+    path = tmp_path / "flux.profile"
+    flux_profile.save(path)
+    assert main(["plot-profile", str(path), "-o", str(tmp_path / "p.png"),
+                 "--target-compute", "0.5"]) == 0
+    from PIL import Image
+    width, height = Image.open(tmp_path / "p.png").size
+    assert width > 300 and height > 200
