@@ -12,6 +12,9 @@ import torch
 from cachekern.block_units import cached_units
 
 
+_NO_OUTPUT = object()   # a stream the block returns as None (e.g. SD3's last block's context)
+
+
 def _scaled(output, scale, shift, channel_dim):
     """A cached output, as a new tensor (the caller may modify what it gets), with the
     per-channel scale and shift."""
@@ -58,7 +61,8 @@ class BlockCachingHandle:
         out = dict(self._stats)
         out["schedule_compute"] = sum(c for row in self.schedule for c in row) / \
             sum(len(row) for row in self.schedule)
-        out["bytes_held"] = sum(r.numel() * r.element_size() for r in self._residuals.values())
+        out["bytes_held"] = sum(r.numel() * r.element_size() for r in self._residuals.values()
+                                if isinstance(r, torch.Tensor))
         return out
 
     def reset(self):
@@ -128,6 +132,9 @@ class BlockCachingHandle:
                 self._stats["blocks_reused"] += 1
                 outs = []
                 for k, (x, r) in enumerate(zip(inputs, stored)):
+                    if r is _NO_OUTPUT:
+                        outs.append(None)
+                        continue
                     scale, shift = self._scale_shift(index, step, k, x.device)
                     if (branch, index, k) in self._outputs_cached:
                         outs.append(_scaled(r, scale, shift, unit.io.channel_dim))
@@ -138,7 +145,10 @@ class BlockCachingHandle:
             self._stats["blocks_computed"] += 1
             result = forward(*args, **kwargs)
             for key, x, out, r in zip(keys, inputs, unit.io.outputs(result), stored):
-                buffer = r if r is not None and r.shape == out.shape and \
+                if out is None or x is None:
+                    self._residuals[key] = _NO_OUTPUT
+                    continue
+                buffer = r if isinstance(r, torch.Tensor) and r.shape == out.shape and \
                     r.dtype == out.dtype else None
                 if out.shape == x.shape:
                     self._outputs_cached.discard(key)

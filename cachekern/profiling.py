@@ -266,6 +266,8 @@ class Profile:
             dim = unit.io.channel_dim
             for k, (x, out) in enumerate(zip(unit.io.inputs(args, kwargs),
                                              unit.io.outputs(result))):
+                if out is None or x is None:
+                    continue
                 r = _residual(out.float(), x.float()).movedim(dim, -1)
                 r = r.reshape(-1, r.shape[-1])                       # [rows, C]
                 if schedule[index][step]:

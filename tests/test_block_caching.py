@@ -216,3 +216,27 @@ def test_plot_profile_writes_a_heatmap(flux_profile, tmp_path):
     from PIL import Image
     width, height = Image.open(tmp_path / "p.png").size
     assert width > 300 and height > 200
+
+
+@pytest.mark.parametrize("family_name", ["flux", "sd3", "wan", "cogvideox", "hunyuan_video",
+                                         "pixart", "dit", "ltx_video", "mochi"])
+def test_every_dit_family_profiles_caches_and_restores(family_name):
+    import test_teacache_families as families
+
+    model, inputs, timestep_scale = getattr(families, family_name)()
+    inp = inputs(0)
+
+    def run():
+        return families.sample(model, inp, timestep_scale=timestep_scale)
+    uncached = run()
+    prof = cachekern.profile(model, run)
+    assert prof.steps == families.STEPS and len(prof.units) >= 2
+    with cachekern.patched(model, cachekern.BlockCaching(prof, delta=0.0, scale_shift=None)):
+        assert torch.equal(run(), uncached)
+    prof.fit_scale_shift(model, run, target_compute=0.5)
+    with cachekern.patched(model, cachekern.BlockCaching(prof, target_compute=0.5)) as handle:
+        cached = run()
+        assert handle.stats()["blocks_reused"] > 0
+    assert cached.isfinite().all() and not torch.equal(cached, uncached)
+    assert all("forward" not in vars(m) for m in model.modules())
+    assert torch.equal(run(), uncached)
