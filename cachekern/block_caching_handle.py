@@ -9,6 +9,7 @@ import itertools
 
 import torch
 
+from cachekern.block_cache import BlockCache
 from cachekern.block_units import cached_units
 
 
@@ -41,8 +42,11 @@ class BlockCachingHandle:
         self.params = {key: tuple(t.to(device) for t in pair) for key, pair in params.items()}
         self.kernels = importlib.import_module("cachekern.triton_kernels")
         self.history = []
-        self._residuals = {}          # (branch, unit, stream) -> residual tensor
+        # (branch, unit, stream) -> residual: a dict, or a BlockCache within the device budget
+        self._residuals = {} if policy.device_budget_bytes is None else \
+            BlockCache(policy.device_budget_bytes)
         self._outputs_cached = set()  # keys whose tensor is the block's output, not a residual
+        self._no_output = set()       # keys of streams the block returned as None
         self._counts = {}
         self._call_counter = itertools.count()
         self._context = None
@@ -61,13 +65,16 @@ class BlockCachingHandle:
         out = dict(self._stats)
         out["schedule_compute"] = sum(c for row in self.schedule for c in row) / \
             sum(len(row) for row in self.schedule)
-        out["bytes_held"] = sum(r.numel() * r.element_size() for r in self._residuals.values()
-                                if isinstance(r, torch.Tensor))
+        if isinstance(self._residuals, BlockCache):
+            out["block_cache"] = self._residuals.stats()
+        else:
+            out["bytes_held"] = sum(r.numel() * r.element_size() for r in self._residuals.values())
         return out
 
     def reset(self):
         """Forgets cached residuals and step counters: the next call is step 0."""
         self._residuals.clear()
+        self._no_output.clear()
         self._counts.clear()
         self.history.clear()
         self._call_counter = itertools.count()
@@ -105,6 +112,8 @@ class BlockCachingHandle:
                           else timestep.reshape(-1)[0])
             self.profile.check_timestep(step, value)
         self._current = (branch, step)
+        if isinstance(self._residuals, BlockCache):
+            self._plan(branch, step)
         try:
             out = original_forward(*args, **kwargs)
         finally:
@@ -125,8 +134,11 @@ class BlockCachingHandle:
             branch, step = self._current
             inputs = unit.io.inputs(args, kwargs)
             keys = [(branch, index, k) for k in range(len(inputs))]
-            stored = [self._residuals.get(key) for key in keys]
-            reusable = not compute_at[step] and all(r is not None for r in stored)
+            reusable = not compute_at[step] and all(
+                key in self._no_output or key in self._residuals for key in keys)
+            stored = [_NO_OUTPUT if key in self._no_output else
+                      self._residuals.get(key) if reusable or isinstance(self._residuals, dict)
+                      and key in self._residuals else None for key in keys]
             self._stats["block_calls"] += 1
             if reusable:
                 self._stats["blocks_reused"] += 1
@@ -135,6 +147,7 @@ class BlockCachingHandle:
                     if r is _NO_OUTPUT:
                         outs.append(None)
                         continue
+                    self._prefetch_after(branch, index, step)
                     scale, shift = self._scale_shift(index, step, k, x.device)
                     if (branch, index, k) in self._outputs_cached:
                         outs.append(_scaled(r, scale, shift, unit.io.channel_dim))
@@ -146,20 +159,61 @@ class BlockCachingHandle:
             result = forward(*args, **kwargs)
             for key, x, out, r in zip(keys, inputs, unit.io.outputs(result), stored):
                 if out is None or x is None:
-                    self._residuals[key] = _NO_OUTPUT
+                    self._no_output.add(key)
                     continue
+                self._no_output.discard(key)
                 buffer = r if isinstance(r, torch.Tensor) and r.shape == out.shape and \
                     r.dtype == out.dtype else None
+                if isinstance(self._residuals, BlockCache):
+                    buffer = None   # the cache owns what it was given: a new tensor each time
                 if out.shape == x.shape:
                     self._outputs_cached.discard(key)
-                    self._residuals[key] = self.kernels.residual_capture(
+                    residual = self.kernels.residual_capture(
                         out.contiguous(), x.contiguous(), out=buffer)[0]
                 else:    # the block changes the shape: its output itself is kept
                     self._outputs_cached.add(key)
-                    self._residuals[key] = buffer.copy_(out) if buffer is not None \
-                        else out.detach().clone()
+                    residual = buffer.copy_(out) if buffer is not None else out.detach().clone()
+                if isinstance(self._residuals, BlockCache):
+                    self._residuals.put(key, residual)
+                else:
+                    self._residuals[key] = residual
             return result
         return cached
+
+    def _reused_units(self, step):
+        return [i for i, row in enumerate(self.schedule) if not row[step]]
+
+    def _plan(self, branch, step):
+        """Tells the block cache the order the residuals will be needed in (this step's reused
+        blocks, then the next steps'), so it spills those needed last, and starts fetching the
+        first one this step reuses."""
+        steps = self.profile.steps
+        order, seen = [], set()
+        for ahead in range(steps):
+            for i in self._reused_units((step + ahead) % steps):
+                for key in self._keys_of(branch, i):
+                    if key not in seen:
+                        seen.add(key)
+                        order.append(key)
+        self._residuals.plan(order)
+        first = self._reused_units(step)[:1]
+        for i in first:
+            for key in self._keys_of(branch, i):
+                self._residuals.prefetch(key)
+
+    def _keys_of(self, branch, index):
+        streams = len(getattr(self.units[index].io, "names", (None,)))
+        return [key for key in ((branch, index, k) for k in range(streams))
+                if key in self._residuals]
+
+    def _prefetch_after(self, branch, index, step):
+        """Starts fetching the residual of the next block this step reuses."""
+        if not isinstance(self._residuals, BlockCache):
+            return
+        later = [i for i in self._reused_units(step) if i > index][:1]
+        for i in later:
+            for key in self._keys_of(branch, i):
+                self._residuals.prefetch(key)
 
     def _scale_shift(self, index, step, k, device):
         scale, shift = self.params.get((index, step, k), (None, None))

@@ -240,3 +240,21 @@ def test_every_dit_family_profiles_caches_and_restores(family_name):
     assert cached.isfinite().all() and not torch.equal(cached, uncached)
     assert all("forward" not in vars(m) for m in model.modules())
     assert torch.equal(run(), uncached)
+
+
+@pytest.mark.parametrize("family", ["unet", "flux"])
+def test_a_tiny_device_budget_spills_and_gives_bitwise_the_same_output(family, request):
+    ref = request.getfixturevalue(family)
+    prof = request.getfixturevalue(f"{family}_profile")
+    run = unet_run if family == "unet" else flux_run
+    with cachekern.patched(ref.model, cachekern.BlockCaching(prof, target_compute=0.5,
+                                                              scale_shift=None)):
+        unlimited = run(ref)
+    with cachekern.patched(ref.model, cachekern.BlockCaching(
+            prof, target_compute=0.5, scale_shift=None, device_budget_bytes=4096)) as handle:
+        spilled = run(ref)
+        cache = handle.stats()["block_cache"]
+    assert torch.equal(spilled, unlimited)
+    assert cache["spills"] > 0 and cache["bytes_host_to_device"] > 0
+    with pytest.raises(ValueError, match="device_budget_bytes"):
+        cachekern.BlockCaching(prof, device_budget_bytes=-1)

@@ -23,6 +23,9 @@ class BlockCaching:
             None (plain reuse).
         calls_per_step: without a pipeline naming the CFG branch through cache_context, calls are
             assigned to branches by order (2: one conditional and one unconditional call a step).
+        device_budget_bytes: keep the cached residuals in a cachekern.BlockCache with this many
+            bytes on the device, the rest in pinned host memory, fetched ahead of use in
+            schedule order; None keeps them all on the device.
     """
 
     profile: object
@@ -30,6 +33,7 @@ class BlockCaching:
     target_compute: Optional[float] = None
     scale_shift: Optional[str] = "fit"
     calls_per_step: int = 1
+    device_budget_bytes: Optional[int] = None
 
     def __post_init__(self):
         from cachekern.profiling import Profile
@@ -52,6 +56,12 @@ class BlockCaching:
                 self.calls_per_step < 1:
             raise ValueError(f"calls_per_step: expected a positive int, got "
                              f"{self.calls_per_step!r}")
+
+        if self.device_budget_bytes is not None and (
+                not isinstance(self.device_budget_bytes, int) or
+                isinstance(self.device_budget_bytes, bool) or self.device_budget_bytes < 0):
+            raise ValueError(f"device_budget_bytes: expected None or an int >= 0, got "
+                             f"{self.device_budget_bytes!r}")
 
     def schedule(self):
         return self.profile.schedule(self.delta, self.target_compute)
