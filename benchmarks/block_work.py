@@ -16,27 +16,7 @@ import functools
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-DIT_BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "blocks")
-UNET_UNITS = ("resnets", "attentions")
-UNET_STAGES = ("down_blocks", "mid_block", "up_blocks")
-
-
-def blocks(model):
-    """(qualified name, module) of each block, in model order."""
-    found = []
-    for name, module in model.named_modules():
-        parent, _, index = name.rpartition(".")
-        if not index.isdigit():
-            continue
-        list_name = parent.rpartition(".")[2]
-        if (list_name in UNET_UNITS and parent.split(".")[0] in UNET_STAGES) or \
-                (parent in DIT_BLOCK_LISTS and list_name in DIT_BLOCK_LISTS):
-            found.append((name, module))
-    if not found:
-        raise ValueError(f"model: found no transformer blocks or UNet ResNet/attention blocks in "
-                         f"{type(model).__name__}")
-    return found
-
+from cachekern.block_units import cached_units, is_unet, wrap_forwards
 
 def _own_flops(module, name, inclusive):
     """The module's FLOPs minus those of the nearest submodules that do FLOPs (looking through
@@ -64,8 +44,10 @@ class BlockWork:
                      for key, ops in counter.get_flop_counts().items()
                      if key.startswith(prefix + ".")}
         self.units = []   # (module, own FLOPs per sample)
-        for block_name, block in blocks(model):
-            for sub_name, sub in block.named_modules(prefix=block_name):
+        # The blocks Block Caching caches; in a UNet, its ResNet blocks as well as its attention
+        # blocks.
+        for unit in cached_units(model, resnets=is_unet(model)):
+            for sub_name, sub in unit.module.named_modules(prefix=unit.name):
                 own = _own_flops(sub, sub_name, inclusive)
                 if own > 0:
                     self.units.append((sub, own))
@@ -83,13 +65,13 @@ class BlockWork:
         return counted
 
     def __enter__(self):
-        for module, own in self.units:
-            module.forward = self._counting(module.forward, own)
+        self._restore = wrap_forwards([module for module, _ in self.units],
+                                      lambda i, module, forward:
+                                      self._counting(forward, self.units[i][1]))
         return self
 
     def __exit__(self, *exc):
-        for module, _ in self.units:
-            del module.forward          # back to the class's forward
+        self._restore()
         return False
 
     def reset(self):

@@ -7,11 +7,11 @@ method, on a reference model trained by benchmarks/zoo/train.py.
     python quality.py flux-photos --quick --untrained # a CPU smoke run on random weights
 
 For each setting, against the uncached outputs: PSNR (per sample, capped at 100 dB for identical
-images), SSIM and relative L2, each the mean over samples;
-the compute ratio (block work executed ÷ the uncached run's, counted by block_work.BlockWork);
-the wall time (on a GPU: the median of --timing-passes generations after the counted one). Writes quality_<model>_<scheduler>.csv,
-.md (the table at compute budgets 0.5, 0.4 and 0.3: each method's best PSNR within the budget)
-and .png (PSNR against speed-up, one line per method) to --out.
+images), SSIM and relative L2, each the mean over samples; the compute ratio (block work executed
+÷ the uncached run's, counted by block_work.BlockWork); the wall time (on a GPU: the median of
+--timing-passes generations after the counted one). Writes quality_<model>_<scheduler>.csv, .md
+(the table at compute budgets 0.5, 0.4 and 0.3: each method's best PSNR within the budget) and
+.png (PSNR against speed-up, one line per method) to --out.
 """
 
 import argparse

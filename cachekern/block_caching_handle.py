@@ -3,17 +3,25 @@ written once by residual_capture) or reuses the residual (residual_reuse, with t
 scale and shift) as the static schedule says for the current step. No host synchronisation and no
 data-dependent control flow: the step index is the call count of the CFG branch."""
 
-import contextlib
 import importlib
-import itertools
 
 import torch
 
 from cachekern.block_cache import BlockCache
-from cachekern.block_units import cached_units
-
+from cachekern.block_units import cached_units, timestep_of, wrap_forwards
+from cachekern.branches import BranchNames
 
 _NO_OUTPUT = object()   # a stream the block returns as None (e.g. SD3's last block's context)
+
+
+class _OnDevice(dict):
+    """Residuals all kept on the device (no budget): the part of BlockCache's API used here."""
+
+    def put(self, key, tensor):
+        self[key] = tensor
+
+    def prefetch(self, key):
+        pass
 
 
 def _scaled(output, scale, shift, channel_dim):
@@ -34,6 +42,9 @@ class BlockCachingHandle:
         self.units = cached_units(model, self.profile.resnets)
         self.profile.check_units(self.units, "BlockCaching")
         self.schedule = policy.schedule()
+        # The blocks each step reuses, in order (prefetching follows it).
+        self._reused_at = [[i for i, row in enumerate(self.schedule) if not row[step]]
+                           for step in range(self.profile.steps)]
         params = self.profile.scale_shift_for(self.schedule) \
             if policy.scale_shift == "fit" else {}
         # On the model's device up front: no copies (and nothing a CUDA graph could not
@@ -42,30 +53,30 @@ class BlockCachingHandle:
         self.params = {key: tuple(t.to(device) for t in pair) for key, pair in params.items()}
         self.kernels = importlib.import_module("cachekern.triton_kernels")
         self.history = []
-        # (branch, unit, stream) -> residual: a dict, or a BlockCache within the device budget
-        self._residuals = {} if policy.device_budget_bytes is None else \
-            BlockCache(policy.device_budget_bytes)
+        # (branch, unit, stream) -> residual: on the device, or in a BlockCache within the
+        # device budget (which owns what it is given: no buffer is overwritten then).
+        self._offloaded = policy.device_budget_bytes is not None
+        self._residuals = BlockCache(policy.device_budget_bytes) if self._offloaded \
+            else _OnDevice()
         self._outputs_cached = set()  # keys whose tensor is the block's output, not a residual
         self._no_output = set()       # keys of streams the block returned as None
         self._counts = {}
-        self._call_counter = itertools.count()
-        self._context = None
+        self._branches_named = BranchNames(policy.calls_per_step)
         self._current = None
         self._stats = dict(calls=0, block_calls=0, blocks_computed=0, blocks_reused=0)
-        # What each block's instance held as `forward` before (another tool's wrapper, or
-        # nothing), restored exactly by close().
-        self._previous = [unit.module.__dict__.get("forward") for unit in self.units]
-        for index, unit in enumerate(self.units):
-            unit.module.forward = self._wrap(index, unit, unit.module.forward)
+        self._restore_forwards = wrap_forwards(
+            [unit.module for unit in self.units],
+            lambda index, module, forward: self._wrap(index, self.units[index], forward))
 
     # -- public ---------------------------------------------------------------------------------
     def stats(self) -> dict:
         """calls (model calls), block_calls, blocks_computed, blocks_reused, the schedule's
-        compute fraction, and bytes_held (cached residuals)."""
+        compute fraction, and bytes_held (cached residuals) or, with a device budget, the
+        block cache's own stats."""
         out = dict(self._stats)
         out["schedule_compute"] = sum(c for row in self.schedule for c in row) / \
             sum(len(row) for row in self.schedule)
-        if isinstance(self._residuals, BlockCache):
+        if self._offloaded:
             out["block_cache"] = self._residuals.stats()
         else:
             out["bytes_held"] = sum(r.numel() * r.element_size() for r in self._residuals.values())
@@ -77,33 +88,21 @@ class BlockCachingHandle:
         self._no_output.clear()
         self._counts.clear()
         self.history.clear()
-        self._call_counter = itertools.count()
+        self._branches_named.restart()
 
     def close(self):
-        for unit, previous in zip(self.units, self._previous):
-            unit.module.__dict__.pop("forward", None)
-            if previous is not None:
-                unit.module.forward = previous
+        self._restore_forwards()
         self._residuals.clear()
 
     # -- plumbing used by patching ----------------------------------------------------------------
-    @contextlib.contextmanager
     def cache_context(self, original, name, **kwargs):
-        self._context = name
-        try:
-            with original(name, **kwargs):
-                yield
-        finally:
-            self._context = None
+        return self._branches_named.cache_context(original, name, **kwargs)
 
     def forward(self, original_forward, args, kwargs):
-        if self._context is not None:
-            branch = self._context
-        else:
-            branch = f"call{next(self._call_counter) % self.policy.calls_per_step}"
+        branch = self._branches_named.branch()
         count = self._counts.get(branch, 0)
         step = count % self.profile.steps
-        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        timestep = timestep_of(args, kwargs)
         if isinstance(timestep, (int, float)) or (isinstance(timestep, torch.Tensor) and
                                                   timestep.device.type == "cpu"):
             # Readable without a host synchronisation: check the schedule applies. (On a GPU
@@ -112,7 +111,7 @@ class BlockCachingHandle:
                           else timestep.reshape(-1)[0])
             self.profile.check_timestep(step, value)
         self._current = (branch, step)
-        if isinstance(self._residuals, BlockCache):
+        if self._offloaded:
             self._plan(branch, step)
         try:
             out = original_forward(*args, **kwargs)
@@ -126,7 +125,7 @@ class BlockCachingHandle:
 
     # -- per block ------------------------------------------------------------------------------
     def _wrap(self, index, unit, forward):
-        compute_at = [row for row in self.schedule][index]
+        compute_at = self.schedule[index]
 
         def cached(*args, **kwargs):
             if self._current is None:          # called outside the model's forward
@@ -134,84 +133,73 @@ class BlockCachingHandle:
             branch, step = self._current
             inputs = unit.io.inputs(args, kwargs)
             keys = [(branch, index, k) for k in range(len(inputs))]
-            reusable = not compute_at[step] and all(
-                key in self._no_output or key in self._residuals for key in keys)
-            stored = [_NO_OUTPUT if key in self._no_output else
-                      self._residuals.get(key) if reusable or isinstance(self._residuals, dict)
-                      and key in self._residuals else None for key in keys]
             self._stats["block_calls"] += 1
-            if reusable:
+            if not compute_at[step] and all(key in self._no_output or key in self._residuals
+                                            for key in keys):
                 self._stats["blocks_reused"] += 1
-                outs = []
-                for k, (x, r) in enumerate(zip(inputs, stored)):
-                    if r is _NO_OUTPUT:
-                        outs.append(None)
-                        continue
-                    self._prefetch_after(branch, index, step)
-                    scale, shift = self._scale_shift(index, step, k, x.device)
-                    if (branch, index, k) in self._outputs_cached:
-                        outs.append(_scaled(r, scale, shift, unit.io.channel_dim))
-                    else:
-                        outs.append(self.kernels.residual_reuse(
-                            x.contiguous(), r, scale, shift, channel_dim=unit.io.channel_dim))
-                return unit.io.result(outs, args, kwargs)
+                self._prefetch_after(branch, index, step)
+                return unit.io.result([self._reuse(key, x, unit.io.channel_dim, step)
+                                       for key, x in zip(keys, inputs)], args, kwargs)
             self._stats["blocks_computed"] += 1
             result = forward(*args, **kwargs)
-            for key, x, out, r in zip(keys, inputs, unit.io.outputs(result), stored):
-                if out is None or x is None:
-                    self._no_output.add(key)
-                    continue
-                self._no_output.discard(key)
-                buffer = r if isinstance(r, torch.Tensor) and r.shape == out.shape and \
-                    r.dtype == out.dtype else None
-                if isinstance(self._residuals, BlockCache):
-                    buffer = None   # the cache owns what it was given: a new tensor each time
-                if out.shape == x.shape:
-                    self._outputs_cached.discard(key)
-                    residual = self.kernels.residual_capture(
-                        out.contiguous(), x.contiguous(), out=buffer)[0]
-                else:    # the block changes the shape: its output itself is kept
-                    self._outputs_cached.add(key)
-                    residual = buffer.copy_(out) if buffer is not None else out.detach().clone()
-                if isinstance(self._residuals, BlockCache):
-                    self._residuals.put(key, residual)
-                else:
-                    self._residuals[key] = residual
+            for key, x, out in zip(keys, inputs, unit.io.outputs(result)):
+                self._keep(key, x, out)
             return result
         return cached
 
-    def _reused_units(self, step):
-        return [i for i, row in enumerate(self.schedule) if not row[step]]
+    def _reuse(self, key, x, channel_dim, step):
+        if key in self._no_output:
+            return None
+        _, index, k = key
+        residual = self._residuals.get(key)
+        scale, shift = self._scale_shift(index, step, k, x.device)
+        if key in self._outputs_cached:
+            return _scaled(residual, scale, shift, channel_dim)
+        return self.kernels.residual_reuse(x.contiguous(), residual, scale, shift,
+                                           channel_dim=channel_dim)
+
+    def _keep(self, key, x, out):
+        """Stores what a reuse of this stream needs: out − x, or the output itself where the
+        block changes the shape, overwriting the previous one's buffer when it is ours."""
+        if out is None or x is None:
+            self._no_output.add(key)
+            return
+        self._no_output.discard(key)
+        previous = None if self._offloaded else self._residuals.get(key)
+        buffer = previous if previous is not None and previous.shape == out.shape and \
+            previous.dtype == out.dtype else None
+        if out.shape == x.shape:
+            self._outputs_cached.discard(key)
+            kept = self.kernels.residual_capture(out.contiguous(), x.contiguous(),
+                                                 out=buffer)[0]
+        else:    # the block changes the shape: its output itself is kept
+            self._outputs_cached.add(key)
+            kept = buffer.copy_(out) if buffer is not None else out.detach().clone()
+        self._residuals.put(key, kept)
 
     def _plan(self, branch, step):
         """Tells the block cache the order the residuals will be needed in (this step's reused
         blocks, then the next steps'), so it spills those needed last, and starts fetching the
         first one this step reuses."""
         steps = self.profile.steps
-        order, seen = [], set()
+        order = {}
         for ahead in range(steps):
-            for i in self._reused_units((step + ahead) % steps):
-                for key in self._keys_of(branch, i):
-                    if key not in seen:
-                        seen.add(key)
-                        order.append(key)
-        self._residuals.plan(order)
-        first = self._reused_units(step)[:1]
-        for i in first:
+            for i in self._reused_at[(step + ahead) % steps]:
+                order.update(dict.fromkeys(self._keys_of(branch, i)))
+        self._residuals.plan(list(order))
+        for i in self._reused_at[step][:1]:
             for key in self._keys_of(branch, i):
                 self._residuals.prefetch(key)
 
     def _keys_of(self, branch, index):
-        streams = len(getattr(self.units[index].io, "names", (None,)))
-        return [key for key in ((branch, index, k) for k in range(streams))
+        return [key for key in ((branch, index, k) for k in range(len(self.units[index].io.names)))
                 if key in self._residuals]
 
     def _prefetch_after(self, branch, index, step):
         """Starts fetching the residual of the next block this step reuses."""
-        if not isinstance(self._residuals, BlockCache):
+        if not self._offloaded:
             return
-        later = [i for i in self._reused_units(step) if i > index][:1]
-        for i in later:
+        for i in [i for i in self._reused_at[step] if i > index][:1]:
             for key in self._keys_of(branch, i):
                 self._residuals.prefetch(key)
 

@@ -41,6 +41,7 @@ class UNetAttentionIO:
 
     channel_dim = 1
     primary = 0
+    names = ("hidden_states",)
 
     def inputs(self, args, kwargs) -> List[torch.Tensor]:
         return [args[0] if args else kwargs["hidden_states"]]
@@ -61,6 +62,7 @@ class UNetResnetIO:
 
     channel_dim = 1
     primary = 0
+    names = ("input_tensor",)
 
     def inputs(self, args, kwargs) -> List[torch.Tensor]:
         return [args[0] if args else kwargs["input_tensor"]]
@@ -77,6 +79,12 @@ class Unit:
     name: str
     module: nn.Module
     io: Any
+
+
+def timestep_of(args, kwargs):
+    """The timestep a model call was given (by keyword, or second positionally as a UNet takes
+    it), as it was given."""
+    return kwargs.get("timestep", args[1] if len(args) > 1 else None)
 
 
 def is_unet(model) -> bool:
@@ -109,3 +117,19 @@ def cached_units(model, resnets=False) -> List[Unit]:
     io = DiTBlockIO(adapter)
     return [Unit(f"{name}.{i}", block, io) for name in adapter.block_lists(model)
             for i, block in enumerate(model._modules[name])]
+
+
+def wrap_forwards(modules, make_wrapper):
+    """Binds make_wrapper(index, module, forward) as each module instance's `forward`; returns
+    the function that restores exactly what each instance held before (another tool's wrapper,
+    or nothing)."""
+    previous = [module.__dict__.get("forward") for module in modules]
+    for index, module in enumerate(modules):
+        module.forward = make_wrapper(index, module, module.forward)
+
+    def restore():
+        for module, before in zip(modules, previous):
+            module.__dict__.pop("forward", None)
+            if before is not None:
+                module.forward = before
+    return restore

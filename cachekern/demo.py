@@ -32,15 +32,10 @@ PRESETS = {
 def build_model(preset, device):
     from diffusers import FluxTransformer2DModel
 
+    from cachekern.reference_models.common import build
+
     torch.manual_seed(0)
-    default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(preset["dtype"])  # parameters are created in the target dtype
-    try:
-        with torch.device(device):
-            model = FluxTransformer2DModel(**preset["config"])
-    finally:
-        torch.set_default_dtype(default_dtype)
-    return model.eval()
+    return build(FluxTransformer2DModel, preset["config"], device, preset["dtype"]).eval()
 
 
 def make_inputs(preset, model, seed, device):

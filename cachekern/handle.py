@@ -5,12 +5,10 @@ The branch is the name a diffusers pipeline gives through ``model.cache_context(
 one, calls are assigned to branches by order (``TeaCache(calls_per_step=...)``).
 """
 
-import contextlib
-import itertools
-
 import torch
 from torch import nn
 
+from cachekern.branches import BranchNames
 from cachekern.policies.teacache_runtime import BranchState, TeaCacheRuntime
 from cachekern.shell_memo import MemoizedModule
 
@@ -45,8 +43,7 @@ class CacheHandle:
                                   for block in model._modules[name]])
         self.history = []
         self._branches = {}
-        self._context = None       # the pipeline's current cache_context, if any
-        self._call_counter = itertools.count()
+        self._branches_named = BranchNames(policy.calls_per_step)
         self._call = None          # (branch, timestep, steps) of the forward call in progress
         self._blocks = None
         self._stand_in_lists = {}
@@ -78,17 +75,11 @@ class CacheHandle:
         self._memos.clear()
         self.history.clear()
         self._stats = self._zero_stats()
-        self._call_counter = itertools.count()
+        self._branches_named.restart()
 
     # -- plumbing used by patching --------------------------------------------------------------
-    @contextlib.contextmanager
     def cache_context(self, original, name, **kwargs):
-        self._context = (name, kwargs)
-        try:
-            with original(name, **kwargs):
-                yield
-        finally:
-            self._context = None
+        return self._branches_named.cache_context(original, name, **kwargs)
 
     def forward(self, original_forward, args, kwargs):
         if any(kwargs.get(name) is not None for name in self.adapter.uncacheable_args):
@@ -96,11 +87,9 @@ class CacheHandle:
             return original_forward(*args, **kwargs)
         timestep = kwargs.get(self.adapter.timestep_arg)
         steps = self.policy.num_inference_steps
-        if self._context is not None:
-            branch = self._context[0]
-            steps = self._context[1].get("num_inference_steps") or steps
-        else:
-            branch = f"call{next(self._call_counter) % self.policy.calls_per_step}"
+        branch = self._branches_named.branch()
+        if self._branches_named.context is not None:
+            steps = self._branches_named.context[1].get("num_inference_steps") or steps
         self._call = (branch, timestep, steps)
         lists = tuple(self.adapter.block_lists(self.model))
         saved = {name: self.model._modules[name] for name in lists}

@@ -26,19 +26,30 @@ def resolve_model(target):
     return target
 
 
+def is_patched(model) -> bool:
+    return model.__dict__.get(_MARK) is not None
+
+
 def patch(target, policy) -> CacheHandle:
     """Switches caching on for a diffusers transformer (or a pipeline's) with `policy`."""
     model = resolve_model(target)
     if not isinstance(policy, POLICIES):
         raise TypeError(f"cachekern.patch: policy must be one of "
                         f"{', '.join(p.__name__ for p in POLICIES)}, got {type(policy).__name__}")
-    if model.__dict__.get(_MARK) is not None:
+    if is_patched(model):
         raise RuntimeError(f"cachekern.patch: this {type(model).__name__} is already patched; "
                            f"call cachekern.unpatch(model) first")
     if isinstance(policy, BlockCaching):
         handle = BlockCachingHandle(model, policy)
     else:
         handle = CacheHandle(model, adapter_for(model), policy)
+    attach(model, handle)
+    return handle
+
+
+def attach(model, handle) -> None:
+    """Binds handle.forward(original_forward, args, kwargs) as the instance's forward, and
+    handle.cache_context(original, name, **kwargs) as its cache_context where it has one."""
     saved = {name: model.__dict__[name] for name in ("forward", "cache_context")
              if name in model.__dict__}
     original_forward = model.forward
@@ -52,24 +63,27 @@ def patch(target, policy) -> CacheHandle:
         original_context = model.cache_context
         model.cache_context = functools.partial(handle.cache_context, original_context)
     model.__dict__[_MARK] = (handle, saved)
+
+
+def detach(model):
+    """Undoes `attach` exactly; returns the handle."""
+    handle, saved = model.__dict__.pop(_MARK)
+    for name in ("forward", "cache_context"):
+        model.__dict__.pop(name, None)
+        if name in saved:
+            model.__dict__[name] = saved[name]
     return handle
 
 
 def unpatch(target) -> None:
     """Restores the model's own behaviour exactly."""
     model = resolve_model(target)
-    record = model.__dict__.get(_MARK)
-    if record is None:
+    if not is_patched(model):
         raise RuntimeError(f"cachekern.unpatch: this {type(model).__name__} is not patched")
-    handle, saved = record
+    handle = detach(model)
     close = getattr(handle, "close", None)
     if close is not None:         # Block Caching's wrappers on the blocks
         close()
-    for name in ("forward", "cache_context"):
-        model.__dict__.pop(name, None)
-        if name in saved:
-            model.__dict__[name] = saved[name]
-    del model.__dict__[_MARK]
 
 
 @contextlib.contextmanager

@@ -14,7 +14,8 @@ def plot(profile, path, delta=None, target_compute=None):
     schedule = profile.schedule(0.5 if delta is None and target_compute is None else delta,
                                 target_compute)
     change = [[math.nan if math.isnan(v) else v for v in row] for row in profile.change]
-    fig, ax = plt.subplots(figsize=(max(6, profile.steps * 0.22), max(3, len(profile.units) * 0.25)))
+    size = (max(6, profile.steps * 0.22), max(3, len(profile.units) * 0.25))
+    fig, ax = plt.subplots(figsize=size)
     image = ax.imshow(change, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="relative L1 change of the block's residual")
     points = [(t, b) for b, row in enumerate(schedule) for t, compute in enumerate(row) if compute]

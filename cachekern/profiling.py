@@ -17,67 +17,54 @@ from pathlib import Path
 
 import torch
 
-from cachekern.block_units import cached_units
-from cachekern.patching import resolve_model
+from cachekern.block_units import cached_units, timestep_of, wrap_forwards
+from cachekern.branches import BranchNames
+from cachekern.patching import attach, detach, is_patched, resolve_model
 from cachekern.schedule import delta_for_compute, derive_schedule
 
 _FORMAT = "cachekern.profile/1"
 
 
 def _timestep_value(args, kwargs):
-    t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+    t = timestep_of(args, kwargs)
     if isinstance(t, torch.Tensor):
         return float(t.detach().float().reshape(-1)[0].item())
     return None if t is None else float(t)
 
 
 class _CallTracker:
-    """Counts a model's calls per CFG branch (named by diffusers' cache_context, else 'main')
-    while wrappers on its blocks observe them: `current` is (branch, step) during a call."""
+    """Counts a model's calls per CFG branch (see cachekern.branches) while wrappers on its
+    blocks observe them: `current` is (branch, step) during a call. Attached to the model the
+    way cachekern.patch attaches a handle."""
 
     def __init__(self, model):
         self.model = model
         self.current = None
         self.counts = {}
         self.timesteps = {}
-        self._context = None
+        self._branches_named = BranchNames()
+
+    def forward(self, original_forward, args, kwargs):
+        branch = self._branches_named.branch()
+        step = self.counts.get(branch, 0)
+        self.timesteps.setdefault(branch, []).append(_timestep_value(args, kwargs))
+        self.current = (branch, step)
+        try:
+            return original_forward(*args, **kwargs)
+        finally:
+            self.current = None
+            self.counts[branch] = step + 1
+
+    def cache_context(self, original, name, **kwargs):
+        return self._branches_named.cache_context(original, name, **kwargs)
 
     @contextlib.contextmanager
     def installed(self):
-        saved = {name: self.model.__dict__[name] for name in ("forward", "cache_context")
-                 if name in self.model.__dict__}
-        original_forward = self.model.forward
-        original_context = getattr(self.model, "cache_context", None)
-
-        def forward(*args, **kwargs):
-            branch = self._context or "main"
-            step = self.counts.get(branch, 0)
-            self.timesteps.setdefault(branch, []).append(_timestep_value(args, kwargs))
-            self.current = (branch, step)
-            try:
-                return original_forward(*args, **kwargs)
-            finally:
-                self.current = None
-                self.counts[branch] = step + 1
-
-        @contextlib.contextmanager
-        def cache_context(name, **kw):
-            self._context = name
-            try:
-                with original_context(name, **kw):
-                    yield
-            finally:
-                self._context = None
-
-        self.model.forward = forward
-        if original_context is not None:
-            self.model.cache_context = cache_context
+        attach(self.model, self)
         try:
             yield self
         finally:
-            for name in ("forward", "cache_context"):
-                self.model.__dict__.pop(name, None)
-            self.model.__dict__.update(saved)
+            detach(self.model)
 
     def start_generation(self):
         self.counts.clear()
@@ -87,22 +74,17 @@ class _CallTracker:
 @contextlib.contextmanager
 def _observing(units, observe):
     """Wraps each unit's forward: observe(index, unit, args, kwargs, result) after each call."""
-    def wrap(index, unit, forward):
+    def wrap(index, module, forward):
         def observed(*args, **kwargs):
             result = forward(*args, **kwargs)
-            observe(index, unit, args, kwargs, result)
+            observe(index, units[index], args, kwargs, result)
             return result
         return observed
-    previous = [unit.module.__dict__.get("forward") for unit in units]
-    for index, unit in enumerate(units):
-        unit.module.forward = wrap(index, unit, unit.module.forward)
+    restore = wrap_forwards([unit.module for unit in units], wrap)
     try:
         yield
     finally:
-        for unit, before in zip(units, previous):
-            unit.module.__dict__.pop("forward", None)
-            if before is not None:
-                unit.module.forward = before
+        restore()
 
 
 def _check_run(run, runs):
@@ -137,7 +119,7 @@ def profile(target, run, *, runs=1, resnets=False):
     attention blocks."""
     _check_run(run, runs)
     model = resolve_model(target)
-    if "_cachekern_patch" in model.__dict__:
+    if is_patched(model):
         raise RuntimeError("profile: the model is patched; unpatch it first (profiles are "
                            "recorded on the uncached model)")
     kernels = importlib.import_module("cachekern.triton_kernels")
@@ -273,16 +255,19 @@ class Profile:
                 if schedule[index][step]:
                     kept[(branch, index, k)] = r
                     continue
-                stats.setdefault((index, step, k), ChannelFit()).add(kept[(branch, index, k)], r)
+                fit = stats.setdefault((index, step, k), ChannelFit())
+                fit.add(kept[(branch, index, k)], r)
 
         with torch.no_grad(), tracker.installed(), _observing(units, observe):
             for _ in range(runs):
                 tracker.start_generation()
                 kept.clear()
                 run()
-                if _steps_of(tracker) != self.steps:
-                    raise ValueError(self._steps_error(_steps_of(tracker)))
-        params = {cell: tuple(t.float().cpu() for t in fit.solve()) for cell, fit in stats.items()}
+                steps = _steps_of(tracker)
+                if steps != self.steps:
+                    raise ValueError(self._steps_error(steps))
+        params = {cell: tuple(t.float().cpu() for t in fit.solve())
+                  for cell, fit in stats.items()}
         key = schedule_key(schedule)
         self.scale_shift[key] = params
         return key
