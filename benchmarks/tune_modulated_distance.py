@@ -2,11 +2,6 @@
 the figures behind the defaults in triton_kernels/modulated_distance.py.
 
     cd benchmarks && python tune_modulated_distance.py [--sizes FLUX Wan] [--in-place]
-        [--kernel chunked persistent]
-
-chunked: one tile of BLOCK_N rows × BLOCK_D columns per program (rows walked in chunks when
-BLOCK_D is narrower than the row). persistent: whole rows, a grid of programs-per-SM × SMs,
-each program walking tiles with the next one's loads issued ahead.
 """
 
 import argparse
@@ -19,12 +14,11 @@ import torch
 md = importlib.import_module("cachekern.triton_kernels.modulated_distance")
 
 BLOCK_D, BLOCK_N, WARPS = (512, 1024, 2048, 4096, 8192), (1, 2, 4), (2, 4, 8, 16)
-PROGRAMS_PER_SM = (1, 2, 4, 8, 16)
 
 SHAPES = {"FLUX 1×4096×3072": (1, 4096, 3072), "Wan-720p 1×75600×5120": (1, 75600, 5120)}
 
 
-def main(sizes, in_place, block_ds, warps_list, kernels):
+def main(sizes, in_place, block_ds, warps_list):
     from common import copy_bandwidth_gbs, environment, markdown_table, median_graph_us, warm_up_gpu
 
     warm_up_gpu()
@@ -39,31 +33,20 @@ def main(sizes, in_place, block_ds, warps_list, kernels):
             sets.append((x, torch.randn_like(x), torch.empty_like(x),
                          0.1 * torch.randn(shape[0], shape[2], device="cuda", dtype=x.dtype)))
         floor = 3 * sets[0][0].numel() * 2 / (bandwidth * 1e9) * 1e6
-        configs = []
-        if "chunked" in kernels:
-            configs += [("chunked", block_d, block_n, warps, None) for block_d, block_n, warps
-                        in itertools.product(block_ds, BLOCK_N, warps_list)
-                        if not (block_d * block_n > 8192 or block_d >= 2 * shape[2] or
-                                block_d < 32 * warps)]
-        if "persistent" in kernels:
-            configs += [("persistent", None, block_n, warps, per_sm) for block_n, warps, per_sm
-                        in itertools.product((1, 2), warps_list, PROGRAMS_PER_SM)
-                        if warps >= 4]
-        for kernel, block_d, block_n, warps, per_sm in configs:
+        for block_d, block_n, warps in itertools.product(block_ds, BLOCK_N, warps_list):
+            if block_d * block_n > 8192 or block_d >= 2 * shape[2] or block_d < 32 * warps:
+                continue
             # In place, m is written over prev, as TeaCache calls the kernel.
-            fns = [lambda x=x, p=p, m=m, s=s: md._launch(
-                       x, p, s, s, 0, 1e-6, p if in_place else m, True, block_d=block_d,
-                       block_n=block_n, num_warps=warps, persistent=kernel == "persistent",
-                       programs_per_sm=per_sm)
+            fns = [lambda x=x, p=p, m=m, s=s: md._launch(x, p, s, s, 0, 1e-6, p if in_place else m,
+                                                         True,
+                                                         block_d=block_d, block_n=block_n,
+                                                         num_warps=warps)
                    for x, p, m, s in sets]
             us = median_graph_us(fns)
-            rows.append([name, "in place" if in_place else "separate m", kernel,
-                         block_d or "row", block_n, warps, per_sm or "—", f"{us:.1f}",
-                         f"{us / floor:.2f}"])
+            rows.append([name, "in place" if in_place else "separate m", block_d, block_n, warps, f"{us:.1f}", f"{us / floor:.2f}"])
             print(rows[-1], flush=True)
     print(environment())
-    print(markdown_table(["size", "m written", "kernel", "BLOCK_D", "BLOCK_N", "warps",
-                          "programs / SM", "µs", "/ floor"], rows))
+    print(markdown_table(["size", "m written", "BLOCK_D", "BLOCK_N", "warps", "µs", "/ floor"], rows))
 
 
 if __name__ == "__main__":
@@ -74,7 +57,5 @@ if __name__ == "__main__":
                         help="write m over prev (TeaCache's call) instead of a separate buffer")
     parser.add_argument("--block-d", nargs="+", type=int, default=list(BLOCK_D))
     parser.add_argument("--warps", nargs="+", type=int, default=list(WARPS))
-    parser.add_argument("--kernel", nargs="+", default=["chunked", "persistent"],
-                        choices=["chunked", "persistent"])
     args = parser.parse_args()
-    main(args.sizes, args.in_place, args.block_d, args.warps, args.kernel)
+    main(args.sizes, args.in_place, args.block_d, args.warps)
