@@ -1,8 +1,10 @@
 """End-to-end step costs at FLUX.1-dev dimensions (19 double + 38 single blocks, hidden 3072,
-1024² = 4096 image tokens, 512 text tokens, bf16, random weights), TeaCache beside diffusers'
-FirstBlockCache on the same model in the same run.
+1024² = 4096 image tokens, 512 text tokens, bf16, random weights) or Wan2.1-T2V-14B dimensions at
+480p (81 frames), TeaCache beside diffusers' FirstBlockCache and cache-dit's DBCache F1B0 on the
+same model in the same run.
 
-    python benchmarks/bench_e2e_speed.py --out results_e2e.md
+    cd benchmarks && python bench_e2e_speed.py --out results_e2e.md
+    python bench_e2e_speed.py --model wan-480p --reps 3 --overhead-reps 6 --out e2e_wan.md
 
 Per method: a full step (every block runs), a skipped step (the cache serves the call), the
 patched-but-never-skipping overhead against the unpatched model (interleaved, many repetitions),
@@ -59,77 +61,122 @@ def with_context(model, run):
         return run()
 
 
-@torch.no_grad()  # as a pipeline runs it; stored caches must not hold autograd graphs
-def measure(reps, overhead_reps, preset):
+def teacache_switch():
+    return dict(never=lambda m: cachekern.patch(m, cachekern.TeaCache(threshold=0.0)),
+                always=lambda m: cachekern.patch(m, cachekern.TeaCache(threshold=1e9)),
+                off=cachekern.unpatch)
+
+
+def first_block_cache_switch():
     from diffusers.hooks import FirstBlockCacheConfig
 
-    model = build_model(PRESETS[preset], torch.device("cuda"))
-    inputs = make_inputs(PRESETS[preset], model, 0, torch.device("cuda"))
+    return dict(never=lambda m: m.enable_cache(FirstBlockCacheConfig(threshold=0.0)),
+                always=lambda m: m.enable_cache(FirstBlockCacheConfig(threshold=1e9)),
+                off=lambda m: m.disable_cache())
+
+
+def cache_dit_switch():
+    """cache-dit's DBCache F1B0 (its First-Block-Cache form), transformer-only, one branch; its
+    warm-up and step-count features set out of the way of a stream of calls."""
+    import cache_dit
+
+    def enable(threshold):
+        def on(model):
+            cache_dit.enable_cache(model, cache_config=cache_dit.DBCacheConfig(
+                Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
+                max_warmup_steps=1, num_inference_steps=1 << 30, enable_separate_cfg=False))
+        return on
+    return dict(never=enable(0.0), always=enable(1e9), off=cache_dit.disable_cache)
+
+
+SWITCHES = {"cachekern TeaCache": teacache_switch,
+            "diffusers FirstBlockCache": first_block_cache_switch,
+            "cache-dit DBCache F1B0": cache_dit_switch}
+
+
+def bench_model(name, preset):
+    """(model, call(sigma) -> output): FLUX.1-dev or Wan2.1-14B 480p dimensions."""
+    if name == "flux":
+        model = build_model(PRESETS[preset], torch.device("cuda"))
+        inputs = make_inputs(PRESETS[preset], model, 0, torch.device("cuda"))
+        return model, lambda sigma: forward_fn(model, inputs, sigma)()
+    import wan_model
+
+    config, size = ("14b", "480p") if preset == "full" else ("small", "small")
+    model = wan_model.build(config, torch.device("cuda"))
+    latents, text = wan_model.inputs(model, size, torch.device("cuda"))
+
+    def call(sigma):
+        t = torch.full((1,), 1000.0 * sigma, device="cuda")
+        return model(hidden_states=latents, timestep=t, encoder_hidden_states=text,
+                     return_dict=False)[0]
+    return model, call
+
+
+@torch.no_grad()  # as a pipeline runs it; stored caches must not hold autograd graphs
+def measure(model_name, reps, overhead_reps, preset, methods):
+    model, call = bench_model(model_name, preset)
     # A decreasing schedule whose steps stay distinct in bf16 (the model casts the timestep to
     # its dtype): identical calls would let a data-driven cache skip where it never could.
-    schedule = torch.linspace(1.0, 0.02, 600).tolist()
-    sigmas = iter(schedule)
-    plain = lambda: with_context(model, forward_fn(model, inputs, next(sigmas)))  # noqa: E731
+    sigmas = iter(torch.linspace(1.0, 0.02, 100_000).tolist())
+    plain = lambda: with_context(model, lambda: call(next(sigmas)))  # noqa: E731
     for _ in range(3):
         plain()
-    rows = {}
+    rows, errors = {}, {}
     model_syncs = syncs_per_call(plain)
+    full, spread = gpu_ms(plain, reps)
+    for method in methods:
+        try:
+            rows[method] = measure_method(model, plain, SWITCHES[method](), reps, overhead_reps,
+                                          method)
+        except Exception as error:     # a peer that cannot run this model: say so, go on
+            errors[method] = f"{type(error).__name__}: {error}"
+    return full, spread, rows, errors, model_syncs
 
-    # TeaCache: never skipping (threshold 0), then always skipping after the first call.
-    cachekern.patch(model, cachekern.TeaCache(threshold=0.0))
+
+def measure_method(model, plain, switch, reps, overhead_reps, method):
+    """(unpatched ms, patched-never-skipping ms: paired lists; skipped ms; syncs per call;
+    host ms deciding per call or None)."""
+    switch["never"](model)
     for _ in range(3):
         plain()
-    teacache_syncs = syncs_per_call(plain)
+    syncs = syncs_per_call(plain)
+    switch["off"](model)
     base_t, cached_t = [], []
     for i in range(overhead_reps):   # interleaved pairs, alternating which goes first
-        for patched in ((False, True) if i % 2 == 0 else (True, False)):
-            if "_cachekern_patch" in model.__dict__:
-                cachekern.unpatch(model)
-            if patched:
-                cachekern.patch(model, cachekern.TeaCache(threshold=0.0))
-                plain()                   # a first call per patch computes without a decision
-            (cached_t if patched else base_t).append(gpu_ms(plain, 1)[0])
-    if "_cachekern_patch" in model.__dict__:
-        cachekern.unpatch(model)
-    handle = cachekern.patch(model, cachekern.TeaCache(threshold=1e9))
-    plain()
-    skipped, _ = gpu_ms(plain, reps)
-    decision_ms = handle.stats()["decision_seconds"] / handle.stats()["calls"] * 1e3
-    assert handle.stats()["skipped"] >= reps
-    cachekern.unpatch(model)
-    rows["cachekern TeaCache"] = (base_t, cached_t, skipped, teacache_syncs, decision_ms)
-
-    # diffusers FirstBlockCache: threshold 0 never skips, a huge one always skips.
-    sigmas = iter(schedule)
-    model.enable_cache(FirstBlockCacheConfig(threshold=0.0))
-    for _ in range(3):
+        for on in ((False, True) if i % 2 == 0 else (True, False)):
+            if on:
+                switch["never"](model)
+                plain()                   # a first call computes without a decision
+            (cached_t if on else base_t).append(gpu_ms(plain, 1)[0])
+            if on:
+                switch["off"](model)
+    switch["always"](model)
+    for _ in range(3):                # past any warm-up the method has
         plain()
-    fbc_syncs = syncs_per_call(plain)
-    base_f, fbc_t = [], []
-    for i in range(overhead_reps):
-        for enabled in ((False, True) if i % 2 == 0 else (True, False)):
-            if model.is_cache_enabled:
-                model.disable_cache()
-            if enabled:
-                model.enable_cache(FirstBlockCacheConfig(threshold=0.0))
-                plain()
-            (fbc_t if enabled else base_f).append(gpu_ms(plain, 1)[0])
-    if model.is_cache_enabled:
-        model.disable_cache()
-    model.enable_cache(FirstBlockCacheConfig(threshold=1e9))
-    plain()
-    fbc_skipped, _ = gpu_ms(plain, reps)
-    model.disable_cache()
-    rows["diffusers FirstBlockCache"] = (base_f, fbc_t, fbc_skipped, fbc_syncs, None)
-    full, spread = gpu_ms(plain, reps)
-    return full, spread, rows, model_syncs
+    handle = model.__dict__.get("_cachekern_patch", (None,))[0]
+    before = handle.stats() if handle is not None else None
+    skipped, _ = gpu_ms(plain, reps)
+    decision_ms = None
+    if handle is not None:
+        # Over the timed calls only: each starts on an idle GPU (gpu_ms synchronises after
+        # every call), so this is the host's deciding time plus the wait, at its one sync, for
+        # the call's own work before the decision (embedders, indicator, decision kernel).
+        stats = handle.stats()
+        decision_ms = (stats["decision_seconds"] - before["decision_seconds"]) / \
+            (stats["calls"] - before["calls"]) * 1e3
+        assert stats["skipped"] - before["skipped"] == reps
+    switch["off"](model)
+    return base_t, cached_t, skipped, syncs, decision_ms
 
 
-def main(out_path=None, reps=10, overhead_reps=30, preset="full"):
+def main(out_path=None, reps=10, overhead_reps=30, preset="full", model_name="flux",
+         methods=tuple(SWITCHES)):
     from common import environment, markdown_table, report, warm_up_gpu
 
     warm_up_gpu()
-    full, spread, rows, model_syncs = measure(reps, overhead_reps, preset)
+    full, spread, rows, errors, model_syncs = measure(model_name, reps, overhead_reps, preset,
+                                                      methods)
     table = []
     for name, (base_t, patched_t, skipped, syncs, decision_ms) in rows.items():
         base = statistics.median(base_t)
@@ -140,26 +187,31 @@ def main(out_path=None, reps=10, overhead_reps=30, preset="full"):
                       f"{q1 / base:+.3%} … {q3 / base:+.3%}",
                       f"{skipped:.3f}", f"{skipped / full:.2%}", syncs,
                       "—" if decision_ms is None else f"{decision_ms:.3f}"])
+    what = {"flux": "FLUX.1-dev dimensions, 1024², bf16, random weights",
+            "wan-480p": "Wan2.1-T2V-14B dimensions, 480p × 81 frames, bf16, random weights"}
     text = "\n".join([
         environment(),
-        f"Preset {preset} (full: FLUX.1-dev dimensions, 1024², bf16, random weights). Full step "
-        f"(unpatched; the model itself makes {model_syncs} host syncs per call): median "
-        f"{full:.2f} ms over {reps} calls (min {min(spread):.2f}, max {max(spread):.2f}).",
+        f"{model_name}, preset {preset} (full: {what[model_name]}). Full step (unpatched; the "
+        f"model itself makes {model_syncs} host syncs per call): median {full:.2f} ms over "
+        f"{reps} calls (min {min(spread):.2f}, max {max(spread):.2f}). Overhead: "
+        f"{overhead_reps} interleaved pairs.",
         "",
         markdown_table(["method", "unpatched ms", "patched, never skipping ms",
                         "overhead (median of paired differences)", "IQR of the overhead",
                         "skipped step ms", "skipped / full", "host syncs per call",
-                        "host ms deciding per call"], table),
-    ])
+                        "host ms deciding per skipped call, incl. its sync"], table),
+    ] + [f"\n{name}: could not run: {error}" for name, error in errors.items()])
     report(text, out_path)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out")
+    parser.add_argument("--model", default="flux", choices=["flux", "wan-480p"])
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--overhead-reps", type=int, default=30)
     parser.add_argument("--preset", default="full", choices=sorted(PRESETS),
                         help="small: a quick check of the script itself")
+    parser.add_argument("--methods", nargs="+", default=list(SWITCHES), choices=list(SWITCHES))
     args = parser.parse_args()
-    main(args.out, args.reps, args.overhead_reps, args.preset)
+    main(args.out, args.reps, args.overhead_reps, args.preset, args.model, args.methods)

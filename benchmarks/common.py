@@ -9,6 +9,8 @@ import torch
 def environment() -> str:
     import triton
 
+    if not torch.cuda.is_available():
+        return f"CPU, torch {torch.__version__}, triton {triton.__version__}"
     props = torch.cuda.get_device_properties(0)
     return (f"GPU: {props.name} ({props.multi_processor_count} SMs), torch {torch.__version__} "
             f"(CUDA {torch.version.cuda}), triton {triton.__version__}")

@@ -76,7 +76,8 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted):
     if methods.BLOCK_CACHING in wanted:
         # A UNet: its attention blocks alone (as the paper caches LDM), and with its ResNet blocks.
         for resnets in ((False, True) if ref.name == "unet-digits" else (False,)):
-            found += block_caching_settings(ref, steps, calibration_run, resnets, quick)
+            found += block_caching_settings(ref, steps, calibration, sample_kwargs,
+                                            resnets, quick)
     if ref.name != "flux-photos":
         # UNet2DConditionModel: TeaCache has no UNet family, and the diffusers hooks and
         # cache-dit need transformer blocks.
@@ -99,18 +100,48 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted):
     return found
 
 
-def block_caching_settings(ref, steps, calibration_run, resnets, quick):
-    profile = cachekern.profile(ref.model, calibration_run, resnets=resnets)
-    fitted = set()
+TRAINING_RUNS = 6   # generations of Block Caching's scale-shift distillation, each on new seeds
+# Distillation costs minutes a schedule: it runs at the targets whose compute can land near the
+# table's budgets, and not for the UNet's attention blocks alone (they are too small a part of
+# its work to reach them: 0.78 of the compute at their lowest).
+TRAINING_TARGETS = (0.6, 0.5, 0.4, 0.3)
 
-    def fit(target):
-        if target not in fitted:
+
+def block_caching_settings(ref, steps, calibration, sample_kwargs, resnets, quick):
+    def calibration_run():
+        return ref.sample(**calibration, steps=steps, **sample_kwargs)
+
+    training_seeds = iter(range(20_000, 10**9, len(calibration["seeds"])))
+
+    def training_run():       # new seeds each generation, none of the table's
+        start = next(training_seeds)
+        return ref.sample(calibration["labels"], list(range(start, start + len(
+            calibration["seeds"]))), steps=steps, **sample_kwargs)
+
+    profile = cachekern.profile(ref.model, calibration_run, resnets=resnets)
+    made = set()
+
+    def prepare(target, mode):
+        """Fits (closed form) or trains (distillation, from the fit) the scale-shift of the
+        target's schedule, once."""
+        if (target, mode) in made:
+            return
+        if mode == "fit":
             profile.fit_scale_shift(ref.model, calibration_run, target_compute=target)
-            fitted.add(target)
+        else:
+            prepare(target, "fit")
+            profile.train_scale_shift(ref.model, training_run, target_compute=target,
+                                      runs=2 if quick else TRAINING_RUNS)
+        made.add((target, mode))
     label = ("blocks=all " if resnets else "blocks=attention ") if ref.name == "unet-digits" \
         else ""
-    return methods.block_caching(steps, profile, fit,
-                                 (0.6, 0.3) if quick else BLOCK_CACHING_TARGETS, label=label)
+    targets = (0.6, 0.3) if quick else BLOCK_CACHING_TARGETS
+    found = methods.block_caching(steps, profile, prepare, targets, (None, "fit"), label)
+    if resnets or ref.name != "unet-digits":
+        found += methods.block_caching(steps, profile, prepare,
+                                       [t for t in targets if t in TRAINING_TARGETS], ("train",),
+                                       label)
+    return found
 
 
 def generate(ref, setting, labels, seeds, batch, sample_kwargs, work, device, timing_passes):
@@ -139,7 +170,7 @@ def generate(ref, setting, labels, seeds, batch, sample_kwargs, work, device, ti
             images = run_all()
         flops = work.flops
     wall = None
-    if device.type == "cuda":
+    if device.type == "cuda" and timing_passes > 0:
         walls = []
         with applied(ref.model, setting):
             for _ in range(timing_passes):
@@ -189,6 +220,11 @@ def best_at_budgets(rows):
     return table
 
 
+def wall_speedup(row):
+    value = row["speedup_wall"]
+    return "—" if value != value else f"{value:.2f}×"     # NaN: not timed
+
+
 def markdown(rows, title, environment, command):
     lines = [f"### {title}", "", f"`{command}`", "", environment, "",
              "| budget | method | best setting | compute | PSNR dB | SSIM | rel L2 | wall speed-up |",
@@ -201,7 +237,7 @@ def markdown(rows, title, environment, command):
         for method, row in sorted(best.items(), key=lambda kv: -kv[1]["psnr_db"]):
             lines.append(f"| {budget} | {method} | {row['setting']} | {row['compute']:.3f} | "
                          f"{row['psnr_db']:.2f} | {row['ssim']:.4f} | {row['rel_l2']:.4f} | "
-                         f"{row['speedup_wall']:.2f}× |")
+                         f"{wall_speedup(row)} |")
         for method in lowest.keys() - best.keys():
             lines.append(f"| {budget} | {method} | none: its lowest compute was "
                          f"{lowest[method]:.3f} | | | | | |")
@@ -248,7 +284,8 @@ def main(argv=None):
                         help=f"comma-separated subset of {','.join(METHOD_KEYS)} (default: all); "
                              f"the uncached run is always made")
     parser.add_argument("--timing-passes", type=int, default=3,
-                        help="GPU: timed generations per setting (the median is reported)")
+                        help="GPU: timed generations per setting (the median is reported); 0: "
+                             "no timing (runs sharing a GPU)")
     parser.add_argument("--out", default=".")
     parser.add_argument("--device", default=None)
     parser.add_argument("--cache-dir", default=None, help="zoo directory")

@@ -56,15 +56,16 @@ def teacache(steps, thresholds, coefficient_sets):
             for label, (coefficients, clamp) in coefficient_sets.items() for t in thresholds]
 
 
-def block_caching(steps, profile, fit, targets, scale_shifts=(None, "fit"), label=""):
-    """profile: recorded on held-out seeds; fit(target) fits the scale-shift parameters for that
-    target's schedule (stored in the profile)."""
+def block_caching(steps, profile, prepare, targets, scale_shifts=(None, "fit", "train"),
+                  label=""):
+    """profile: recorded on held-out seeds; prepare(target, mode) fits or trains the scale-shift
+    parameters of that target's schedule (stored in the profile)."""
     import cachekern
 
     def applier(target, scale_shift):
         def apply(model):
-            if scale_shift == "fit":
-                fit(target)
+            if scale_shift is not None:
+                prepare(target, scale_shift)
             cachekern.patch(model, cachekern.BlockCaching(profile, target_compute=target,
                                                           scale_shift=scale_shift))
             return lambda: cachekern.unpatch(model)

@@ -45,8 +45,8 @@ class BlockCachingHandle:
         # The blocks each step reuses, in order (prefetching follows it).
         self._reused_at = [[i for i, row in enumerate(self.schedule) if not row[step]]
                            for step in range(self.profile.steps)]
-        params = self.profile.scale_shift_for(self.schedule) \
-            if policy.scale_shift == "fit" else {}
+        params = {} if policy.scale_shift is None else \
+            self.profile.scale_shift_for(self.schedule, policy.scale_shift)
         # On the model's device up front: no copies (and nothing a CUDA graph could not
         # capture) while it runs.
         device = next(model.parameters()).device

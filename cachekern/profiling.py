@@ -87,7 +87,7 @@ def _observing(units, observe):
         restore()
 
 
-def _check_run(run, runs):
+def check_run(run, runs):
     if not callable(run):
         raise TypeError(f"run: expected a callable that generates once, got {type(run).__name__}")
     if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
@@ -117,7 +117,7 @@ def profile(target, run, *, runs=1, resnets=False):
     The model runs uncached; each call of `run` must generate once, with the step count and
     scheduler the profile is for. resnets=True: a UNet's ResNet blocks too, not only its
     attention blocks."""
-    _check_run(run, runs)
+    check_run(run, runs)
     model = resolve_model(target)
     if is_patched(model):
         raise RuntimeError("profile: the model is patched; unpatch it first (profiles are "
@@ -200,6 +200,11 @@ def schedule_key(schedule) -> str:
     return hashlib.sha1(bits.encode()).hexdigest()[:16]
 
 
+def _params_key(schedule, mode):
+    """Where a profile stores scale-shift parameters: per schedule, per way they were made."""
+    return schedule_key(schedule) if mode == "fit" else f"{schedule_key(schedule)}-{mode}"
+
+
 class Profile:
     """Per-block change (change[block][step]), what it was recorded on, and the scale-shift
     parameters fitted for given schedules."""
@@ -231,7 +236,7 @@ class Profile:
         residual on the one the schedule would reuse (r_t ≈ scale · r_s + shift), over `runs`
         uncached generations. Stored in this profile for the schedule of (delta,
         target_compute); returns that schedule's key."""
-        _check_run(run, runs)
+        check_run(run, runs)
         model = resolve_model(target)
         schedule = self.schedule(delta, target_compute)
         units = cached_units(model, self.resnets)
@@ -268,16 +273,38 @@ class Profile:
                     raise ValueError(self._steps_error(steps))
         params = {cell: tuple(t.float().cpu() for t in fit.solve())
                   for cell, fit in stats.items()}
-        key = schedule_key(schedule)
+        key = _params_key(schedule, "fit")
         self.scale_shift[key] = params
         return key
 
-    def scale_shift_for(self, schedule):
-        key = schedule_key(schedule)
+    def train_scale_shift(self, target, run, *, delta=0.5, target_compute=None, runs=8,
+                          lr=1e-2, iterations=1, init="fit"):
+        """The paper's distillation (see cachekern.scale_shift_training): the model cached on
+        the schedule of (delta, target_compute) generates through `run`, `runs` times, while
+        its scale and shift learn to match the uncached model on the same inputs. Stored in
+        this profile for that schedule (BlockCaching(scale_shift="train")); returns the
+        per-call losses [(step, branch, loss)]."""
+        from cachekern.scale_shift_training import train_scale_shift
+
+        params, losses = train_scale_shift(self, target, run, delta=delta,
+                                           target_compute=target_compute, runs=runs, lr=lr,
+                                           iterations=iterations, init=init)
+        self.scale_shift[_params_key(self.schedule(delta, target_compute), "train")] = params
+        return losses
+
+    def has_scale_shift(self, schedule, mode):
+        return _params_key(schedule, mode) in self.scale_shift
+
+    def scale_shift_for(self, schedule, mode="fit"):
+        """The parameters stored for `schedule` by fit_scale_shift (mode "fit") or
+        train_scale_shift ("train")."""
+        key = _params_key(schedule, mode)
         if key not in self.scale_shift:
-            raise ValueError("scale_shift='fit': this profile holds no scale-shift parameters for "
-                             "this schedule; call profile.fit_scale_shift(model, run, delta=..., "
-                             "target_compute=...) with the same delta / target_compute first")
+            how = "fit_scale_shift" if mode == "fit" else "train_scale_shift"
+            raise ValueError(f"scale_shift={mode!r}: this profile holds no {mode} scale-shift "
+                             f"parameters for this schedule; call profile.{how}(model, run, "
+                             f"delta=..., target_compute=...) with the same delta / "
+                             f"target_compute first")
         return self.scale_shift[key]
 
     # -- checks -----------------------------------------------------------------------------

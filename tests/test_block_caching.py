@@ -183,6 +183,57 @@ def test_fitted_scale_shift_is_stored_used_and_saved(unet, unet_profile, tmp_pat
         assert torch.equal(unet_run(unet), fitted)
 
 
+def test_trained_scale_shift_learns_from_the_uncached_model(unet, unet_profile, tmp_path):
+    policy = dict(target_compute=0.5)
+    with pytest.raises(ValueError, match="train_scale_shift"):
+        cachekern.patch(unet.model, cachekern.BlockCaching(unet_profile, scale_shift="train",
+                                                           **policy))
+    weights = {k: v.clone() for k, v in unet.model.state_dict().items()}
+    grads = [p.requires_grad for p in unet.model.parameters()]
+    runs = 4
+    losses = unet_profile.train_scale_shift(unet.model, lambda: unet_run(unet, (10, 11)),
+                                            runs=runs, lr=2e-2, init="identity", **policy)
+    per_run = len(losses) // runs
+    assert per_run > 0 and len(losses) == runs * per_run
+    first, last = losses[:per_run], losses[-per_run:]
+    assert [c[:2] for c in first] == [c[:2] for c in last]        # the same calls each run
+    assert sum(c[2] for c in last) < 0.8 * sum(c[2] for c in first)
+    # The teacher's weights are untouched, the model is unpatched and as it was.
+    assert all(torch.equal(v, weights[k]) for k, v in unet.model.state_dict().items())
+    assert [p.requires_grad for p in unet.model.parameters()] == grads
+    assert not cachekern.patching.is_patched(unet.model)
+
+    schedule = unet_profile.schedule(**policy)
+    params = unet_profile.scale_shift_for(schedule, "train")
+    assert {(u, s) for u, s, _ in params} == {(u, s) for u, row in enumerate(schedule)
+                                             for s, c in enumerate(row) if not c}
+    uncached = unet_run(unet, (10, 11))
+    outputs = {}
+    for mode in (None, "train"):
+        with cachekern.patched(unet.model, cachekern.BlockCaching(unet_profile, scale_shift=mode,
+                                                                   **policy)):
+            outputs[mode] = unet_run(unet, (10, 11))
+    assert (outputs["train"] - uncached).norm() < (outputs[None] - uncached).norm()
+
+    unet_profile.save(tmp_path / "trained.profile")
+    loaded = Profile.load(tmp_path / "trained.profile")
+    with cachekern.patched(unet.model, cachekern.BlockCaching(loaded, scale_shift="train",
+                                                               **policy)):
+        assert torch.equal(unet_run(unet, (10, 11)), outputs["train"])
+    # Several Adam steps per call: the same calls, each trained `iterations` times.
+    again = unet_profile.train_scale_shift(unet.model, lambda: unet_run(unet, (10, 11)), runs=1,
+                                           lr=2e-2, iterations=2, **policy)
+    assert [c[:2] for c in again] == [c[:2] for c in first for _ in range(2)]
+    with pytest.raises(ValueError, match="init"):
+        unet_profile.train_scale_shift(unet.model, lambda: unet_run(unet), init="zeros",
+                                       **policy)
+    with pytest.raises(ValueError, match="iterations"):
+        unet_profile.train_scale_shift(unet.model, lambda: unet_run(unet), iterations=0,
+                                       **policy)
+    with pytest.raises(ValueError, match="lr"):
+        unet_profile.train_scale_shift(unet.model, lambda: unet_run(unet), lr=0, **policy)
+
+
 def test_mismatches_and_bad_arguments_get_clear_errors(unet, flux, unet_profile, flux_profile):
     policy = cachekern.BlockCaching(unet_profile, delta=0.3, scale_shift=None)
     with cachekern.patched(unet.model, policy):
@@ -198,7 +249,7 @@ def test_mismatches_and_bad_arguments_get_clear_errors(unet, flux, unet_profile,
     with pytest.raises(ValueError, match="target_compute"):
         cachekern.BlockCaching(flux_profile, target_compute=0)
     with pytest.raises(ValueError, match="scale_shift"):
-        cachekern.BlockCaching(flux_profile, scale_shift="train")
+        cachekern.BlockCaching(flux_profile, scale_shift="learned")
     with pytest.raises(ValueError, match="runs"):
         cachekern.profile(flux.model, lambda: flux_run(flux), runs=0)
     with pytest.raises(ValueError, match="resnets"):

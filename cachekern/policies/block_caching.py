@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-SCALE_SHIFT = ("fit", None)
+SCALE_SHIFT = ("fit", "train", None)
 
 
 @dataclass
@@ -19,8 +19,9 @@ class BlockCaching:
             below delta (0: never reuse).
         target_compute: instead of delta, the fraction of block calls to compute; delta is found
             by bisection.
-        scale_shift: "fit" (the parameters Profile.fit_scale_shift stored for this schedule) or
-            None (plain reuse).
+        scale_shift: "fit" (the parameters Profile.fit_scale_shift stored for this schedule:
+            closed form, seconds), "train" (those Profile.train_scale_shift learned by
+            distillation) or None (plain reuse).
         calls_per_step: without a pipeline naming the CFG branch through cache_context, calls are
             assigned to branches by order (2: one conditional and one unconditional call a step).
         device_budget_bytes: keep the cached residuals in a cachekern.BlockCache with this many
