@@ -12,6 +12,8 @@ that step alone, so matching outputs has the same minimiser as matching next sta
 works through any pipeline without knowing its scheduler.
 """
 
+import math
+
 import torch
 
 from cachekern.block_caching_handle import BlockCachingHandle
@@ -36,6 +38,34 @@ def _detached(output):
     return output
 
 
+class _Cell:
+    """One (block, step, stream)'s scale and shift while they train: their starting values plus
+    trainable offsets, the shift's in units of the channel's RMS in the reused residual (measured
+    at its first use). One optimiser step then moves either by about lr relative to the
+    residual, whatever its magnitude (an offset in absolute units would be huge for a block
+    whose residual is small and negligible for one whose residual is large)."""
+
+    def __init__(self, scale, shift):
+        self.scale0, self.shift0 = scale, shift
+        self.d_scale = torch.nn.Parameter(torch.zeros_like(scale))
+        self.d_shift = torch.nn.Parameter(torch.zeros_like(shift))
+        self.unit = None
+
+    def parameters(self):
+        return [self.d_scale, self.d_shift]
+
+    def values(self, residual, channel_dim):
+        if self.unit is None:
+            r = residual.detach().float().movedim(channel_dim, -1)
+            self.unit = r.reshape(-1, r.shape[-1]).pow(2).mean(0).sqrt().clamp_min(1e-12)
+        return self.scale0 + self.d_scale, self.shift0 + self.d_shift * self.unit
+
+    def final(self):
+        unit = self.unit if self.unit is not None else torch.zeros_like(self.shift0)
+        return ((self.scale0 + self.d_scale).detach().cpu(),
+                (self.shift0 + self.d_shift * unit).detach().cpu())
+
+
 class _StudentHandle(BlockCachingHandle):
     """Block Caching whose reuse path is differentiable in the scale and shift (plain PyTorch,
     fp32, the reference of residual_reuse), and whose every model call is also a training step."""
@@ -44,12 +74,12 @@ class _StudentHandle(BlockCachingHandle):
         super().__init__(model, policy)
         self.iterations = iterations
         self.device = next(model.parameters()).device
-        self.params = {cell: tuple(torch.nn.Parameter(t.detach().float().to(self.device).clone())
-                                   for t in pair) for cell, pair in initial.items()}
+        self.cells = {cell: _Cell(*(t.detach().float().to(self.device).clone() for t in pair))
+                      for cell, pair in initial.items()}
         self.lr = lr
         self.optimizer = None      # made with the first parameters (Adam takes no empty list)
-        for pair in self.params.values():
-            self._optimize(pair)
+        for cell in self.cells.values():
+            self._optimize(cell)
         self.losses = []      # (step, branch, loss) per training call
 
     def forward(self, original_forward, args, kwargs):
@@ -83,7 +113,8 @@ class _StudentHandle(BlockCachingHandle):
             return None
         _, index, k = key
         residual = self._residuals.get(key)
-        scale, shift = self._trainable(index, step, k, residual.shape[channel_dim])
+        scale, shift = self._trainable(index, step, k, residual.shape[channel_dim]).values(
+            residual, channel_dim)
         if key in self._outputs_cached:     # the block's output itself is kept
             shape = [1] * residual.dim()
             shape[channel_dim] = -1
@@ -95,24 +126,30 @@ class _StudentHandle(BlockCachingHandle):
         super()._keep(key, None if x is None else x.detach(),
                       None if out is None else out.detach())
 
-    def _optimize(self, pair):
+    def _optimize(self, cell):
         if self.optimizer is None:
-            self.optimizer = torch.optim.Adam(list(pair), lr=self.lr)
+            self.optimizer = torch.optim.Adam(cell.parameters(), lr=self.lr)
         else:
-            self.optimizer.add_param_group({"params": list(pair)})
+            self.optimizer.add_param_group({"params": cell.parameters(), "lr": self.lr})
+
+    def set_lr(self, lr):
+        self.lr = lr
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
 
     def _trainable(self, index, step, k, channels):
-        cell = (index, step, k)
-        if cell not in self.params:        # identity: plain reuse to start from
-            pair = (torch.nn.Parameter(torch.ones(channels, device=self.device)),
-                    torch.nn.Parameter(torch.zeros(channels, device=self.device)))
-            self.params[cell] = pair
-            self._optimize(pair)
-        scale, shift = self.params[cell]
-        if scale.numel() != channels:
+        key = (index, step, k)
+        if key not in self.cells:        # identity: plain reuse to start from
+            self.cells[key] = _Cell(torch.ones(channels, device=self.device),
+                                    torch.zeros(channels, device=self.device))
+            self._optimize(self.cells[key])
+        cell = self.cells[key]
+        if cell.scale0.numel() != channels:
             raise ValueError(f"train_scale_shift: block {self.units[index].name} stream {k} "
-                             f"has {channels} channels, its initial parameters {scale.numel()}")
-        return scale, shift
+                             f"has {channels} channels, its initial parameters "
+                             f"{cell.scale0.numel()}")
+        return cell
 
 
 def train_scale_shift(profile, target, run, *, delta=0.5, target_compute=None, runs=8, lr=1e-2,
@@ -120,8 +157,9 @@ def train_scale_shift(profile, target, run, *, delta=0.5, target_compute=None, r
     """Learns the scale and shift of Block Caching's schedule for (delta, target_compute) by
     distillation, over `runs` calls of `run` (each generates once; give it different seeds from
     call to call for a broader fit), taking `iterations` Adam steps on each model call (the
-    student's call is rerun with the updated parameters between them). init="fit" starts from the closed-form parameters the
-    profile holds for this schedule (fitting them first, over one run, when it holds none);
+    student's call is rerun with the updated parameters between them), the learning rate
+    decaying from lr to 0 over the runs (cosine). init="fit" starts from the closed-form
+    parameters the profile holds for this schedule (fitting them first, over one run, when it holds none);
     "identity" from scale 1, shift 0. Returns (parameters {(unit, step, stream): (scale,
     shift)}, per-call losses)."""
     from cachekern.patching import is_patched, resolve_model
@@ -151,7 +189,10 @@ def train_scale_shift(profile, target, run, *, delta=0.5, target_compute=None, r
     student = _StudentHandle(model, policy, initial, lr, iterations)
     attach(model, student)
     try:
-        for _ in range(runs):
+        for i in range(runs):
+            # Cosine decay over the generations: early ones move the parameters, the last ones
+            # average out the noise of single-call gradients.
+            student.set_lr(lr * 0.5 * (1 + math.cos(math.pi * i / runs)))
             student.reset()
             run()
     finally:
@@ -159,6 +200,5 @@ def train_scale_shift(profile, target, run, *, delta=0.5, target_compute=None, r
         student.close()
         for p, flag in zip(model.parameters(), was_training):
             p.requires_grad_(flag)
-    params = {cell: tuple(t.detach().float().cpu() for t in pair)
-              for cell, pair in student.params.items()}
+    params = {key: cell.final() for key, cell in student.cells.items()}
     return params, student.losses
