@@ -1,5 +1,5 @@
-"""An experiment for issue 4, not a feature: what would a skipped TeaCache step cost at FLUX.1-dev
-size if the work around the decision ran as two CUDA graphs instead of diffusers' eager forward?
+"""An experiment for issue 4, not a feature: what would TeaCache's steps cost at FLUX.1-dev size if
+the work around the decision ran as CUDA graphs instead of diffusers' eager forward?
 
     cd benchmarks && python prototype_graphed_skip.py --out graphed_skip.md
 
@@ -8,7 +8,9 @@ projection, the fused decision kernel (before the one host read), then residual_
 and proj_out (after it). Graph A holds the first part, graph B the second. Timed side by side in
 the same run: the full step, the eager skipped step through cachekern.patch (what users get
 today), and A → read the two sums → B. Also checks that B's output equals what the eager skip
-path computes from the same residual, bit for bit.
+path computes from the same residual, bit for bit. Then a computed step: A → read → the whole
+forward as one graph, timed with events around the pieces (the overhead is what runs before the
+forward can start).
 """
 
 import argparse
@@ -90,6 +92,32 @@ def main(reps, out_path):
     graphed, spread = gpu_ms(graphed_skip, reps)
     expected = part_b(hidden, temb)
     same = torch.equal(out, expected)
+
+    # A computed step the same way: graph A, the host read, then the whole unpatched forward as
+    # one graph F. Its overhead is what runs before F can start: A and the idle gap of the read.
+    static_forward = lambda: forward_fn(model, dict(inputs, latents=static["latents"]), 0.5)()  # noqa: E731
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            static_forward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph_f = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph_f):
+        forward_out = static_forward()
+    overheads, forwards = [], []
+    for _ in range(reps):
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+        events[0].record()
+        graph_a.replay()
+        host_sums.copy_(sums)
+        _ = host_sums.tolist()
+        events[1].record()
+        graph_f.replay()
+        events[2].record()
+        events[2].synchronize()
+        overheads.append(events[0].elapsed_time(events[1]))
+        forwards.append(events[1].elapsed_time(events[2]))
+    graphed_forward_same = torch.equal(forward_out, static_forward())
+    overhead, forward = statistics.median(overheads), statistics.median(forwards)
     text = "\n".join([
         environment(),
         f"FLUX.1-dev dimensions, bf16, random weights; medians of {reps} calls (CUDA events).",
@@ -105,6 +133,12 @@ def main(reps, out_path):
         f"Graph B's output equals the same computation run eagerly: {same}. "
         f"Spread of the prototype: {min(spread):.3f}–{max(spread):.3f} ms "
         f"(median {statistics.median(spread):.3f}).",
+        "",
+        f"A computed step as graph A → host read → the whole forward as one graph: the work "
+        f"before the forward can start (graph A and the read's idle gap) {overhead * 1e3:.1f} µs "
+        f"= {overhead / full:.3%} of a full step (median of {reps}); the graphed forward itself "
+        f"{forward:.2f} ms; its output equals the eager forward's bit for bit: "
+        f"{graphed_forward_same}.",
     ])
     report(text, out_path)
 
