@@ -61,10 +61,11 @@ def with_context(model, run):
         return run()
 
 
-def teacache_switch():
-    return dict(never=lambda m: cachekern.patch(m, cachekern.TeaCache(threshold=0.0)),
-                always=lambda m: cachekern.patch(m, cachekern.TeaCache(threshold=1e9)),
-                off=cachekern.unpatch)
+def teacache_switch(cuda_graphs=False):
+    def on(threshold):
+        return lambda m: cachekern.patch(m, cachekern.TeaCache(threshold=threshold,
+                                                               cuda_graphs=cuda_graphs))
+    return dict(never=on(0.0), always=on(1e9), off=cachekern.unpatch)
 
 
 def first_block_cache_switch():
@@ -90,6 +91,7 @@ def cache_dit_switch():
 
 
 SWITCHES = {"cachekern TeaCache": teacache_switch,
+            "cachekern TeaCache, cuda_graphs": lambda: teacache_switch(cuda_graphs=True),
             "diffusers FirstBlockCache": first_block_cache_switch,
             "cache-dit DBCache F1B0": cache_dit_switch}
 

@@ -5,6 +5,8 @@ The branch is the name a diffusers pipeline gives through ``model.cache_context(
 one, calls are assigned to branches by order (``TeaCache(calls_per_step=...)``).
 """
 
+import time
+
 import torch
 from torch import nn
 
@@ -41,6 +43,9 @@ class CacheHandle:
         self.runtime = TeaCacheRuntime(policy, adapter, model)
         self.runtime.check_model([block for name in adapter.block_lists(model)
                                   for block in model._modules[name]])
+        if policy.cuda_graphs and adapter.graph_inputs is None:
+            raise ValueError(f"TeaCache: cuda_graphs=True needs a family with a graphed skip "
+                             f"path (flux); {adapter.family} has none")
         self.history = []
         self._branches = {}
         self._branches_named = BranchNames(policy.calls_per_step)
@@ -48,6 +53,8 @@ class CacheHandle:
         self._blocks = None
         self._stand_in_lists = {}
         self._memos = {}           # cachekern.shell_memo stand-ins, by module name
+        self._graphs = {}          # cachekern.graphed_skip.GraphedSkip, by branch
+        self._decided = None       # a decision made before the forward (graphed path)
         self._stats = self._zero_stats()
 
     @staticmethod
@@ -73,6 +80,7 @@ class CacheHandle:
         """Forgets all state, history and counters: the next call starts a new generation."""
         self._branches.clear()
         self._memos.clear()
+        self._graphs.clear()
         self.history.clear()
         self._stats = self._zero_stats()
         self._branches_named.restart()
@@ -91,6 +99,44 @@ class CacheHandle:
         if self._branches_named.context is not None:
             steps = self._branches_named.context[1].get("num_inference_steps") or steps
         self._call = (branch, timestep, steps)
+        if self.policy.cuda_graphs:
+            out = self._graphed(original_forward, args, kwargs)
+            if out is not None:
+                return out
+        return self._eager(original_forward, args, kwargs)
+
+    def _graphed(self, original_forward, args, kwargs):
+        """The call through cachekern.graphed_skip: its output when it skipped; None when the
+        call must take the eager path (not graphable, or the branch has no state yet). A
+        decision to compute is left in self._decided for the eager forward's stack."""
+        branch, timestep, steps = self._call
+        state = self._branches.get(branch)
+        inputs = self.adapter.graphable_inputs(args, kwargs)
+        if inputs is None or state is None or state.prev is None or state.residual is None \
+                or not isinstance(timestep, torch.Tensor) or \
+                inputs["hidden_states"].device.type != "cuda" or \
+                not self.adapter.graph_matches(inputs, state.prev):
+            return None
+        from cachekern.graphed_skip import GraphedSkip
+
+        start = time.perf_counter()
+        graphs = self._graphs.get(branch)
+        if graphs is None or graphs.key != GraphedSkip.key_of(inputs, state):
+            blocks = [block for name in self.adapter.block_lists(self.model)
+                      for block in self.model._modules[name]]
+            graphs = self._graphs[branch] = GraphedSkip(
+                self.adapter, self.model, blocks, self.runtime.kernels, state, inputs)
+        values = graphs.read(inputs)
+        batch = state.prev.shape[0]
+        decision = self.runtime.decide(state, values, True, timestep, batch, steps)
+        self._stats["decision_seconds"] += time.perf_counter() - start
+        if any(decision["compute"]):
+            self._decided = decision
+            return None
+        self.runtime.record(decision, branch, self._stats, self.history)
+        return self.adapter.model_output(graphs.skip(), kwargs)
+
+    def _eager(self, original_forward, args, kwargs):
         lists = tuple(self.adapter.block_lists(self.model))
         saved = {name: self.model._modules[name] for name in lists}
         self._blocks = [block for name in lists for block in saved[name]]
@@ -111,7 +157,7 @@ class CacheHandle:
             return original_forward(*args, **kwargs)
         finally:
             self.model._modules.update(saved)
-            self._call = self._blocks = None
+            self._call = self._blocks = self._decided = None
 
     def _stand_ins(self, lists):
         """The block lists the model sees during a call: the cached stack in the first, the rest
@@ -129,6 +175,11 @@ class CacheHandle:
         state = self._branches.setdefault(branch, BranchState())
         call = self.adapter.stack_call(args, kwargs)
         with torch.no_grad():
-            out = self.runtime.run(self.model, call, self._blocks, state, timestep, steps, branch,
-                                   self._stats, self.history)
+            if self._decided is not None:     # decided by the graphed path before the forward
+                dense = self.runtime.begin(call, state)
+                out = self.runtime.execute(self.model, call, dense, self._blocks, state,
+                                           self._decided, branch, self._stats, self.history)
+            else:
+                out = self.runtime.run(self.model, call, self._blocks, state, timestep, steps,
+                                       branch, self._stats, self.history)
         return self.adapter.stack_output(out)

@@ -52,6 +52,9 @@ class Adapter:
     # passes the very same tensors, unmodified, their last output is reused (cachekern.shell_memo;
     # exact). {module attribute: (argument names)}.
     memoized_modules: dict = {}
+    # TeaCache(cuda_graphs=True) needs graph_inputs, graphable_inputs, pre_stack, tail and
+    # model_output (see FluxAdapter); None: the family has no graphed skip path.
+    graph_inputs = None
 
     def block_lists(self, model) -> List[str]:
         return list(self.lists)

@@ -116,16 +116,7 @@ class TeaCacheRuntime:
     def run(self, model, call: StackCall, blocks, state: BranchState, timestep, num_steps,
             branch, stats, history):
         start = time.perf_counter()
-        batch = call.hidden.shape[0]
-        signature = (tuple(call.hidden.shape), call.hidden.dtype, call.hidden.device)
-        if state.signature != signature:  # another resolution, dtype or device: start afresh
-            state.__init__()
-            state.signature = signature
-        # The kernels need the channel dimension contiguous; some models (HunyuanVideo) hand
-        # their blocks a transposed view. The blocks still get the original tensor, so a
-        # computed step stays bit for bit the model's own.
-        dense = call if call.hidden.stride(-1) == 1 else \
-            StackCall(call.hidden.contiguous(), call.extras)
+        dense = self.begin(call, state)
         sums = self._sums(blocks, dense, state)
         # One host transfer for everything the decision needs.
         parts = []
@@ -135,21 +126,44 @@ class TeaCacheRuntime:
         if sums is not None:
             parts += [sums[0].float(), sums[1].float()]
         values = torch.cat(parts).tolist() if parts else []
+        decision = self.decide(state, values, sums is not None, timestep,
+                               call.hidden.shape[0], num_steps)
+        stats["decision_seconds"] += time.perf_counter() - start
+        return self.execute(model, call, dense, blocks, state, decision, branch, stats, history)
+
+    def begin(self, call: StackCall, state: BranchState) -> StackCall:
+        """Starts the branch afresh on another resolution, dtype or device; returns `call` with
+        a last-dim-contiguous hidden. (The kernels need the channel dimension contiguous; some
+        models, HunyuanVideo, hand their blocks a transposed view. The blocks still get the
+        original tensor, so a computed step stays bit for bit the model's own.)"""
+        signature = (tuple(call.hidden.shape), call.hidden.dtype, call.hidden.device)
+        if state.signature != signature:
+            state.__init__()
+            state.signature = signature
+        return call if call.hidden.stride(-1) == 1 else \
+            StackCall(call.hidden.contiguous(), call.extras)
+
+    def decide(self, state: BranchState, values, has_sums, timestep, batch, num_steps):
+        """The decision from what the host read: [timestep (when a tensor)] + per-sample diff
+        sums + per-sample prev sums (when has_sums). Advances the branch's step and
+        accumulator; returns the record of the call."""
+        values = list(values)
         t = values.pop(0) if isinstance(timestep, torch.Tensor) else \
             (float(timestep) if timestep is not None else None)
         if t is not None and state.last_timestep is not None and t > state.last_timestep:
             state.new_generation()  # the timestep went back up: a new generation started
-            sums = None
+            has_sums = False
         state.last_timestep = t
         state.step += 1
-        forced = (sums is None or state.residual is None or state.step < self.policy.warmup_steps
-                  or (self.policy.compute_last_step and num_steps is not None
-                      and state.step >= num_steps - 1))
+        forced = (not has_sums or state.residual is None or
+                  state.step < self.policy.warmup_steps or
+                  (self.policy.compute_last_step and num_steps is not None
+                   and state.step >= num_steps - 1))
         per_sample = self.policy.decision == "per_sample"
-        if sums is not None:
+        if has_sums:
             diff, prev = values[:len(values) // 2], values[len(values) // 2:]
         if per_sample:
-            rels = [d / p if p else float("nan") for d, p in zip(diff, prev)] if sums is not None \
+            rels = [d / p if p else float("nan") for d, p in zip(diff, prev)] if has_sums \
                 else [float("nan")] * batch
             acc = state.accumulated if state.accumulated is not None else [0.0] * batch
             skips = state.skips if state.skips is not None else [0] * batch
@@ -160,7 +174,7 @@ class TeaCacheRuntime:
             state.skips = [0 if c else s + 1 for c, s in zip(compute, skips)]
             record_rel, record_acc = rels, list(state.accumulated)
         else:
-            rel = (sum(diff) / sum(prev) if sum(prev) else float("nan")) if sums is not None \
+            rel = (sum(diff) / sum(prev) if sum(prev) else float("nan")) if has_sums \
                 else float("nan")
             acc = state.accumulated if state.accumulated is not None else 0.0
             skips = state.skips if state.skips is not None else 0
@@ -169,18 +183,26 @@ class TeaCacheRuntime:
             state.skips = 0 if computed else skips + 1
             compute = [computed] * batch
             record_rel, record_acc = rel, state.accumulated
-        stats["decision_seconds"] += time.perf_counter() - start
+        return dict(step=state.step, timestep=t, compute=compute, rel_l1=record_rel,
+                    accumulated=record_acc)
 
-        out = self._execute(model, call, dense, blocks, state, compute)
+    def execute(self, model, call, dense, blocks, state, decision, branch, stats, history):
+        """Runs or skips the stack as decided, and records the call."""
+        out = self._execute(model, call, dense, blocks, state, decision["compute"])
+        self.record(decision, branch, stats, history)
+        return out
+
+    def record(self, decision, branch, stats, history):
+        compute = decision["compute"]
         n_computed = sum(compute)
         stats["calls"] += 1
         stats["computed" if n_computed else "skipped"] += 1
         stats["samples_computed"] += n_computed
-        stats["samples_skipped"] += batch - n_computed
-        history.append(dict(step=state.step, branch=branch, timestep=t,
+        stats["samples_skipped"] += len(compute) - n_computed
+        per_sample = self.policy.decision == "per_sample"
+        history.append(dict(step=decision["step"], branch=branch, timestep=decision["timestep"],
                             computed=compute if per_sample else compute[0],
-                            rel_l1=record_rel, accumulated=record_acc))
-        return out
+                            rel_l1=decision["rel_l1"], accumulated=decision["accumulated"]))
 
     def _execute(self, model, call, dense, blocks, state, compute):
         """Runs or skips the stack; `dense` is `call` with a last-dim-contiguous hidden."""

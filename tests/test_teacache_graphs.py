@@ -1,0 +1,102 @@
+"""TeaCache(cuda_graphs=True) on a tiny FluxTransformer2DModel: the skipped call through CUDA
+graphs (cachekern.graphed_skip) must take the eager path's decisions and give its outputs bit for
+bit, across generations and CFG branches (GPU); on the CPU it changes nothing; what it cannot
+serve gets a clear error."""
+
+import pytest
+import torch
+
+import cachekern
+from cachekern import TeaCache
+from test_teacache import STEPS, call, make_inputs, sample, tiny_flux
+
+diffusers = pytest.importorskip("diffusers")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def policy(cuda_graphs, threshold=0.3):
+    return TeaCache(threshold=threshold, coefficients=None, num_inference_steps=STEPS,
+                    cuda_graphs=cuda_graphs)
+
+
+def branched(model, inp):
+    """Two generations in a row with CFG as a pipeline runs it: a "cond" and an "uncond" call
+    per step, each in its cache_context."""
+    outputs = []
+    for seed_shift in (0.0, 0.5):
+        latents = inp["x"].clone() + seed_shift
+        with torch.no_grad():
+            for t in torch.linspace(1.0, 0.05, STEPS, device=latents.device):
+                with model.cache_context("cond"):
+                    cond = call(model, inp, latents, t)
+                with model.cache_context("uncond"):
+                    uncond = call(model, dict(inp, enc=inp["enc"] * 0), latents, t)
+                latents = latents - (1.0 / STEPS) * (uncond + 2.0 * (cond - uncond))
+                outputs += [cond, uncond]
+    return torch.stack(outputs)
+
+
+@cuda
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 1e9])
+def test_graphs_give_the_eager_decisions_and_outputs_bit_for_bit(threshold):
+    model = tiny_flux(device="cuda")
+    inp = make_inputs(1, device="cuda")
+    runs = {}
+    for graphs in (False, True):
+        with cachekern.patched(model, policy(graphs, threshold)) as handle:
+            runs[graphs] = (branched(model, inp), [dict(h) for h in handle.history],
+                            handle.stats(), len(handle._graphs))
+    (eager, eager_history, eager_stats, _), (graphed, graphed_history, stats, captured) = \
+        runs[False], runs[True]
+    assert torch.equal(graphed, eager)
+    assert repr(graphed_history) == repr(eager_history)  # NaN-safe (rel_l1 of a first call)
+    assert stats["skipped"] == eager_stats["skipped"]
+    if threshold > 0:
+        assert stats["skipped"] > 0 and captured == 2         # one set of graphs per branch
+    uncached = branched(model, inp)
+    if threshold == 0:
+        assert torch.equal(graphed, uncached)
+
+
+@cuda
+def test_graphs_follow_a_new_resolution_and_return_dict():
+    model = tiny_flux(device="cuda")
+    with cachekern.patched(model, policy(True, 1e9)) as handle:
+        for tokens in (16, 25):
+            inp = make_inputs(2, tokens=tokens, device="cuda")
+            inp["img_ids"] = torch.zeros(tokens, 3, device="cuda")
+            out = sample(model, inp)
+            assert out.shape[2] == tokens and torch.isfinite(out).all()
+        assert handle.stats()["skipped"] >= 2 * (STEPS - 3)
+        latents = inp["x"]
+        t = torch.full((2,), 0.01, device="cuda")
+        result = model(hidden_states=latents, encoder_hidden_states=inp["enc"],
+                       pooled_projections=inp["pooled"], timestep=t, img_ids=inp["img_ids"],
+                       txt_ids=inp["txt_ids"])
+        assert isinstance(result, diffusers.models.modeling_outputs.Transformer2DModelOutput)
+
+
+def test_on_the_cpu_graphs_change_nothing():
+    model = tiny_flux()
+    inp = make_inputs(3)
+    with cachekern.patched(model, policy(False)) as handle:
+        eager, eager_history = sample(model, inp), list(handle.history)
+    with cachekern.patched(model, policy(True)) as handle:
+        assert torch.equal(sample(model, inp), eager)
+        assert repr(handle.history) == repr(eager_history)
+
+
+def test_what_graphs_cannot_serve_is_refused_clearly():
+    for combination in (dict(parity=True), dict(reuse_modulated=True),
+                        dict(decision="per_sample")):
+        with pytest.raises(ValueError, match="cuda_graphs=True"):
+            TeaCache(cuda_graphs=True, **combination)
+    with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
+        TeaCache(cuda_graphs="yes")
+    wan = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1,
+        rope_max_seq_len=32).eval()
+    with pytest.raises(ValueError, match="graphed skip path"):
+        cachekern.patch(wan, TeaCache(cuda_graphs=True))
+    assert not cachekern.patching.is_patched(wan)
