@@ -149,7 +149,8 @@ def measure_method(model, plain, switch, reps, overhead_reps, method):
         for on in ((False, True) if i % 2 == 0 else (True, False)):
             if on:
                 switch["never"](model)
-                plain()                   # a first call computes without a decision
+                plain()                   # a first call computes without a decision,
+                plain()                   # a second captures cuda_graphs' graphs
             (cached_t if on else base_t).append(gpu_ms(plain, 1)[0])
             if on:
                 switch["off"](model)
