@@ -17,7 +17,6 @@ outputs must agree bit for bit. Timings: wall time of whole generations after a 
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -48,21 +47,9 @@ def generate(model, latents, text, steps):
     return x
 
 
-def timed_generations(model, latents, text, steps, passes):
-    sync = torch.cuda.synchronize if latents.is_cuda else (lambda: None)
-    times, out = [], None
-    for _ in range(passes):
-        sync()
-        start = time.perf_counter()
-        out = generate(model, latents, text, steps)
-        sync()
-        times.append(time.perf_counter() - start)
-    return out, times
-
-
 @torch.no_grad()
 def main(preset, steps, budget_gib, passes, out_path):
-    from common import environment, markdown_table, report
+    from common import environment, markdown_table, report, wall_times
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config, size = PRESETS[preset]
@@ -77,7 +64,8 @@ def main(preset, steps, budget_gib, passes, out_path):
             profile, delta=1.0, scale_shift=None, device_budget_bytes=device_budget))
         generate(model, latents, text, steps)          # warm-up: kernels, allocator, pinned pool
         before = handle.stats().get("block_cache", {})
-        outputs[label], times = timed_generations(model, latents, text, steps, passes)
+        outputs[label], times = wall_times(lambda: generate(model, latents, text, steps),
+                                           passes)
         stats = handle.stats()
         if device_budget is not None:
             after = stats["block_cache"]

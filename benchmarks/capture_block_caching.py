@@ -13,7 +13,6 @@ host-driven and are not captured.
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -88,13 +87,9 @@ class GraphedCalls:
 
 
 def timed(fn, passes):
-    times = []
-    for _ in range(passes):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    from common import wall_times
+
+    out, times = wall_times(fn, passes)
     return out, statistics.median(times)
 
 

@@ -79,6 +79,20 @@ def median_wall_us(fn, reps=15, warmup=3) -> float:
     return statistics.median(times)
 
 
+def wall_times(fn, passes):
+    """(fn's last output, wall seconds of each of `passes` calls), each call between device
+    synchronisations (none on a machine without CUDA)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times, out = [], None
+    for _ in range(passes):
+        sync()
+        start = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return out, times
+
+
 def copy_bandwidth_gbs(nbytes=2 << 30) -> float:
     """Device-to-device copy bandwidth (bytes read + bytes written per second), the ceiling a
     memory-bound kernel is compared with."""

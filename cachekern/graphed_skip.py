@@ -18,7 +18,7 @@ import torch
 
 
 class GraphedSkip:
-    def __init__(self, adapter, model, blocks, kernels, state, inputs):
+    def __init__(self, adapter, model, blocks, kernels, state, inputs, decision_inputs):
         self.key = self.key_of(inputs, state)
         self.static = {name: t.detach().clone() for name, t in inputs.items()}
         prev, residual = state.prev, state.residual
@@ -26,11 +26,10 @@ class GraphedSkip:
         def part_a(prev_out):
             call = adapter.pre_stack(model, self.static)
             ind = adapter.indicator(blocks, call)
-            diff, prev_sum = kernels.modulated_distance(call.hidden, prev_out, ind.scale,
-                                                        ind.shift, norm=ind.norm, eps=ind.eps,
-                                                        out_modulated=prev_out)
-            t = self.static["timestep"].reshape(-1)[:1].float()
-            return call, torch.cat([t, diff.float(), prev_sum.float()])
+            sums = kernels.modulated_distance(call.hidden, prev_out, ind.scale, ind.shift,
+                                              norm=ind.norm, eps=ind.eps,
+                                              out_modulated=prev_out)
+            return call, decision_inputs(self.static["timestep"], sums, call.hidden.device)
 
         def part_b(call):
             hidden = kernels.residual_reuse(call.hidden, residual)

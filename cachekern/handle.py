@@ -41,8 +41,7 @@ class CacheHandle:
         self.adapter = adapter
         self.policy = policy
         self.runtime = TeaCacheRuntime(policy, adapter, model)
-        self.runtime.check_model([block for name in adapter.block_lists(model)
-                                  for block in model._modules[name]])
+        self.runtime.check_model(self._model_blocks())
         if policy.cuda_graphs and adapter.graph_inputs is None:
             raise ValueError(f"TeaCache: cuda_graphs=True needs a family with a graphed skip "
                              f"path (flux); {adapter.family} has none")
@@ -61,6 +60,11 @@ class CacheHandle:
     def _zero_stats():
         return dict(calls=0, computed=0, skipped=0, samples_computed=0, samples_skipped=0,
                     uncached_calls=0, decision_seconds=0.0)
+
+    def _model_blocks(self):
+        """The model's own blocks, in stack order (outside a call, when no stand-in is set)."""
+        return [block for name in self.adapter.block_lists(self.model)
+                for block in self.model._modules[name]]
 
     # -- public ---------------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -122,10 +126,9 @@ class CacheHandle:
         start = time.perf_counter()
         graphs = self._graphs.get(branch)
         if graphs is None or graphs.key != GraphedSkip.key_of(inputs, state):
-            blocks = [block for name in self.adapter.block_lists(self.model)
-                      for block in self.model._modules[name]]
             graphs = self._graphs[branch] = GraphedSkip(
-                self.adapter, self.model, blocks, self.runtime.kernels, state, inputs)
+                self.adapter, self.model, self._model_blocks(), self.runtime.kernels, state,
+                inputs, self.runtime.decision_inputs)
         values = graphs.read(inputs)
         batch = state.prev.shape[0]
         decision = self.runtime.decide(state, values, True, timestep, batch, steps)

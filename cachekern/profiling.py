@@ -87,6 +87,17 @@ def _observing(units, observe):
         restore()
 
 
+def _generations(tracker, units, observe, run, runs, after):
+    """Calls run() `runs` times, uncached, with observe(...) after every cacheable unit's
+    forward, and after(steps) once each generation has run (still observed, so that an error
+    it raises leaves the model as it was)."""
+    with torch.no_grad(), tracker.installed(), _observing(units, observe):
+        for _ in range(runs):
+            tracker.start_generation()
+            run()
+            after(_steps_of(tracker))
+
+
 def check_run(run, runs):
     if not callable(run):
         raise TypeError(f"run: expected a callable that generates once, got {type(run).__name__}")
@@ -151,18 +162,17 @@ def profile(target, run, *, runs=1, resnets=False):
             sums[cell] = sums.get(cell, 0.0) + (diff.sum() / cur.sum()).item()
             counts[cell] = counts.get(cell, 0) + 1
 
-    with torch.no_grad(), tracker.installed(), _observing(units, observe):
-        for _ in range(runs):
-            tracker.start_generation()
-            prev.clear()
-            run()
-            n = _steps_of(tracker)
-            if steps is not None and n != steps:
-                raise ValueError(f"run: generated {n} steps after {steps}; every run of a "
-                                 f"profile must use the same step count")
-            steps = n
-            if timesteps is None:
-                timesteps = tracker.timesteps[sorted(tracker.timesteps)[0]]
+    def after(n):
+        nonlocal steps, timesteps
+        prev.clear()           # residuals are compared within a generation only
+        if steps is not None and n != steps:
+            raise ValueError(f"run: generated {n} steps after {steps}; every run of a "
+                             f"profile must use the same step count")
+        steps = n
+        if timesteps is None:
+            timesteps = tracker.timesteps[sorted(tracker.timesteps)[0]]
+
+    _generations(tracker, units, observe, run, runs, after)
     change = [[(sums[(i, t)] / counts[(i, t)]) if (i, t) in counts else math.nan
                for t in range(steps)] for i in range(len(units))]
     return Profile(model_class=type(model).__name__, units=[u.name for u in units],
@@ -263,14 +273,12 @@ class Profile:
                 fit = stats.setdefault((index, step, k), ChannelFit())
                 fit.add(kept[(branch, index, k)], r)
 
-        with torch.no_grad(), tracker.installed(), _observing(units, observe):
-            for _ in range(runs):
-                tracker.start_generation()
-                kept.clear()
-                run()
-                steps = _steps_of(tracker)
-                if steps != self.steps:
-                    raise ValueError(self._steps_error(steps))
+        def after(steps):
+            kept.clear()       # reused residuals come from the same generation only
+            if steps != self.steps:
+                raise ValueError(self._steps_error(steps))
+
+        _generations(tracker, units, observe, run, runs, after)
         params = {cell: tuple(t.float().cpu() for t in fit.solve())
                   for cell, fit in stats.items()}
         key = _params_key(schedule, "fit")

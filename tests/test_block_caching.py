@@ -80,6 +80,12 @@ def flux_run(ref, seeds=(0, 1), steps=FLUX_STEPS):
     return ref.sample([2, 5], list(seeds), steps=steps)
 
 
+def family_case(family, request):
+    """(reference model, its profile, its run) of a test parametrised by "unet" / "flux"."""
+    run = unet_run if family == "unet" else flux_run
+    return request.getfixturevalue(family), request.getfixturevalue(f"{family}_profile"), run
+
+
 @pytest.fixture(scope="module")
 def unet_profile(unet):
     return cachekern.profile(unet.model, lambda: unet_run(unet, (10, 11)), runs=2, resnets=True)
@@ -104,9 +110,7 @@ def test_a_profile_records_every_block_and_step(unet, unet_profile, flux_profile
 
 @pytest.mark.parametrize("family", ["unet", "flux"])
 def test_delta_zero_is_bitwise_uncached_and_unpatch_restores(family, request):
-    ref = request.getfixturevalue(family)
-    prof = request.getfixturevalue(f"{family}_profile")
-    run = unet_run if family == "unet" else flux_run
+    ref, prof, run = family_case(family, request)
     uncached = run(ref)
     with cachekern.patched(ref.model, cachekern.BlockCaching(prof, delta=0.0,
                                                               scale_shift=None)) as handle:
@@ -118,9 +122,7 @@ def test_delta_zero_is_bitwise_uncached_and_unpatch_restores(family, request):
 
 @pytest.mark.parametrize("family", ["unet", "flux"])
 def test_reuse_follows_the_schedule_and_changes_the_output(family, request):
-    ref = request.getfixturevalue(family)
-    prof = request.getfixturevalue(f"{family}_profile")
-    run = unet_run if family == "unet" else flux_run
+    ref, prof, run = family_case(family, request)
     uncached = run(ref)
     policy = cachekern.BlockCaching(prof, target_compute=0.5, scale_shift=None)
     schedule = policy.schedule()
@@ -295,9 +297,7 @@ def test_every_dit_family_profiles_caches_and_restores(family_name):
 
 @pytest.mark.parametrize("family", ["unet", "flux"])
 def test_a_tiny_device_budget_spills_and_gives_bitwise_the_same_output(family, request):
-    ref = request.getfixturevalue(family)
-    prof = request.getfixturevalue(f"{family}_profile")
-    run = unet_run if family == "unet" else flux_run
+    ref, prof, run = family_case(family, request)
     with cachekern.patched(ref.model, cachekern.BlockCaching(prof, target_compute=0.5,
                                                               scale_shift=None)):
         unlimited = run(ref)

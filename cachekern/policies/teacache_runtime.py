@@ -118,18 +118,24 @@ class TeaCacheRuntime:
         start = time.perf_counter()
         dense = self.begin(call, state)
         sums = self._sums(blocks, dense, state)
-        # One host transfer for everything the decision needs.
-        parts = []
-        if isinstance(timestep, torch.Tensor):
-            parts.append(timestep.reshape(-1)[:1].to(device=call.hidden.device,
-                                                     dtype=torch.float32))
-        if sums is not None:
-            parts += [sums[0].float(), sums[1].float()]
-        values = torch.cat(parts).tolist() if parts else []
+        read = self.decision_inputs(timestep, sums, call.hidden.device)
+        values = read.tolist() if read is not None else []     # the one host transfer
         decision = self.decide(state, values, sums is not None, timestep,
                                call.hidden.shape[0], num_steps)
         stats["decision_seconds"] += time.perf_counter() - start
         return self.execute(model, call, dense, blocks, state, decision, branch, stats, history)
+
+    @staticmethod
+    def decision_inputs(timestep, sums, device):
+        """Everything the decision reads, as one fp32 device vector (one host transfer):
+        [timestep (when a tensor)] + per-sample diff sums + per-sample prev sums (when there
+        are sums); None when there is nothing to read. `decide` takes it back apart."""
+        parts = []
+        if isinstance(timestep, torch.Tensor):
+            parts.append(timestep.reshape(-1)[:1].to(device=device, dtype=torch.float32))
+        if sums is not None:
+            parts += [sums[0].float(), sums[1].float()]
+        return torch.cat(parts) if parts else None
 
     def begin(self, call: StackCall, state: BranchState) -> StackCall:
         """Starts the branch afresh on another resolution, dtype or device; returns `call` with
