@@ -5,8 +5,6 @@ The branch is the name a diffusers pipeline gives through ``model.cache_context(
 one, calls are assigned to branches by order (``TeaCache(calls_per_step=...)``).
 """
 
-import time
-
 import torch
 from torch import nn
 
@@ -42,18 +40,19 @@ class CacheHandle:
         self.policy = policy
         self.runtime = TeaCacheRuntime(policy, adapter, model)
         self.runtime.check_model(self._model_blocks())
-        if policy.cuda_graphs and adapter.graph_inputs is None:
-            raise ValueError(f"TeaCache: cuda_graphs=True needs a family with a graphed skip "
-                             f"path (flux); {adapter.family} has none")
-        self.history = []
+        if policy.cuda_graphs and not adapter.graph_capturable:
+            raise ValueError(f"TeaCache: cuda_graphs=True needs a family whose forward is "
+                             f"captured as one CUDA graph (flux); {adapter.family} is not one")
+        self._history = []
         self._branches = {}
         self._branches_named = BranchNames(policy.calls_per_step)
         self._call = None          # (branch, timestep, steps) of the forward call in progress
         self._blocks = None
         self._stand_in_lists = {}
         self._memos = {}           # cachekern.shell_memo stand-ins, by module name
-        self._graphs = {}          # cachekern.graphed_skip.GraphedSkip, by branch
-        self._decided = None       # a decision made before the forward (graphed path)
+        self._graphs = {}          # cachekern.graphed_step.GraphedStep, by branch
+        self._capturing = None     # (run_if or None, DeviceDecision, prelude) in a capture
+        self._log = None           # cachekern.graphed_step.DecisionLog of graphed calls
         self._stats = self._zero_stats()
 
     @staticmethod
@@ -73,6 +72,7 @@ class CacheHandle:
         residuals), decision_seconds (host time deciding, including the one synchronisation),
         bytes_held (state kept between steps), memo_hits (calls that reused a module output
         outside the stack, see cachekern.shell_memo), branches."""
+        self._flush()
         out = dict(self._stats)
         out["bytes_held"] = sum(state.nbytes() for state in self._branches.values()) + \
             sum(memo.nbytes() for memo in self._memos.values())
@@ -80,14 +80,27 @@ class CacheHandle:
         out["branches"] = sorted(self._branches)
         return out
 
+    @property
+    def history(self) -> list:
+        """One record per call: step, branch, timestep, computed, rel_l1, accumulated."""
+        self._flush()
+        return self._history
+
     def reset(self):
         """Forgets all state, history and counters: the next call starts a new generation."""
+        self.close()
         self._branches.clear()
         self._memos.clear()
-        self._graphs.clear()
-        self.history.clear()
+        self._history.clear()
         self._stats = self._zero_stats()
         self._branches_named.restart()
+
+    def close(self):
+        """Releases the CUDA graphs (called by unpatch and reset)."""
+        for graph in self._graphs.values():
+            graph.release()
+        self._graphs.clear()
+        self._log = None
 
     # -- plumbing used by patching --------------------------------------------------------------
     def cache_context(self, original, name, **kwargs):
@@ -107,12 +120,13 @@ class CacheHandle:
             out = self._graphed(original_forward, args, kwargs)
             if out is not None:
                 return out
+            self._to_host(branch)
         return self._eager(original_forward, args, kwargs)
 
     def _graphed(self, original_forward, args, kwargs):
-        """The call through cachekern.graphed_skip: its output when it skipped; None when the
-        call must take the eager path (not graphable, or the branch has no state yet). A
-        decision to compute is left in self._decided for the eager forward's stack."""
+        """The call through cachekern.graphed_step: its output, or None when the call must take
+        the eager path (not graphable, or the branch has no state at this shape yet: its first
+        call runs eagerly and leaves the buffers the graph works on)."""
         branch, timestep, steps = self._call
         state = self._branches.get(branch)
         inputs = self.adapter.graphable_inputs(args, kwargs)
@@ -121,30 +135,90 @@ class CacheHandle:
                 inputs["hidden_states"].device.type != "cuda" or \
                 not self.adapter.graph_matches(inputs, state.prev):
             return None
-        from cachekern.graphed_skip import GraphedSkip
+        from cachekern import graphed_step
 
-        start = time.perf_counter()
-        graphs = self._graphs.get(branch)
-        if graphs is None or graphs.key != GraphedSkip.key_of(inputs, state):
-            graphs = self._graphs[branch] = GraphedSkip(
-                self.adapter, self.model, self._model_blocks(), self.runtime.kernels, state,
-                inputs, self.runtime.decision_inputs)
-        values = graphs.read(inputs)
-        batch = state.prev.shape[0]
-        decision = self.runtime.decide(state, values, True, timestep, batch, steps)
-        self._stats["decision_seconds"] += time.perf_counter() - start
-        if any(decision["compute"]):
-            self._decided = decision
-            return None
-        self.runtime.record(decision, branch, self._stats, self.history)
-        return self.adapter.model_output(graphs.skip(), kwargs)
+        key = (graphed_step.signature(kwargs), steps, state.prev.data_ptr(),
+               state.residual.data_ptr())
+        graph = self._graphs.get(branch)
+        if graph is None or graph.key != key:
+            if graph is not None:
+                self._to_host(branch)
+                graph.release()
+            graph = self._graphs[branch] = self._capture(original_forward, kwargs, key, state,
+                                                         steps)
+        if state.device_decision is not graph.decision:   # the host's state is the newer
+            graph.decision.load(state)
+            state.device_decision = graph.decision
+        if self._log is None:
+            self._log = graphed_step.DecisionLog(state.prev.device)
+        output = graph.replay(kwargs)
+        self._add_records(self._log.append(graph.decision.record, branch, state.prev.shape[0]))
+        return self.adapter.model_output(output, kwargs)
 
-    def _eager(self, original_forward, args, kwargs):
+    def _capture(self, original_forward, kwargs, key, state, steps):
+        from cachekern.graphed_step import DeferredModule, GraphedStep
+        from cachekern.policies.teacache_device import DeviceDecision
+
+        branch = self._call[0]
+        decision, scratch = (DeviceDecision(self.policy, self.runtime.polynomial, steps,
+                                            state.prev.device) for _ in range(2))
+        # What only the blocks read runs inside the compute branch (a skip does not pay it).
+        deferred = {name: DeferredModule(self.model._modules[name])
+                    for name in self.adapter.stack_only_modules
+                    if self.model._modules.get(name) is not None}
+
+        def prelude():
+            for module in deferred.values():
+                module.run_deferred()
+
+        def forward(static, run_if=None):
+            # The stack reads the graph's static timestep; warm-up decides on scratch state.
+            saved = self._call
+            self._call = (branch, static[self.adapter.timestep_arg], steps)
+            self._capturing = (run_if, scratch, None) if run_if is None else \
+                (run_if, decision, prelude)
+            for module in deferred.values():
+                module.deferring = run_if is not None
+            try:
+                return self._eager(original_forward, (), dict(static, return_dict=False),
+                                   replaced=deferred)[0]
+            finally:
+                self._call, self._capturing = saved, None
+
+        return GraphedStep(key, kwargs, decision, capture_forward=forward, warm_up=forward)
+
+    def _to_host(self, branch):
+        """Makes the host's state of the branch current again after graphed calls (one
+        synchronisation), before an eager call or a new capture."""
+        state = self._branches.get(branch)
+        if state is not None and state.device_decision is not None:
+            self._flush()
+            state.device_decision.store(state)
+            state.device_decision = None
+
+    def _flush(self):
+        if self._log is not None:
+            self._add_records(self._log.flush())
+
+    def _add_records(self, rows):
+        from cachekern.policies.teacache_device import record_from_row
+
+        for branch, batch, row in rows:
+            record = record_from_row(row, branch)
+            decision = dict(record, compute=[record["computed"]] * batch)
+            self.runtime.record(decision, branch, self._stats, self._history)
+
+    def _eager(self, original_forward, args, kwargs, replaced=None):
+        """The model's forward with the cached stack in place of its blocks; `replaced`
+        ({module name: stand-in}, cuda_graphs' capture) replaces the memoized modules."""
         lists = tuple(self.adapter.block_lists(self.model))
         saved = {name: self.model._modules[name] for name in lists}
         self._blocks = [block for name in lists for block in saved[name]]
         stand_ins = dict(self._stand_ins(lists))
-        for name, inputs in self.adapter.memoized_modules.items():
+        for name, module in (replaced or {}).items():
+            saved[name] = self.model._modules[name]
+            stand_ins[name] = module
+        for name, inputs in self.adapter.memoized_modules.items() if replaced is None else ():
             tensors = [kwargs.get(arg) for arg in inputs]
             module = self.model._modules.get(name)
             if module is None or not all(isinstance(t, torch.Tensor) for t in tensors):
@@ -160,7 +234,7 @@ class CacheHandle:
             return original_forward(*args, **kwargs)
         finally:
             self.model._modules.update(saved)
-            self._call = self._blocks = self._decided = None
+            self._call = self._blocks = None
 
     def _stand_ins(self, lists):
         """The block lists the model sees during a call: the cached stack in the first, the rest
@@ -178,11 +252,11 @@ class CacheHandle:
         state = self._branches.setdefault(branch, BranchState())
         call = self.adapter.stack_call(args, kwargs)
         with torch.no_grad():
-            if self._decided is not None:     # decided by the graphed path before the forward
-                dense = self.runtime.begin(call, state)
-                out = self.runtime.execute(self.model, call, dense, self._blocks, state,
-                                           self._decided, branch, self._stats, self.history)
+            if self._capturing is not None:   # inside cachekern.graphed_step's capture
+                run_if, decision, prelude = self._capturing   # run_if None: the warm-up
+                out = self.runtime.graph_stack(self.model, call, self._blocks, state, decision,
+                                               timestep, run_if, prelude)
             else:
                 out = self.runtime.run(self.model, call, self._blocks, state, timestep, steps,
-                                       branch, self._stats, self.history)
+                                       branch, self._stats, self._history)
         return self.adapter.stack_output(out)

@@ -1,7 +1,8 @@
-"""TeaCache(cuda_graphs=True) on a tiny FluxTransformer2DModel: the skipped call through CUDA
-graphs (cachekern.graphed_skip) must take the eager path's decisions and give its outputs bit for
-bit, across generations and CFG branches (GPU); on the CPU it changes nothing; what it cannot
-serve gets a clear error."""
+"""TeaCache(cuda_graphs=True) on a tiny FluxTransformer2DModel: every call after a branch's first
+replays one CUDA graph that decides on the device (cachekern.graphed_step). It must take the
+eager path's decisions and give its outputs bit for bit, across generations, CFG branches, an
+eager call in between and re-patching, with no host synchronisation (GPU); on the CPU it changes
+nothing; what it cannot serve gets a clear error."""
 
 import pytest
 import torch
@@ -59,6 +60,56 @@ def test_graphs_give_the_eager_decisions_and_outputs_bit_for_bit(threshold):
 
 
 @cuda
+def test_graphed_calls_never_synchronise_and_an_eager_call_between_them_fits():
+    model = tiny_flux(device="cuda")
+    inp = make_inputs(1, device="cuda")
+    eager_policy, graphed_policy = policy(False), policy(True)
+
+    def run(p, check_syncs):
+        with cachekern.patched(model, p) as handle:
+            outputs = []
+            latents = inp["x"].clone()
+            with torch.no_grad():
+                for i, t in enumerate(torch.linspace(1.0, 0.05, STEPS, device="cuda")):
+                    if i == 4:   # positional hidden_states: not graphable, runs eagerly
+                        out = model(latents, encoder_hidden_states=inp["enc"],
+                                    pooled_projections=inp["pooled"],
+                                    timestep=t.expand(1), img_ids=inp["img_ids"],
+                                    txt_ids=inp["txt_ids"], return_dict=False)[0]
+                    elif check_syncs and i >= 2:   # captured at i == 1
+                        torch.cuda.set_sync_debug_mode("error")
+                        try:
+                            out = call(model, inp, latents, t)
+                        finally:
+                            torch.cuda.set_sync_debug_mode(0)
+                    else:
+                        out = call(model, inp, latents, t)
+                    latents = latents - (1.0 / STEPS) * out
+                    outputs.append(out)
+            return torch.stack(outputs), [dict(h) for h in handle.history], handle.stats()
+
+    eager, eager_history, _ = run(eager_policy, False)
+    graphed, graphed_history, stats = run(graphed_policy, True)
+    assert torch.equal(graphed, eager)
+    assert repr(graphed_history) == repr(eager_history)
+    assert 0 < stats["skipped"] < STEPS
+
+
+@cuda
+def test_repatching_captures_again_without_error():
+    model = tiny_flux(device="cuda")
+    inp = make_inputs(2, device="cuda")
+    first = None
+    for _ in range(4):       # the handles dropped here are collected whenever Python likes
+        handle = cachekern.patch(model, policy(True))
+        out = sample(model, inp)
+        assert handle.stats()["skipped"] > 0 and len(handle._graphs) == 1
+        cachekern.unpatch(model)
+        first = out if first is None else first
+        assert torch.equal(out, first)
+
+
+@cuda
 def test_graphs_follow_a_new_resolution_and_return_dict():
     model = tiny_flux(device="cuda")
     with cachekern.patched(model, policy(True, 1e9)) as handle:
@@ -97,6 +148,51 @@ def test_what_graphs_cannot_serve_is_refused_clearly():
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
         out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1,
         rope_max_seq_len=32).eval()
-    with pytest.raises(ValueError, match="graphed skip path"):
+    with pytest.raises(ValueError, match="captured as one CUDA graph"):
         cachekern.patch(wan, TeaCache(cuda_graphs=True))
     assert not cachekern.patching.is_patched(wan)
+
+
+def test_driver_structures_have_cudas_layout():
+    import ctypes
+
+    from cachekern.cuda_conditional import _ConditionalParams, _NodeParams
+
+    # sizeof / offsetof of CUgraphNodeParams and CUDA_CONDITIONAL_NODE_PARAMS in cuda.h (13.0)
+    assert ctypes.sizeof(_NodeParams) == 256 and _NodeParams.conditional.offset == 16
+    assert ctypes.sizeof(_ConditionalParams) == 32
+    assert (_ConditionalParams.type.offset, _ConditionalParams.graph_out.offset,
+            _ConditionalParams.ctx.offset) == (8, 16, 24)
+
+
+@cuda
+def test_run_if_runs_its_body_only_when_the_flag_is_set_and_frees_its_memory():
+    from cachekern.cuda_conditional import body_stream, run_if
+
+    x = torch.randn(37, 129, device="cuda")
+    flag = torch.zeros((), dtype=torch.bool, device="cuda")
+    not_flag = torch.zeros((), dtype=torch.bool, device="cuda")
+    with torch.cuda.stream(body_stream(x.device)):
+        x @ x.T  # cuBLAS set up on the bodies' stream outside the capture
+    torch.cuda.synchronize()
+    reserved = torch.cuda.memory_reserved()
+    graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+    with torch.cuda.graph(graph, pool=pool):
+        out = torch.full_like(x, 7.0)
+        computed = run_if(flag, lambda: (x @ x.T).sum(1) + x[:, 0], pool)   # allocates
+
+        run_if(not_flag, lambda target=computed: target.copy_(x[:, 1]), pool)
+        out = out + computed[:, None]
+    for value in (True, False, True):
+        flag.fill_(value)
+        not_flag.fill_(not value)
+        graph.replay()
+        expected = (x @ x.T).sum(1) + x[:, 0] if value else x[:, 1]
+        torch.testing.assert_close(out, torch.full_like(x, 7.0) + expected[:, None])
+    with pytest.raises(ValueError, match="flag must be a bool CUDA scalar"):
+        run_if(torch.zeros(2, device="cuda"), lambda: None, pool)
+    del out, computed
+    graph.reset()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_reserved() == reserved

@@ -5,6 +5,7 @@ is the image stream's (the text stream is not used after the blocks).
 """
 
 from cachekern.adapters.base import Adapter, Indicator
+from cachekern.served import serving
 
 
 class AdaLNZeroStackAdapter(Adapter):
@@ -13,7 +14,15 @@ class AdaLNZeroStackAdapter(Adapter):
         emb = norm1.linear(norm1.silu(call.extras["temb"]))
         # AdaLayerNormZero splits 6 ways, SD3.5's AdaLayerNormZeroX 9; both start shift, scale.
         chunks = emb.chunk(norm1.linear.out_features // call.hidden.shape[-1], dim=1)
-        return Indicator(chunks[1], chunks[0], "layer", norm1.norm.eps, chunks=chunks)
+        return Indicator(chunks[1], chunks[0], "layer", norm1.norm.eps, chunks=chunks,
+                         projection=emb)
+
+    def serving_projection(self, blocks, indicator):
+        # norm1 computes linear(silu(temb)) from the same temb: serve the indicator's result.
+        norm1 = blocks[0].norm1
+        if indicator.projection is None or getattr(norm1, "emb", None) is not None:
+            return super().serving_projection(blocks, indicator)
+        return serving(norm1, "linear", indicator.projection)
 
     def supports_reuse_modulated(self, blocks):
         # Plain AdaLayerNormZero fed an embedding returns (m, gate_msa, shift_mlp, scale_mlp,

@@ -1,5 +1,6 @@
 """What every adapter tells the caching layer about a model family."""
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -29,6 +30,9 @@ class Indicator:
     # All chunks of block 0's modulation (AdaLN-Zero: shift, scale, gate of attention, then of
     # the MLP), for families whose norm1 output can be served from the indicator.
     chunks: Optional[tuple] = None
+    # Block 0's own modulation projection (AdaLN-Zero: norm1.linear(silu(temb))), computed for
+    # the indicator; a computed step serves it to block 0 instead of computing it again.
+    projection: Optional[torch.Tensor] = None
 
 
 class Adapter:
@@ -52,9 +56,13 @@ class Adapter:
     # passes the very same tensors, unmodified, their last output is reused (cachekern.shell_memo;
     # exact). {module attribute: (argument names)}.
     memoized_modules: dict = {}
-    # TeaCache(cuda_graphs=True) needs graph_inputs, graphable_inputs, pre_stack, tail and
-    # model_output (see FluxAdapter); None: the family has no graphed skip path.
-    graph_inputs = None
+    # TeaCache(cuda_graphs=True) captures the model's whole forward: a family whose forward
+    # is capturable (no host reads, no data-dependent Python) sets graph_capturable and writes
+    # graphable_inputs, graph_matches and model_output (see FluxAdapter).
+    graph_capturable = False
+    # Modules outside the stack whose outputs only the blocks read: in a captured call they
+    # run inside the compute branch, so a skipped call does not pay for them.
+    stack_only_modules: tuple = ()
 
     def block_lists(self, model) -> List[str]:
         return list(self.lists)
@@ -107,6 +115,11 @@ class Adapter:
         """Whether block 0's norm1 output can be served from the indicator
         (TeaCache(reuse_modulated=True))."""
         return False
+
+    def serving_projection(self, blocks, indicator: Indicator):
+        """A context in which block 0 takes its modulation projection from the indicator's
+        (the same computation on the same tensors, so the same bits), or a null context."""
+        return contextlib.nullcontext()
 
     def norm1_output(self, indicator: Indicator, modulated: torch.Tensor):
         """What block 0's norm1 returns, built from the indicator and the modulated input."""

@@ -4,7 +4,6 @@ double-stream then 38 single-stream blocks, one stack, as TeaCache's FLUX script
 import torch
 
 from cachekern.adapters.adaln_zero import AdaLNZeroStackAdapter
-from cachekern.adapters.base import StackCall
 
 
 class FluxAdapter(AdaLNZeroStackAdapter):
@@ -17,43 +16,34 @@ class FluxAdapter(AdaLNZeroStackAdapter):
     # The rotary table depends only on the position ids, which a pipeline passes unchanged.
     memoized_modules = {"pos_embed": ("txt_ids", "img_ids")}
 
-    # TeaCache(cuda_graphs=True): what a skipped call needs outside the stack, as
-    # FluxTransformer2DModel.forward computes it (cachekern.graphed_skip).
-    graph_inputs = ("hidden_states", "timestep", "pooled_projections", "guidance")
+    # TeaCache(cuda_graphs=True) captures the whole forward (cachekern.graphed_step).
+    graph_capturable = True
+    # The text stream's projection and the rotary table feed the blocks only.
+    stack_only_modules = ("context_embedder", "pos_embed")
 
     def graphable_inputs(self, args, kwargs):
-        """The call's graph inputs, or None when the call is not one the graphs reproduce
-        (positional arguments, LoRA scale or other attention kwargs, ControlNet residuals)."""
+        """The call's tensor arguments, or None when the call is not one a captured graph
+        replays (positional arguments, LoRA scale or other attention kwargs, ControlNet
+        residuals, an argument that is neither a tensor nor a plain value)."""
         if args or kwargs.get("joint_attention_kwargs") is not None or \
                 any(kwargs.get(name) is not None for name in self.uncacheable_args):
             return None
-        inputs = {name: kwargs.get(name) for name in self.graph_inputs}
-        if inputs["guidance"] is None:
-            del inputs["guidance"]
-        if not all(isinstance(t, torch.Tensor) for t in inputs.values()):
+        inputs = {}
+        for name, value in kwargs.items():
+            if isinstance(value, torch.Tensor):
+                inputs[name] = value
+            elif value is not None and not isinstance(value, (bool, int, float, str)):
+                return None
+        if not isinstance(inputs.get("hidden_states"), torch.Tensor):
             return None
         return inputs
 
     def graph_matches(self, inputs, prev):
         """Whether the branch's previous modulated input is of this call's stream (same
-        samples, tokens and dtype): the graphs compare against it."""
+        samples, tokens and dtype): the graph compares against it."""
         x = inputs["hidden_states"]
         return prev.shape[:2] == x.shape[:2] and prev.dtype == x.dtype and \
             prev.device == x.device
-
-    def pre_stack(self, model, inputs):
-        hidden = model.x_embedder(inputs["hidden_states"])
-        timestep = inputs["timestep"].to(hidden.dtype) * 1000
-        pooled = inputs["pooled_projections"]
-        if "guidance" in inputs:
-            guidance = inputs["guidance"].to(hidden.dtype) * 1000
-            temb = model.time_text_embed(timestep, guidance, pooled)
-        else:
-            temb = model.time_text_embed(timestep, pooled)
-        return StackCall(hidden, {"temb": temb})
-
-    def tail(self, model, hidden, call):
-        return model.proj_out(model.norm_out(hidden, call.extras["temb"]))
 
     def model_output(self, output, kwargs):
         from diffusers.models.modeling_outputs import Transformer2DModelOutput

@@ -6,7 +6,6 @@ per-sample sums together: the call's only synchronisation. A skipped call is one
 a computed one runs the blocks and writes the new residual with residual_capture.
 """
 
-import contextlib
 import importlib
 import time
 from typing import Optional
@@ -14,27 +13,7 @@ from typing import Optional
 import torch
 
 from cachekern.adapters.base import StackCall
-
-
-class _Served(torch.nn.Module):
-    """Stands in for a submodule for one call and returns a value computed elsewhere."""
-
-    def __init__(self, value):
-        super().__init__()
-        self.value = value
-
-    def forward(self, *args, **kwargs):
-        return self.value
-
-
-@contextlib.contextmanager
-def _serving(parent, name, value):
-    original = parent._modules[name]
-    parent._modules[name] = _Served(value)
-    try:
-        yield
-    finally:
-        parent._modules[name] = original
+from cachekern.served import serving
 
 
 class BranchState:
@@ -44,6 +23,9 @@ class BranchState:
         self.signature = None
         self.prev: Optional[torch.Tensor] = None      # last modulated input
         self.residual: Optional[torch.Tensor] = None  # last computed stack residual
+        # While CUDA graphs serve the branch, its step, accumulator, skips and last timestep
+        # live on the device (cachekern.policies.teacache_device.DeviceDecision), not here.
+        self.device_decision = None
         self.new_generation()
 
     def new_generation(self):
@@ -66,7 +48,8 @@ class TeaCacheRuntime:
         # Imported when a model is patched, not with `import cachekern`: the kernels pull in
         # Triton, which a BlockCache-only user need not load.
         self.kernels = importlib.import_module("cachekern.triton_kernels")
-        self.indicator = None  # this call's (Indicator, modulated input), for reuse_modulated
+        # This call's (Indicator, modulated input or None): block 0 is served from it.
+        self.indicator = None
 
     def check_model(self, blocks):
         if self.policy.reuse_modulated and not self.adapter.supports_reuse_modulated(blocks):
@@ -108,8 +91,7 @@ class TeaCacheRuntime:
             sums = self.kernels.modulated_distance(call.hidden, state.prev, ind.scale, ind.shift,
                                                    norm=ind.norm, eps=ind.eps,
                                                    out_modulated=state.prev)
-        if self.policy.reuse_modulated:
-            self.indicator = (ind, state.prev)
+        self.indicator = (ind, state.prev if self.policy.reuse_modulated else None)
         return sums
 
     # -- one call -----------------------------------------------------------------------------
@@ -213,9 +195,12 @@ class TeaCacheRuntime:
     def _execute(self, model, call, dense, blocks, state, compute):
         """Runs or skips the stack; `dense` is `call` with a last-dim-contiguous hidden."""
         if all(compute):
-            if self.indicator is not None:  # reuse_modulated: block 0's norm1 is served
-                ind, modulated = self.indicator
-                with _serving(blocks[0], "norm1", self.adapter.norm1_output(ind, modulated)):
+            ind, modulated = self.indicator or (None, None)
+            if modulated is not None:  # reuse_modulated: block 0's norm1 is served
+                with serving(blocks[0], "norm1", self.adapter.norm1_output(ind, modulated)):
+                    out = self.adapter.run_blocks(model, call, blocks)
+            elif ind is not None:      # block 0's modulation projection is served
+                with self.adapter.serving_projection(blocks, ind):
                     out = self.adapter.run_blocks(model, call, blocks)
             else:
                 out = self.adapter.run_blocks(model, call, blocks)
@@ -243,3 +228,48 @@ class TeaCacheRuntime:
                 merged[index] = value
                 extras[name] = merged
         return StackCall(hidden, extras)
+
+    # -- one call inside a CUDA graph (cachekern.graphed_step) ----------------------------------
+    def graph_stack(self, model, call: StackCall, blocks, state: BranchState, decision,
+                    timestep, run_if=None, prelude=None):
+        """The stack as TeaCache(cuda_graphs=True) captures it: the indicator, the decision on
+        the device, then two conditional nodes through `run_if(flag, body)`, compute (the
+        blocks, the new residual) or skip (the cached residual). Without run_if, the warm-up:
+        a plain run of the kernels the capture launches, on scratch copies of the state, that
+        leaves the branch untouched and skips the blocks (which the branch's first, eager call
+        ran at these shapes). `prelude()` runs first in the compute branch (work deferred there
+        from outside the stack)."""
+        warm_up = run_if is None
+        dense = call if call.hidden.stride(-1) == 1 else \
+            StackCall(call.hidden.contiguous(), call.extras)
+        ind = self.adapter.indicator(blocks, dense)
+        prev = state.prev.clone() if warm_up else state.prev
+        residual = state.residual.clone() if warm_up else state.residual
+        diff_sum, prev_sum = self.kernels.modulated_distance(
+            dense.hidden, prev, ind.scale, ind.shift, norm=ind.norm, eps=ind.eps,
+            out_modulated=prev)
+        decision(diff_sum, prev_sum, timestep)
+        if warm_up:
+            hidden = self.kernels.residual_reuse(dense.hidden, residual)
+            self.kernels.residual_capture(hidden, dense.hidden, out=residual)
+            return StackCall(hidden, call.extras)
+
+        def compute():
+            if prelude is not None:
+                prelude()
+            with self.adapter.serving_projection(blocks, ind):
+                out = self.adapter.run_blocks(model, call, blocks)
+            self.kernels.residual_capture(out.hidden.contiguous(), dense.hidden, out=residual)
+            return out
+
+        def skip():
+            self.kernels.residual_reuse(dense.hidden, residual, out=out.hidden)
+            for name, value in out.extras.items():   # what the blocks would have changed
+                given = call.extras.get(name)
+                if value is not given and isinstance(value, torch.Tensor) and \
+                        isinstance(given, torch.Tensor):
+                    value.copy_(given)
+
+        out = run_if(decision.compute, compute)
+        run_if(decision.skip, skip)
+        return out
