@@ -69,7 +69,8 @@ class CacheHandle:
     def stats(self) -> dict:
         """calls, computed, skipped (calls whose stack ran / was skipped), samples_computed and
         samples_skipped, uncached_calls (calls the cache could not serve, e.g. with ControlNet
-        residuals), decision_seconds (host time deciding, including the one synchronisation),
+        residuals), decision_seconds (host time deciding, including the one synchronisation; 0 for
+        calls replayed by cuda_graphs, which decide on the device),
         bytes_held (state kept between steps), memo_hits (calls that reused a module output
         outside the stack, see cachekern.shell_memo), branches."""
         self._flush()

@@ -48,13 +48,14 @@ class TeaCache:
             the model's norm1 rounds after each op, so outputs differ in the last bits: off by
             default, as an uncached and a never-skipping run must agree bit for bit. AdaLN-Zero
             families only (FLUX, SD3, HunyuanVideo); not with parity=True.
-        cuda_graphs: on a CUDA device, run what a skipped call needs as two CUDA graphs around
-            its one host read (the pre-stack work and the decision; residual reuse and the
-            model's tail), instead of the model's eager forward: a skipped step then costs a
-            fraction of the host time (cachekern.graphed_skip). Computed steps and the first
-            call of each generation run eagerly, as without it; decisions and outputs are the
-            same bit for bit. Families with a graphed pre-stack (FLUX); global decisions; not
-            with parity or reuse_modulated. On the CPU it changes nothing.
+        cuda_graphs: on a CUDA device, run every call after a branch's first as one CUDA graph
+            that takes the decision on the device and branches on it with conditional graph
+            nodes (cachekern.graphed_step): no host synchronisation per call, and a skipped
+            call costs one graph launch instead of the model's eager forward. Decisions,
+            history and outputs are the eager path's bit for bit; history and stats are read
+            from the device when asked for. Families whose forward is captured whole (FLUX);
+            global decisions; not with parity or reuse_modulated. On the CPU it changes
+            nothing. Needs a CUDA 12.4+ driver.
     """
 
     threshold: float = 0.4
