@@ -18,7 +18,7 @@ import torch
 
 from cachekern.triton_kernels import _reduce
 from cachekern.triton_kernels import _validate as v
-from cachekern.triton_kernels._reduce import allow_dependent_launch, write_partials
+from cachekern.triton_kernels._reduce import write_partials
 from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
 from cachekern.triton_kernels._backend import cdiv, next_power_of_2, tl, triton, use_triton
 
@@ -72,13 +72,12 @@ if triton is not None:
         HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
         HAS_PREV: tl.constexpr, WRITE_OUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NUM_CHUNKS: tl.constexpr,
-        EXPLICIT_BF16: tl.constexpr, PDL: tl.constexpr,
+        EXPLICIT_BF16: tl.constexpr,
     ):
         """A tile of BLOCK_N rows per program. When the row is one tile (NUM_CHUNKS == 1), x and
         prev are loaded once, up front. Otherwise the row is walked in chunks of BLOCK_D
         columns: pass 1 reads x for the row statistics, pass 2 reads x again (from L2) with
         prev, and writes m; the chunk loops are unrolled so independent loads overlap."""
-        allow_dependent_launch(PDL)
         pid = tl.program_id(0)
         # int64: B * N * D exceeds 2**31 at video sizes (Wan-14B 720p: 3.9e8 per sample).
         b = tl.program_id(1).to(tl.int64)
@@ -204,9 +203,7 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic, *, block_d=
         NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
         BLOCK_N=block_n, BLOCK_D=block_d, NUM_CHUNKS=cdiv(D, block_d),
-        EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
-        PDL=has_prev and deterministic and _reduce.dependent_launch(x.device),
-        num_warps=num_warps,
+        EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=num_warps,
     )
     return _reduce.finish_sums(sums, deterministic) if has_prev else None
 
