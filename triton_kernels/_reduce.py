@@ -7,37 +7,11 @@ combine them:
   bit (reruns and ranks agree);
 - atomics: each program adds its partials into a zeroed [2, B] buffer; the order of the
   additions varies from run to run, so the last bits may too.
-
-On Hopper and later the second kernel is launched as a programmatic dependent of the first
-(PDL): the first lets it launch once all its programs have started, and it waits on the device
-for the first's writes, so its launch no longer follows the first kernel's end.
 """
-
-import functools
 
 import torch
 
-from cachekern.triton_kernels._backend import INTERPRET, next_power_of_2, tl, triton
-
-try:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # a Triton without programmatic dependent launch
-    gdc_launch_dependents = gdc_wait = None
-
-DEPENDENT_LAUNCH = True   # switched off by benchmarks/tune_modulated_distance.py --pdl off
-
-
-@functools.lru_cache(maxsize=None)
-def _hopper_or_later(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
-
-
-def dependent_launch(device: torch.device) -> bool:
-    """Whether the partial-sum kernel is launched as a programmatic dependent of the kernel
-    that writes the partials (CUDA, sm_90 or later, a Triton that has it, not interpreted)."""
-    return DEPENDENT_LAUNCH and gdc_wait is not None and device.type == "cuda" and \
-        not INTERPRET and _hopper_or_later(device.index if device.index is not None
-                                           else torch.cuda.current_device())
+from cachekern.triton_kernels._backend import next_power_of_2, tl, triton
 
 
 def sums_buffer(batch: int, programs: int, device, deterministic: bool) -> torch.Tensor:
@@ -49,10 +23,7 @@ def sums_buffer(batch: int, programs: int, device, deterministic: bool) -> torch
 if triton is not None:
 
     @triton.jit
-    def _sum_partials_kernel(PARTIALS, SUMS, batch, programs, BLOCK: tl.constexpr,
-                             PDL: tl.constexpr):
-        if PDL:
-            gdc_wait()  # the partials' writer has finished and its writes are visible
+    def _sum_partials_kernel(PARTIALS, SUMS, batch, programs, BLOCK: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         base = PARTIALS + b * 2 * programs
         first = tl.zeros([BLOCK], dtype=tl.float32)
@@ -67,12 +38,6 @@ if triton is not None:
 
 
 if triton is not None:
-
-    @triton.jit
-    def allow_dependent_launch(PDL: tl.constexpr):
-        """Called first by a kernel that writes partials: the partial-sum kernel may launch."""
-        if PDL:
-            gdc_launch_dependents()
 
     @triton.jit
     def write_partials(SUMS, stride_b, stride_stat, stride_prog, b, pid, first, second,
@@ -96,9 +61,8 @@ def finish_sums(buffer: torch.Tensor, deterministic: bool) -> torch.Tensor:
     # Wide blocks: a FLUX-size call has ~4096 partials per sample, read in one step rather than
     # four dependent ones (this kernel is pure latency; a few µs of a ~25 µs decision).
     block = min(8192, next_power_of_2(programs))
-    pdl = dependent_launch(buffer.device)
-    _sum_partials_kernel[(batch,)](buffer, sums, batch, programs, BLOCK=block, PDL=pdl,
-                                   num_warps=8 if block >= 2048 else 4, launch_pdl=pdl)
+    _sum_partials_kernel[(batch,)](buffer, sums, batch, programs, BLOCK=block,
+                                   num_warps=8 if block >= 2048 else 4)
     return sums
 
 

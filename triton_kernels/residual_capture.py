@@ -14,7 +14,7 @@ import torch
 
 from cachekern.triton_kernels import _reduce
 from cachekern.triton_kernels import _validate as v
-from cachekern.triton_kernels._reduce import allow_dependent_launch, write_partials
+from cachekern.triton_kernels._reduce import write_partials
 from cachekern.triton_kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
 from cachekern.triton_kernels._backend import cdiv, tl, triton, use_triton
 from cachekern.triton_kernels.residual_reuse import tile_shape
@@ -50,9 +50,7 @@ if triton is not None:
         R, C, tiles_c,
         HAS_PREV: tl.constexpr, DETERMINISTIC: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
-        PDL: tl.constexpr,
     ):
-        allow_dependent_launch(PDL)
         pid = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
         rows = ((pid // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
@@ -107,7 +105,6 @@ def _launch(out3, x3, prev3, res3, deterministic):
         R, C, tiles_c,
         HAS_PREV=has_prev, DETERMINISTIC=deterministic,
         BLOCK_R=block_r, BLOCK_C=block_c, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
-        PDL=deterministic and _reduce.dependent_launch(out3.device),
         num_warps=4 if block_r * block_c <= 2048 else 8,
     )
     return _reduce.finish_sums(sums, deterministic)
