@@ -1,5 +1,7 @@
 """modulated_distance / modulate against float64 oracles, per sample, in fp32/fp16/bf16."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +10,10 @@ from numerics import DEVICES, DTYPES, assert_sums_close, assert_tensor_close, de
 from cachekern.triton_kernels import (modulate, modulated_distance, torch_modulate,
                                       torch_modulated_distance)
 from cachekern.triton_kernels.modulated_distance import CHUNK
+
+from cachekern.triton_kernels._backend import use_triton
+
+md_module = importlib.import_module("cachekern.triton_kernels.modulated_distance")
 
 SHAPES = [(3, 77, 40), (1, 4097, 40), (1, 1, 5120), (3, 5, 3072), (2, 77, 3072)]
 DEVS = [device_param(d) for d in DEVICES]
@@ -88,11 +94,16 @@ def test_modulate_alone_and_in_place_over_prev(device, dtype):
     m64 = torch_modulate(x.double(), scale.double(), shift.double())
     assert_tensor_close(m, m64, torch_same_dtype_modulate(x, scale, shift, "layer", 1e-6), dtype,
                         "modulate")
-    # The next step writes its m over prev: the sums must still see the old prev.
+    # The next step writes its m over prev: the sums must still see the old prev. Written over
+    # prev, rows this narrow take the pipelined kernel; the same kernel into a separate buffer
+    # must give the same bits.
     x2 = x + 0.1 * torch.randn(shape, device=device).to(dtype)
     separate_out = torch.empty_like(m)
-    expected = modulated_distance(x2, m.clone(), scale, shift, out_modulated=separate_out,
-                                  deterministic=True)
+    if use_triton(x2):
+        expected = md_module._launch(x2, m.clone(), scale, shift, 0, 1e-6, separate_out, True,
+                                     pipelined=True)
+    else:  # the PyTorch reference serves both
+        expected = modulated_distance(x2, m.clone(), scale, shift, out_modulated=separate_out)
     diff, prev_sum = modulated_distance(x2, m, scale, shift, out_modulated=m, deterministic=True)
     assert torch.equal(diff, expected[0]) and torch.equal(prev_sum, expected[1])
     assert torch.equal(m, separate_out)
@@ -221,3 +232,49 @@ def test_bad_arguments_name_the_argument():
         modulated_distance(x, x, None, None, out_modulated=torch.empty(2, 5))
     with pytest.raises(TypeError, match="scale must be a torch.Tensor"):
         modulate(x, [1.0] * 8, None)
+
+
+@pytest.mark.parametrize("device", DEVS)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_pipelined_in_place_kernel_edge_cases(device, deterministic):
+    """Written over prev, rows up to 4096 wide take the persistent, pipelined kernel: it must
+    keep the one-tile kernel's guarantees (precision with a large mean, RMSNorm without shift,
+    strided storage, NaN and Inf, samples that never mix)."""
+    if not use_triton(torch.empty(0, device=device)):
+        pytest.skip("no Triton for this device here: the PyTorch reference serves it")
+
+    def in_place(x, prev, scale, shift, norm="layer"):
+        old = prev.clone()
+        sums = modulated_distance(x, prev, scale, shift, norm=norm, out_modulated=prev,
+                                  deterministic=deterministic)
+        m64, diff64, prev64 = torch_modulated_distance(
+            x.double(), old.double(), None if scale is None else scale.double(),
+            None if shift is None else shift.double(), norm, 1e-6)
+        return sums, (m64, diff64, prev64)
+
+    x = 1000.0 + torch.randn(3, 41, 3072, device=device)      # the mean dwarfs the spread
+    scale, shift = torch.randn(3, 3072, device=device) * 0.1, torch.randn(3072, device=device)
+    prev = torch.randn_like(x)
+    (diff, prev_sum), (m64, diff64, prev64) = in_place(x, prev, scale, shift)
+    torch.testing.assert_close(prev.double(), m64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(diff.double(), diff64, rtol=1e-5, atol=0)
+    torch.testing.assert_close(prev_sum.double(), prev64, rtol=1e-5, atol=0)
+
+    base = torch.randn(3, 50, 200, device=device)
+    prev = base[:, 5:]                                         # strided storage, written over
+    outside = base[:, :5].clone()
+    x = torch.randn(3, 45, 200, device=device)
+    scale = torch.randn(200, device=device)
+    (diff, prev_sum), (m64, diff64, prev64) = in_place(x, prev, scale, None, norm="rms")
+    torch.testing.assert_close(prev.double(), m64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(diff.double(), diff64, rtol=1e-5, atol=0)
+    assert torch.equal(base[:, :5], outside)                   # untouched outside the view
+
+    for bad in (float("nan"), float("inf")):
+        x, scale, shift = make_inputs((2, 17, 40), torch.bfloat16, device)
+        prev = torch.randn_like(x)
+        x[1, 3, 7] = bad
+        diff, prev_sum = modulated_distance(x, prev, scale, shift, out_modulated=prev,
+                                            deterministic=deterministic)
+        assert torch.isfinite(diff[0]) and torch.isfinite(prev_sum[0])
+        assert not torch.isfinite(diff[1])

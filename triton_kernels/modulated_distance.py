@@ -165,23 +165,120 @@ if triton is not None:
                            tl.sum(tl.sum(prev_acc, axis=1), axis=0), DETERMINISTIC)
 
 
+if triton is not None:
+
+    @triton.jit
+    def _modulated_distance_rows_kernel(
+        X, stride_xb, stride_xn,
+        PREV, stride_pb, stride_pn,
+        SCALE, stride_sb,
+        SHIFT, stride_hb,
+        OUT, stride_ob, stride_on,
+        SUMS, sums_stride_b, sums_stride_stat, sums_stride_prog,
+        N, D, eps, tiles,
+        NORM: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+        HAS_PREV: tl.constexpr, WRITE_OUT: tl.constexpr, DETERMINISTIC: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, STAGES: tl.constexpr,
+        EXPLICIT_BF16: tl.constexpr,
+    ):
+        """Whole rows on a persistent grid: program pid walks the tiles of BLOCK_N rows pid,
+        pid + programs, ..., and Triton software-pipelines the walk (STAGES): the next tiles'
+        x and prev are fetched asynchronously into shared memory while this tile is reduced,
+        modulated and stored. The bytes in flight then cost no registers, which is what held
+        the one-tile-per-program kernel back at FLUX size (few resident programs, each waiting
+        out its loads; benchmarks/RESULTS.md). One pair of partial sums per program."""
+        pid = tl.program_id(0)
+        programs = tl.num_programs(0)
+        b = tl.program_id(1).to(tl.int64)
+        cols = tl.arange(0, BLOCK_D)
+        col_ok = cols < D
+        if HAS_SCALE:
+            one_plus_scale = 1.0 + tl.load(SCALE + b * stride_sb + cols, mask=col_ok,
+                                           other=0.0).to(tl.float32)
+        if HAS_SHIFT:
+            shift = tl.load(SHIFT + b * stride_hb + cols, mask=col_ok, other=0.0).to(tl.float32)
+        diff_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        prev_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for tile in tl.range(pid, tiles, programs, num_stages=STAGES):
+            rows = (tile * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+            mask = (rows < N)[:, None] & col_ok[None, :]
+            x = tl.load(X + b * stride_xb + rows[:, None] * stride_xn + cols[None, :], mask=mask,
+                        other=0.0).to(tl.float32)
+            if HAS_PREV:
+                p = tl.load(PREV + b * stride_pb + rows[:, None] * stride_pn + cols[None, :],
+                            mask=mask, other=0.0).to(tl.float32)
+            if NORM == 0:
+                # Two passes over the row in registers. x - mean is exact; what is left in the
+                # centred row is the mean's own rounding (~1e-7 of the mean), below what a
+                # 16-bit m can show. For fp32 outputs a second mean removes it, so a row whose
+                # mean is large against its spread keeps fp32 precision; 16-bit outputs skip
+                # that round of reductions.
+                mean = tl.sum(x, axis=1) / D
+                centred = tl.where(mask, x - mean[:, None], 0.0)
+                if OUT.dtype.element_ty == tl.float32:
+                    centred = tl.where(mask, centred - (tl.sum(centred, axis=1) / D)[:, None],
+                                       0.0)
+                var = tl.sum(centred * centred, axis=1) / D
+            else:
+                centred = x
+                var = tl.sum(x * x, axis=1) / D
+            y = centred * tl.rsqrt(var + eps)[:, None]
+            if HAS_SCALE:
+                y = y * one_plus_scale[None, :]
+            if HAS_SHIFT:
+                y = y + shift[None, :]
+            # The stored value is what the next step compares against: measure that one.
+            m = cast_to(y, OUT.dtype.element_ty, EXPLICIT_BF16)
+            if WRITE_OUT:
+                tl.store(OUT + b * stride_ob + rows[:, None] * stride_on + cols[None, :], m,
+                         mask=mask)
+            if HAS_PREV:
+                # NaN or Inf in real lanes propagates into the sums; masked lanes add nothing.
+                diff_acc += tl.sum(tl.where(mask, tl.abs(m.to(tl.float32) - p), 0.0), axis=1)
+                prev_acc += tl.sum(tl.abs(p), axis=1)
+        if HAS_PREV:
+            write_partials(SUMS, sums_stride_b, sums_stride_stat, sums_stride_prog, b, pid,
+                           tl.sum(diff_acc, axis=0), tl.sum(prev_acc, axis=0), DETERMINISTIC)
+
+
 CHUNK = 1024  # columns per chunk when the row is walked in chunks
 WHOLE_ROW = 8192  # in place, rows up to this wide (every model's; Wan-14B: 5120) are one tile
+# In place, rows up to this wide take the pipelined persistent kernel (FLUX, HunyuanVideo:
+# 3072), with these defaults from benchmarks/tune_modulated_distance.py on an H200. Wider rows
+# (Wan-14B: 5120) keep one whole-row tile per program: their pipeline stages would not fit in
+# shared memory at two programs per SM.
+PIPELINED_ROW = 4096
+PIPELINED = dict(block_n=2, num_warps=4, stages=3, programs_per_sm=2)
+_INTERPRETED_SMS = 3  # the interpreter has no SMs; a few programs still walk several tiles each
+
+
+def _multiprocessors(device) -> int:
+    if device.type != "cuda":
+        return _INTERPRETED_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic, *, block_d=None,
-            block_n=None, num_warps=None):
-    """Runs the kernel; returns the [2, B] sums (or None without prev). The tile shape can be
-    overridden for tuning (benchmarks/tune_modulated_distance.py)."""
+            block_n=None, num_warps=None, pipelined=None, stages=None, programs_per_sm=None):
+    """Runs the kernel; returns the [2, B] sums (or None without prev). Kernel, tile shape and
+    grid can be overridden for tuning (benchmarks/tune_modulated_distance.py)."""
     B, N, D = x.shape
     width = next_power_of_2(D)
+    aliased = prev is not None and out is not None and \
+        out.untyped_storage().data_ptr() == prev.untyped_storage().data_ptr()
+    if pipelined is None:
+        pipelined = aliased and width <= PIPELINED_ROW and block_d is None
+    if pipelined:
+        return _launch_pipelined(x, prev, scale, shift, norm_id, eps, out, deterministic,
+                                 block_n or PIPELINED["block_n"],
+                                 num_warps or PIPELINED["num_warps"],
+                                 stages or PIPELINED["stages"],
+                                 programs_per_sm or PIPELINED["programs_per_sm"])
     if block_d is None:
         # Writing m over prev (TeaCache's call) needs whole rows: chunk by chunk the loads wait
         # on the stores (see the kernel). With separate buffers, chunks of 1024 are faster (the
         # masked lanes of a power-of-two row tile cost more than they save). Both measured on
         # an H200 (benchmarks/tune_modulated_distance.py, RESULTS.md).
-        aliased = prev is not None and out is not None and \
-            out.untyped_storage().data_ptr() == prev.untyped_storage().data_ptr()
         block_d = width if aliased and width <= WHOLE_ROW else min(width, CHUNK)
     num_warps = num_warps or 4
     block_n = block_n or max(1, min(64, CHUNK // block_d))  # narrow rows: several per program
@@ -203,6 +300,33 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic, *, block_d=
         NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
         BLOCK_N=block_n, BLOCK_D=block_d, NUM_CHUNKS=cdiv(D, block_d),
+        EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=num_warps,
+    )
+    return _reduce.finish_sums(sums, deterministic) if has_prev else None
+
+
+def _launch_pipelined(x, prev, scale, shift, norm_id, eps, out, deterministic, block_n,
+                      num_warps, stages, programs_per_sm):
+    B, N, D = x.shape
+    tiles = cdiv(N, block_n)
+    programs = min(tiles, max(1, programs_per_sm * _multiprocessors(x.device) // B))
+    has_prev = prev is not None
+    sums = _reduce.sums_buffer(B, programs, x.device, deterministic) if has_prev else None
+    sb, ss, sp = _reduce.write_offsets(B, programs, deterministic)
+    write_out = out is not None
+    if not write_out:
+        out = x  # never written (WRITE_OUT is False); only gives the kernel a dtype to round to
+    _modulated_distance_rows_kernel[(programs, B)](
+        x, x.stride(0), x.stride(1),
+        prev if has_prev else x, prev.stride(0) if has_prev else 0, prev.stride(1) if has_prev else 0,
+        scale if scale is not None else x, v.batch_stride(scale),
+        shift if shift is not None else x, v.batch_stride(shift),
+        out, out.stride(0), out.stride(1),
+        sums if has_prev else x, sb, ss, sp,
+        N, D, eps, tiles,
+        NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+        HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
+        BLOCK_N=block_n, BLOCK_D=next_power_of_2(D), STAGES=stages,
         EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=num_warps,
     )
     return _reduce.finish_sums(sums, deterministic) if has_prev else None
