@@ -283,26 +283,9 @@ def _launch(x, prev, scale, shift, norm_id, eps, out, deterministic, *, block_d=
     num_warps = num_warps or 4
     block_n = block_n or max(1, min(64, CHUNK // block_d))  # narrow rows: several per program
     programs = cdiv(N, block_n)  # one tile each: many programs hide memory latency
-    has_prev = prev is not None
-    sums = _reduce.sums_buffer(B, programs, x.device, deterministic) if has_prev else None
-    sb, ss, sp = _reduce.write_offsets(B, programs, deterministic)
-    write_out = out is not None
-    if not write_out:
-        out = x  # never written (WRITE_OUT is False); only gives the kernel a dtype to round to
-    _modulated_distance_kernel[(programs, B)](
-        x, x.stride(0), x.stride(1),
-        prev if has_prev else x, prev.stride(0) if has_prev else 0, prev.stride(1) if has_prev else 0,
-        scale if scale is not None else x, v.batch_stride(scale),
-        shift if shift is not None else x, v.batch_stride(shift),
-        out, out.stride(0), out.stride(1),
-        sums if has_prev else x, sb, ss, sp,
-        N, D, eps,
-        NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
-        BLOCK_N=block_n, BLOCK_D=block_d, NUM_CHUNKS=cdiv(D, block_d),
-        EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=num_warps,
-    )
-    return _reduce.finish_sums(sums, deterministic) if has_prev else None
+    return _run(_modulated_distance_kernel, programs, (), x, prev, scale, shift, norm_id, eps,
+                out, deterministic, BLOCK_N=block_n, BLOCK_D=block_d,
+                NUM_CHUNKS=cdiv(D, block_d), num_warps=num_warps)
 
 
 def _launch_pipelined(x, prev, scale, shift, norm_id, eps, out, deterministic, block_n,
@@ -310,24 +293,33 @@ def _launch_pipelined(x, prev, scale, shift, norm_id, eps, out, deterministic, b
     B, N, D = x.shape
     tiles = cdiv(N, block_n)
     programs = min(tiles, max(1, programs_per_sm * _multiprocessors(x.device) // B))
+    return _run(_modulated_distance_rows_kernel, programs, (tiles,), x, prev, scale, shift,
+                norm_id, eps, out, deterministic, BLOCK_N=block_n, BLOCK_D=next_power_of_2(D),
+                STAGES=stages, num_warps=num_warps)
+
+
+def _run(kernel, programs, extra_args, x, prev, scale, shift, norm_id, eps, out, deterministic,
+         **tile):
+    """Launches either kernel over (programs, B) with the arguments they share; returns the
+    [2, B] sums (or None without prev)."""
+    B, N, D = x.shape
     has_prev = prev is not None
     sums = _reduce.sums_buffer(B, programs, x.device, deterministic) if has_prev else None
     sb, ss, sp = _reduce.write_offsets(B, programs, deterministic)
     write_out = out is not None
     if not write_out:
         out = x  # never written (WRITE_OUT is False); only gives the kernel a dtype to round to
-    _modulated_distance_rows_kernel[(programs, B)](
+    kernel[(programs, B)](
         x, x.stride(0), x.stride(1),
         prev if has_prev else x, prev.stride(0) if has_prev else 0, prev.stride(1) if has_prev else 0,
         scale if scale is not None else x, v.batch_stride(scale),
         shift if shift is not None else x, v.batch_stride(shift),
         out, out.stride(0), out.stride(1),
         sums if has_prev else x, sb, ss, sp,
-        N, D, eps, tiles,
+        N, D, eps, *extra_args,
         NORM=norm_id, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         HAS_PREV=has_prev, WRITE_OUT=write_out, DETERMINISTIC=deterministic,
-        BLOCK_N=block_n, BLOCK_D=next_power_of_2(D), STAGES=stages,
-        EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, num_warps=num_warps,
+        EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING, **tile,
     )
     return _reduce.finish_sums(sums, deterministic) if has_prev else None
 
