@@ -97,7 +97,9 @@ class CacheHandle:
         self._branches_named.restart()
 
     def close(self):
-        """Releases the CUDA graphs (called by unpatch and reset)."""
+        """Releases the CUDA graphs (called by unpatch and reset); the records of graphed calls
+        are read first, so history and stats stay complete after unpatch."""
+        self._flush()
         for graph in self._graphs.values():
             graph.release()
         self._graphs.clear()

@@ -45,8 +45,9 @@ def test_graphs_give_the_eager_decisions_and_outputs_bit_for_bit(threshold):
     runs = {}
     for graphs in (False, True):
         with cachekern.patched(model, policy(graphs, threshold)) as handle:
-            runs[graphs] = (branched(model, inp), [dict(h) for h in handle.history],
-                            handle.stats(), len(handle._graphs))
+            outputs, captured = branched(model, inp), len(handle._graphs)
+        # Read after unpatch: the graphed calls' records were collected on the way out.
+        runs[graphs] = (outputs, [dict(h) for h in handle.history], handle.stats(), captured)
     (eager, eager_history, eager_stats, _), (graphed, graphed_history, stats, captured) = \
         runs[False], runs[True]
     assert torch.equal(graphed, eager)
