@@ -13,12 +13,12 @@ and host synchronisations per call (counted with torch.cuda.set_sync_debug_mode)
 
 import argparse
 import statistics
-import warnings
 
 import torch
 
 import cachekern
 from cachekern.demo import PRESETS, build_model, make_inputs
+from common import syncs_per_call
 
 
 def forward_fn(model, inputs, sigma):
@@ -43,19 +43,6 @@ def gpu_ms(fn, reps):
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times), times
-
-
-def syncs_per_call(fn):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    # Only the reports of a synchronising call (torch also warns, once, that the debug mode
-    # is a prototype, and that warning mentions "synchronizing operations" too).
-    return sum(str(w.message).startswith("called a synchronizing") for w in caught)
 
 
 def with_context(model, run):

@@ -18,12 +18,12 @@ the full graphed step.
 
 import argparse
 import statistics
-import warnings
 
 import torch
 
 import cachekern
 from cachekern.demo import PRESETS, build_model, make_inputs
+from common import syncs_per_call
 
 
 class UserGraph:
@@ -57,19 +57,6 @@ def timed(fn):
     return start, end
 
 
-def sync_count(fn):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    # Only the reports of a synchronising call (torch also warns, once, that the debug mode
-    # is a prototype, and that warning mentions "synchronizing operations" too).
-    return sum(str(w.message).startswith("called a synchronizing") for w in caught)
-
-
 def spread(values, base):
     values = sorted(values)
     q1, q3 = values[len(values) // 4], values[3 * len(values) // 4]
@@ -101,7 +88,7 @@ def never_skipping_pairs(model, kwargs, pairs):
     patched = lambda: model(**kwargs())[0]  # noqa: E731
     for _ in range(3):          # the first call runs eagerly, the second captures
         patched()
-    syncs = sync_count(patched), sync_count(lambda: user_graph(**kwargs()))
+    syncs = syncs_per_call(patched), syncs_per_call(lambda: user_graph(**kwargs()))
     base_t, cached_t = [], []
     for i in range(pairs):      # host ahead of the GPU throughout, as in a pipeline
         for cached in ((False, True) if i % 2 == 0 else (True, False)):

@@ -2,6 +2,7 @@
 
 import statistics
 import time
+import warnings
 
 import torch
 
@@ -114,3 +115,16 @@ def report(text: str, out_path=None) -> None:
     if out_path:
         with open(out_path, "w") as f:
             f.write(text + "\n")
+
+
+def syncs_per_call(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    # Only the reports of a synchronising call (torch also warns, once, that the debug mode
+    # is a prototype, and that warning mentions "synchronizing operations" too).
+    return sum(str(w.message).startswith("called a synchronizing") for w in caught)
