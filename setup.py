@@ -1,4 +1,4 @@
-"""Build of cachekern and its native extension cachekern._C.
+"""Build of cachekern and its native extension cachekern.store._C.
 
 Build requirements are setuptools and pybind11 only: torch is not imported here and the
 extension does not link libtorch (it exchanges raw pointers and stream handles with torch), so
@@ -74,7 +74,7 @@ def extension():
             include_dirs.append(str(cuda_home / "include"))
             extra_link_args += [str(find_cudart_static(cuda_home)), "-ldl", "-lrt", "-lpthread"]
     return Pybind11Extension(
-        "cachekern._C",
+        "cachekern.store._C",
         SOURCES,
         include_dirs=include_dirs,
         define_macros=define_macros,

@@ -104,7 +104,7 @@ def overlap_row(engine: str, entry_mb=128, entries=8, iters=12, matmuls=6, trial
 
 
 def main(out_path=None):
-    from common import environment, markdown_table, median_wall_us, report, warm_up_gpu
+    from benchmarks.harness import environment, markdown_table, median_wall_us, report, warm_up_gpu
 
     from cachekern import build_info
 
@@ -114,7 +114,7 @@ def main(out_path=None):
     ov = [overlap_row(e) for e in engines]
     info = build_info()
     text = "\n".join([
-        environment() + f"; cachekern._C built with CUDA {info['cuda_runtime_built']}, "
+        environment() + f"; cachekern.store._C built with CUDA {info['cuda_runtime_built']}, "
         f"pinned host memory: {info['pinned_host_memory']}",
         "",
         "Spill and fetch bandwidth, median of 15 (host time of the call + synchronize):",

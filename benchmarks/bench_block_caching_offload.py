@@ -1,8 +1,8 @@
 """Block Caching with more cached residuals than the device budget holds, at Wan2.1-14B
 dimensions: the slowdown against an unlimited budget, and the bytes the block cache moved.
 
-    cd benchmarks && python bench_block_caching_offload.py --out offload.md
-    python bench_block_caching_offload.py --preset small        # a check of the script (CPU too)
+    python -m benchmarks.bench_block_caching_offload --out offload.md
+    python -m benchmarks.bench_block_caching_offload --preset small        # a check of the script (CPU too)
 
 WanTransformer3DModel with Wan2.1-T2V-14B's configuration (40 blocks, hidden 5120, FFN 13824),
 random bf16 weights, 720p × 81 frames (latents 16 × 21 × 90 × 160: 75,600 tokens; one block's
@@ -20,11 +20,11 @@ import statistics
 
 import torch
 
-import wan_model
+from benchmarks.harness import build_wan, wan_inputs
 
 import cachekern
-from cachekern.block_units import cached_units
-from cachekern.profiling import Profile
+from cachekern.models.blocks import cached_units
+from cachekern.block_caching.profile import Profile
 
 PRESETS = {"wan14b-720p": ("14b", "720p"), "small": ("small", "small")}
 
@@ -49,12 +49,12 @@ def generate(model, latents, text, steps):
 
 @torch.no_grad()
 def main(preset, steps, budget_gib, passes, out_path):
-    from common import environment, markdown_table, report, wall_times
+    from benchmarks.harness import environment, markdown_table, report, wall_times
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config, size = PRESETS[preset]
-    model = wan_model.build(config, device)
-    latents, text = wan_model.inputs(model, size, device)
+    model = build_wan(config, device)
+    latents, text = wan_inputs(model, size, device)
     profile = alternating_profile(model, steps)
     budget = int(budget_gib * (1 << 30))
     rows, outputs, cache_stats = [], {}, None
@@ -115,7 +115,7 @@ def main(preset, steps, budget_gib, passes, out_path):
 
 
 def handle_compute(profile):
-    from cachekern.schedule import compute_fraction
+    from cachekern.block_caching.schedule import compute_fraction
 
     return compute_fraction(profile.schedule(delta=1.0))
 

@@ -17,32 +17,8 @@ import statistics
 import torch
 
 import cachekern
-from cachekern.demo import PRESETS, build_model, make_inputs
-from common import syncs_per_call
-
-
-def forward_fn(model, inputs, sigma):
-    t = torch.full((1,), sigma, device="cuda", dtype=inputs["latents"].dtype)
-
-    def run():
-        return model(hidden_states=inputs["latents"], timestep=t,
-                     encoder_hidden_states=inputs["encoder_hidden_states"],
-                     pooled_projections=inputs["pooled_projections"], img_ids=inputs["img_ids"],
-                     txt_ids=inputs["txt_ids"], guidance=inputs["guidance"], return_dict=False)[0]
-    return run
-
-
-def gpu_ms(fn, reps):
-    """Median of `reps` calls, each timed with CUDA events around the call (host sync after)."""
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), times
+from benchmarks.harness import (PRESETS, build_model, build_wan, forward_fn, gpu_ms, make_inputs,
+                                syncs_per_call, wan_inputs)
 
 
 def with_context(model, run):
@@ -91,11 +67,9 @@ def bench_model(name, preset):
         model = build_model(PRESETS[preset], torch.device("cuda"))
         inputs = make_inputs(PRESETS[preset], model, 0, torch.device("cuda"))
         return model, lambda sigma: forward_fn(model, inputs, sigma)()
-    import wan_model
-
     config, size = ("14b", "480p") if preset == "full" else ("small", "small")
-    model = wan_model.build(config, torch.device("cuda"))
-    latents, text = wan_model.inputs(model, size, torch.device("cuda"))
+    model = build_wan(config, torch.device("cuda"))
+    latents, text = wan_inputs(model, size, torch.device("cuda"))
 
     def call(sigma):
         t = torch.full((1,), 1000.0 * sigma, device="cuda")
@@ -164,7 +138,7 @@ def measure_method(model, plain, switch, reps, overhead_reps, method):
 
 def main(out_path=None, reps=10, overhead_reps=30, preset="full", model_name="flux",
          methods=tuple(SWITCHES)):
-    from common import environment, markdown_table, report, warm_up_gpu
+    from benchmarks.harness import environment, markdown_table, report, warm_up_gpu
 
     warm_up_gpu()
     full, spread, rows, errors, model_syncs = measure(model_name, reps, overhead_reps, preset,

@@ -2,9 +2,9 @@
 graph without caching: the overhead of deciding on a step that computes, the cost of a step that
 skips, and host synchronisations per call.
 
-    cd benchmarks && python bench_graphed_overhead.py --out graphed_overhead.md
+    python -m benchmarks.bench_graphed_overhead --out graphed_overhead.md
 
-A patched model replays one graph per call (cachekern.graphed_step); the fair baseline for its
+A patched model replays one graph per call (cachekern.teacache.graphs); the fair baseline for its
 computed step is therefore not the eager forward (which a graph beats by removing launch
 overhead) but the unpatched forward captured as one graph and replayed the same way: inputs
 copied into static tensors, one replay, the output cloned. Both graphs live side by side on the
@@ -22,8 +22,8 @@ import statistics
 import torch
 
 import cachekern
-from cachekern.demo import PRESETS, build_model, make_inputs
-from common import syncs_per_call
+from benchmarks.harness import PRESETS, build_model, make_inputs
+from benchmarks.harness import syncs_per_call
 
 
 class UserGraph:
@@ -102,7 +102,7 @@ def never_skipping_pairs(model, kwargs, pairs):
 
 @torch.no_grad()
 def main(pairs, short_pairs, reps, out_path, preset):
-    from common import environment, markdown_table, report, warm_up_gpu
+    from benchmarks.harness import environment, markdown_table, report, warm_up_gpu
 
     warm_up_gpu()
     device = torch.device("cuda")

@@ -59,7 +59,7 @@ def input_sets(shape, dtype, l2_defeat_bytes=256 << 20):
 
 
 def build_cases(size_name, shape, dtype=torch.bfloat16):
-    import cachekern.triton_kernels as ck
+    import cachekern.kernels as ck
 
     sets = input_sets(shape, dtype)
     S = sets[0]["x"].numel() * sets[0]["x"].element_size()
@@ -108,7 +108,7 @@ def build_cases(size_name, shape, dtype=torch.bfloat16):
 
 
 def run_table(out_path=None):
-    from common import (copy_bandwidth_gbs, environment, markdown_table, median_graph_us,
+    from benchmarks.harness import (copy_bandwidth_gbs, environment, markdown_table, median_graph_us,
                         median_us, report, warm_up_gpu)
 
     warm_up_gpu()

@@ -16,7 +16,7 @@ import functools
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cachekern.block_units import cached_units, is_unet, wrap_forwards
+from cachekern.models.blocks import cached_units, is_unet, wrap_forwards
 
 def _own_flops(module, name, inclusive):
     """The module's FLOPs minus those of the nearest submodules that do FLOPs (looking through

@@ -2,7 +2,7 @@
 captured with the model patched, replayed for a whole generation, and compared bit for bit with
 the same generation run eagerly; then both timed.
 
-    cd benchmarks && python capture_block_caching.py [--untrained] [--out capture.md]
+    python -m benchmarks.capture_block_caching [--untrained] [--out capture.md]
 
 Capture is possible because a Block Caching step has no host synchronisation and no
 data-dependent control flow: which blocks are reused is fixed by the step index, which the host
@@ -87,7 +87,7 @@ class GraphedCalls:
 
 
 def timed(fn, passes):
-    from common import wall_times
+    from benchmarks.harness import wall_times
 
     out, times = wall_times(fn, passes)
     return out, statistics.median(times)
@@ -95,7 +95,7 @@ def timed(fn, passes):
 
 @torch.no_grad()
 def main(untrained, out_path, passes):
-    from common import environment, report
+    from benchmarks.harness import environment, report
 
     ref = (reference_models.create("flux-photos", "cuda") if untrained
            else reference_models.load("flux-photos", "cuda"))
@@ -106,7 +106,7 @@ def main(untrained, out_path, passes):
     def run():
         return ref.sample(labels.tolist(), [100 + s for s in seeds], steps=steps)
     profile = cachekern.profile(ref.model, run)
-    profile.fit_scale_shift(ref.model, run, target_compute=TARGET)
+    cachekern.fit_scale_shift(profile, ref.model, run, target_compute=TARGET)
     policy = cachekern.BlockCaching(profile, target_compute=TARGET, scale_shift="fit")
 
     uncached, uncached_s = timed(lambda: generation(ref, labels, seeds, steps, eager_call(ref)),

@@ -1,6 +1,6 @@
 """Where a TeaCache step's time goes, at FLUX.1-dev dimensions (bf16, random weights).
 
-    cd benchmarks && python profile_step.py [--preset full] [--out profile.md]
+    python -m benchmarks.profile_step [--preset full] [--out profile.md]
 
 Complements bench_e2e_speed.py (which times whole calls against the peers) with a breakdown:
 
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 import cachekern
-from cachekern.demo import PRESETS, build_model, make_inputs
+from benchmarks.harness import PRESETS, build_model, make_inputs
 
-from bench_e2e_speed import forward_fn, gpu_ms
+from benchmarks.harness import forward_fn, gpu_ms
 
 
 def kernel_intervals(prof):
@@ -111,7 +111,7 @@ def never_skipping_costs(model, call, policy):
     time from the end of the decision to block 0's first kernel (the one synchronisation); and
     the GPU time from block 0 to block 2, which grows if the host, just back from the sync,
     cannot launch block 0's small kernels as fast as the GPU runs them. None: unpatched."""
-    import cachekern.triton_kernels as kernels
+    import cachekern.kernels as kernels
 
     records = {key: [] for key in COST_KEYS}
     marks = []
@@ -186,7 +186,7 @@ def cprofile_top(fn, calls=20, top=25):
 
 @torch.no_grad()
 def main(preset, reps, out_path):
-    from common import environment, markdown_table, report, warm_up_gpu
+    from benchmarks.harness import environment, markdown_table, report, warm_up_gpu
 
     warm_up_gpu()
     model = build_model(PRESETS[preset], torch.device("cuda"))

@@ -1,10 +1,10 @@
 """Quality against compute: the same seeds and classes sampled uncached and with each setting of each
 method, on a reference model trained by benchmarks/zoo/train.py.
 
-    python quality.py flux-photos                     # cachekern TeaCache, fewer steps, the peers
-    python quality.py unet-digits --scheduler ddim
-    python quality.py unet-digits --scheduler dpm++
-    python quality.py flux-photos --quick --untrained # a CPU smoke run on random weights
+    python -m benchmarks.quality flux-photos                     # cachekern TeaCache, fewer steps, the peers
+    python -m benchmarks.quality unet-digits --scheduler ddim
+    python -m benchmarks.quality unet-digits --scheduler dpm++
+    python -m benchmarks.quality flux-photos --quick --untrained # a CPU smoke run on random weights
 
 For each setting, against the uncached outputs: PSNR (per sample, capped at 100 dB for identical
 images), SSIM and relative L2, each the mean over samples; the compute ratio (block work executed
@@ -24,14 +24,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import quality_methods as methods
+from benchmarks.block_work import BlockWork
 
-import quality_methods as methods  # noqa: E402
-from block_work import BlockWork  # noqa: E402
-
-import cachekern  # noqa: E402
-from cachekern import reference_models  # noqa: E402
-from cachekern.metrics import psnr, relative_error, ssim  # noqa: E402
+import cachekern
+from cachekern import reference_models
+from cachekern.metrics import psnr, relative_error, ssim
 
 BUDGETS = (0.5, 0.4, 0.3)
 BUDGET_SLACK = 0.02   # "about 0.4" admits compute up to 0.42
@@ -127,11 +125,11 @@ def block_caching_settings(ref, steps, calibration, sample_kwargs, resnets, quic
         if (target, mode) in made:
             return
         if mode == "fit":
-            profile.fit_scale_shift(ref.model, calibration_run, target_compute=target)
+            cachekern.fit_scale_shift(profile, ref.model, calibration_run, target_compute=target)
         else:
             prepare(target, "fit")
-            profile.train_scale_shift(ref.model, training_run, target_compute=target,
-                                      runs=2 if quick else TRAINING_RUNS)
+            cachekern.train_scale_shift(profile, ref.model, training_run, target_compute=target,
+                                        runs=2 if quick else TRAINING_RUNS)
         made.add((target, mode))
     label = ("blocks=all " if resnets else "blocks=attention ") if ref.name == "unet-digits" \
         else ""
@@ -346,8 +344,8 @@ def main(argv=None):
         writer.writerows(rows)
     title = (f"{args.name}, {scheduler}, {steps} steps, {len(labels)} samples"
              f"{' (untrained)' if args.untrained else ''}")
-    command = "python " + " ".join([Path(__file__).name] + (argv if argv is not None else
-                                                            sys.argv[1:]))
+    command = "python -m benchmarks.quality " + " ".join(argv if argv is not None else
+                                                         sys.argv[1:])
     summary = markdown(rows, title, environment, command)
     Path(f"{stem}.md").write_text(summary)
     plot(rows, f"{stem}.png", title)

@@ -1,7 +1,7 @@
 """Tile-shape sweep for modulated_distance on the GPU (deterministic reduction, bf16, writing m):
 the figures behind the defaults in triton_kernels/modulated_distance.py.
 
-    cd benchmarks && python tune_modulated_distance.py [--sizes FLUX Wan] [--in-place]
+    python -m benchmarks.tune_modulated_distance [--sizes FLUX Wan] [--in-place]
         [--kernel tile pipelined] [--block-d ...] [--warps ...] [--stages ...] [--per-sm ...]
 
 tile: one tile of BLOCK_N rows × BLOCK_D columns per program. pipelined: whole rows on a
@@ -15,7 +15,7 @@ import itertools
 import torch
 
 # The module, not the function of the same name that the package exports.
-md = importlib.import_module("cachekern.triton_kernels.modulated_distance")
+md = importlib.import_module("cachekern.kernels.modulation")
 
 BLOCK_D, BLOCK_N, WARPS = (512, 1024, 2048, 4096, 8192), (1, 2, 4), (2, 4, 8, 16)
 
@@ -39,7 +39,7 @@ def configurations(kernels, shape, block_ds, warps_list, stages_list, per_sm_lis
 
 def main(sizes, in_place, block_ds, warps_list, kernels=("tile",), stages_list=(3,),
          per_sm_list=(2,)):
-    from common import copy_bandwidth_gbs, environment, markdown_table, median_graph_us, warm_up_gpu
+    from benchmarks.harness import copy_bandwidth_gbs, environment, markdown_table, median_graph_us, warm_up_gpu
 
     warm_up_gpu()
     bandwidth = copy_bandwidth_gbs()

@@ -1,42 +1,7 @@
-"""Command line.
+"""``python -m cachekern``: the command line (cachekern.cli)."""
 
-    python -m cachekern demo [--full]   uncached vs TeaCache on a FluxTransformer2DModel
-    python -m cachekern info            how cachekern was built and what it runs on (JSON)
-    python -m cachekern plot-profile PROFILE -o out.png
-                                        a Block Caching profile as a heatmap, with its schedule
-"""
-
-import argparse
-import json
 import sys
 
+from cachekern.cli import main
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cachekern", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="print build and runtime information as JSON")
-    commands.add_parser("demo", help="uncached vs TeaCache on a FluxTransformer2DModel",
-                        add_help=False)
-    commands.add_parser("plot-profile", help="a Block Caching profile as a heatmap",
-                        add_help=False)
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "plot-profile":
-        from cachekern.plot_profile import main as plot_profile
-
-        return plot_profile(rest)
-    if args.command == "demo":
-        from cachekern.demo import main as demo
-
-        return demo(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "info":
-        from cachekern import build_info
-
-        json.dump(build_info(), sys.stdout, indent=2)
-        print()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

@@ -2,7 +2,7 @@
 
 import torch
 
-from cachekern import _native
+from cachekern.store import _native
 from cachekern._version import __version__
 
 
@@ -17,7 +17,7 @@ def _triton_version():
 def build_info() -> dict:
     """A dict describing this installation, for bug reports and for tests.
 
-    Keys: ``version``; ``native_loaded`` and ``native_error`` (why ``cachekern._C`` failed to
+    Keys: ``version``; ``native_loaded`` and ``native_error`` (why ``cachekern.store._C`` failed to
     load, else None); ``built_with_cuda`` and ``cuda_runtime_built`` (the CUDA runtime the
     extension was compiled against, e.g. "13.0", None without CUDA); ``cuda_usable`` (a driver and
     device are usable by the extension now) and ``cuda_unusable_reason``; ``pinned_host_memory``;

@@ -1,37 +1,42 @@
-"""`patch` / `unpatch` / `patched`: caching switched on and off per model instance.
-
-Patching binds a wrapper as the *instance's* `forward` (and `cache_context`, to learn the CFG
-branch from diffusers pipelines); the class is never touched, so two models of one class keep
-separate state, and `unpatch` restores the instance exactly.
-"""
+"""`patch` / `unpatch` / `patched`: caching switched on and off per model instance, dispatching
+on the policy to its method's handle. Both handles implement `Handle`."""
 
 import contextlib
-import functools
+from typing import Protocol, runtime_checkable
 
-from cachekern.adapters import adapter_for
-from cachekern.block_caching_handle import BlockCachingHandle
-from cachekern.handle import CacheHandle
-from cachekern.policies import BlockCaching, TeaCache
+from cachekern.block_caching import BlockCaching, BlockCachingHandle
+from cachekern.models import adapter_for
+from cachekern.models.binding import attach, detach, is_patched, resolve_model
+from cachekern.teacache import TeaCache, TeaCacheHandle
 
-_MARK = "_cachekern_patch"
 POLICIES = (TeaCache, BlockCaching)
 
 
-def resolve_model(target):
-    """The denoiser of a diffusers pipeline (its transformer or unet), or the model itself."""
-    for name in ("transformer", "unet"):
-        model = getattr(target, name, None)
-        if model is not None and hasattr(target, "components"):
-            return model
-    return target
+@runtime_checkable
+class Handle(Protocol):
+    """What `patch` returns: where a patched model's caching state lives."""
+
+    history: list
+
+    def stats(self) -> dict:
+        """Counters of what ran and what was reused, and the bytes held between steps."""
+
+    def reset(self) -> None:
+        """Forgets the cached state: the next call starts a new generation."""
+
+    def close(self) -> None:
+        """Releases what the handle holds outside its state (called by unpatch)."""
+
+    def forward(self, original_forward, args, kwargs):
+        """One call of the patched model."""
+
+    def cache_context(self, original, name, **kwargs):
+        """The model's cache_context, noting the CFG branch a pipeline names."""
 
 
-def is_patched(model) -> bool:
-    return model.__dict__.get(_MARK) is not None
-
-
-def patch(target, policy) -> CacheHandle:
-    """Switches caching on for a diffusers transformer (or a pipeline's) with `policy`."""
+def patch(target, policy) -> Handle:
+    """Switches caching on for a diffusers transformer or UNet (or a pipeline's) with `policy`:
+    TeaCache returns a TeaCacheHandle, BlockCaching a BlockCachingHandle."""
     model = resolve_model(target)
     if not isinstance(policy, POLICIES):
         raise TypeError(f"cachekern.patch: policy must be one of "
@@ -42,36 +47,8 @@ def patch(target, policy) -> CacheHandle:
     if isinstance(policy, BlockCaching):
         handle = BlockCachingHandle(model, policy)
     else:
-        handle = CacheHandle(model, adapter_for(model), policy)
+        handle = TeaCacheHandle(model, adapter_for(model), policy)
     attach(model, handle)
-    return handle
-
-
-def attach(model, handle) -> None:
-    """Binds handle.forward(original_forward, args, kwargs) as the instance's forward, and
-    handle.cache_context(original, name, **kwargs) as its cache_context where it has one."""
-    saved = {name: model.__dict__[name] for name in ("forward", "cache_context")
-             if name in model.__dict__}
-    original_forward = model.forward
-
-    @functools.wraps(original_forward)
-    def forward(*args, **kwargs):
-        return handle.forward(original_forward, args, kwargs)
-
-    model.forward = forward
-    if hasattr(model, "cache_context"):
-        original_context = model.cache_context
-        model.cache_context = functools.partial(handle.cache_context, original_context)
-    model.__dict__[_MARK] = (handle, saved)
-
-
-def detach(model):
-    """Undoes `attach` exactly; returns the handle."""
-    handle, saved = model.__dict__.pop(_MARK)
-    for name in ("forward", "cache_context"):
-        model.__dict__.pop(name, None)
-        if name in saved:
-            model.__dict__[name] = saved[name]
     return handle
 
 
@@ -80,10 +57,7 @@ def unpatch(target) -> None:
     model = resolve_model(target)
     if not is_patched(model):
         raise RuntimeError(f"cachekern.unpatch: this {type(model).__name__} is not patched")
-    handle = detach(model)
-    close = getattr(handle, "close", None)
-    if close is not None:         # Block Caching's wrappers on the blocks
-        close()
+    detach(model).close()
 
 
 @contextlib.contextmanager

@@ -2,13 +2,19 @@
 
 Without a GPU the Triton kernels run in Triton's interpreter, which is chosen when a kernel is
 decorated: TRITON_INTERPRET must be set before any kernel module is imported, so it is set here,
-before the tests import cachekern.triton_kernels.
+before the tests import cachekern.kernels.
 """
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# The benchmark tools are tested too (`import benchmarks...`): the checkout goes on the path
+# last, so that `import cachekern` still finds the installed package first.
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -1,24 +1,18 @@
 """The benchmark tools whose figures RESULTS.md reports: the zoo's training recipes (a few
 iterations on the CPU) and the block-work counter behind the quality benchmark's compute ratios."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from cachekern import reference_models
 
 pytest.importorskip("diffusers")
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-sys.path.insert(0, str(BENCHMARKS / "zoo"))
 
 
 @pytest.mark.parametrize("name", ["flux-photos", "unet-digits"])
 def test_a_recipe_trains_saves_and_loads(name, tmp_path):
     pytest.importorskip("skimage" if name == "flux-photos" else "sklearn")
-    import train
+    from benchmarks.zoo import train
 
     path = train.train(name, iterations=3, batch=4, device="cpu", cache_dir=tmp_path,
                        log_every=1, sample_steps=1)
@@ -36,7 +30,7 @@ def test_a_recipe_trains_saves_and_loads(name, tmp_path):
 def test_the_photo_and_digit_data_are_in_range():
     pytest.importorskip("skimage")
     pytest.importorskip("sklearn")
-    from data import Digits, PhotoCrops
+    from benchmarks.zoo.data import Digits, PhotoCrops
 
     g = torch.Generator().manual_seed(0)
     crops, labels = PhotoCrops(reference_models.flux_photos.PHOTOS).batch(5, g)
@@ -48,12 +42,12 @@ def test_the_photo_and_digit_data_are_in_range():
 
 
 def flux_call(ref):
-    from quality import one_sample_call
+    from benchmarks.quality import one_sample_call
     return one_sample_call(ref, torch.device("cpu"))
 
 
 def test_block_work_counts_steps_exactly_and_leaves_no_wrapper_behind():
-    from block_work import BlockWork
+    from benchmarks.block_work import BlockWork
 
     ref = reference_models.create("flux-photos")
     work = BlockWork(ref.model, flux_call(ref))
@@ -68,7 +62,7 @@ def test_block_work_counts_steps_exactly_and_leaves_no_wrapper_behind():
 
 
 def test_block_work_counts_less_under_a_cache_that_skips():
-    from block_work import BlockWork
+    from benchmarks.block_work import BlockWork
     from diffusers.hooks import FirstBlockCacheConfig
 
     ref = reference_models.create("flux-photos")

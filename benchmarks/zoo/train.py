@@ -1,7 +1,7 @@
 """Trains a reference model and saves it to the zoo directory with a grid of its samples.
 
-    python benchmarks/zoo/train.py flux-photos      # ~? min on one H100/H200
-    python benchmarks/zoo/train.py unet-digits
+    python -m benchmarks.zoo.train flux-photos
+    python -m benchmarks.zoo.train unet-digits
 
 Fixed seeds and a fixed number of iterations (a time limit stops a slower machine early, and says
 so). Weights are the exponential moving average of the trained ones, saved in fp32 as
@@ -13,20 +13,16 @@ data.png (training images, same layout) and train_log.json (the loss curve).
 import argparse
 import copy
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.zoo.data import Digits, PhotoCrops
+from benchmarks.zoo.grid import save_grid
 
-from data import Digits, PhotoCrops  # noqa: E402
-from grid import save_grid  # noqa: E402
-
-from cachekern import reference_models  # noqa: E402
-from cachekern.reference_models import flux_photos, unet_digits  # noqa: E402
+from cachekern import reference_models
+from cachekern.reference_models import flux_photos, unet_digits
 
 SETTINGS = {   # iterations, batch, learning rate
     "flux-photos": dict(iterations=3000, batch=256, lr=4e-4),

@@ -1,0 +1,212 @@
+"""Block Caching at run time: a wrapper on each cached block computes it (keeping its residual,
+written once by residual_capture) or reuses the residual (residual_reuse, with the schedule's
+scale and shift) as the static schedule says for the current step. No host synchronisation and no
+data-dependent control flow: the step index is the call count of the CFG branch."""
+
+import torch
+
+from cachekern.store.block_cache import BlockCache
+from cachekern.models.blocks import cached_units, timestep_of, wrap_forwards
+from cachekern.models.branches import BranchNames
+
+_NO_OUTPUT = object()   # a stream the block returns as None (e.g. SD3's last block's context)
+
+
+class _OnDevice(dict):
+    """Residuals all kept on the device (no budget): the part of BlockCache's API used here."""
+
+    def put(self, key, tensor):
+        self[key] = tensor
+
+    def prefetch(self, key):
+        pass
+
+
+def _scaled(output, scale, shift, channel_dim):
+    """A cached output, as a new tensor (the caller may modify what it gets), with the
+    per-channel scale and shift."""
+    if scale is None:
+        return output.clone()
+    shape = [1] * output.dim()
+    shape[channel_dim] = -1
+    return (output.float() * scale.view(shape) + shift.view(shape)).to(output.dtype)
+
+
+class BlockCachingHandle:
+    def __init__(self, model, policy):
+        self.model = model
+        self.policy = policy
+        self.profile = policy.profile
+        self.units = cached_units(model, self.profile.resnets)
+        self.profile.check_units(self.units, "BlockCaching")
+        self.schedule = policy.schedule()
+        # The blocks each step reuses, in order (prefetching follows it).
+        self._reused_at = [[i for i, row in enumerate(self.schedule) if not row[step]]
+                           for step in range(self.profile.steps)]
+        params = {} if policy.scale_shift is None else \
+            self.profile.scale_shift_for(self.schedule, policy.scale_shift)
+        # On the model's device up front: no copies (and nothing a CUDA graph could not
+        # capture) while it runs.
+        device = next(model.parameters()).device
+        self.params = {key: tuple(t.to(device) for t in pair) for key, pair in params.items()}
+        from cachekern import kernels    # Triton loads with the first patch, not with cachekern
+
+        self.kernels = kernels
+        self.history = []
+        # (branch, unit, stream) -> residual: on the device, or in a BlockCache within the
+        # device budget (which owns what it is given: no buffer is overwritten then).
+        self._offloaded = policy.device_budget_bytes is not None
+        self._residuals = BlockCache(policy.device_budget_bytes) if self._offloaded \
+            else _OnDevice()
+        self._outputs_cached = set()  # keys whose tensor is the block's output, not a residual
+        self._no_output = set()       # keys of streams the block returned as None
+        self._counts = {}
+        self._branches_named = BranchNames(policy.calls_per_step)
+        self._current = None
+        self._stats = dict(calls=0, block_calls=0, blocks_computed=0, blocks_reused=0)
+        self._restore_forwards = wrap_forwards(
+            [unit.module for unit in self.units],
+            lambda index, module, forward: self._wrap(index, self.units[index], forward))
+
+    # -- public ---------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """calls (model calls), block_calls, blocks_computed, blocks_reused, the schedule's
+        compute fraction, and bytes_held (cached residuals) or, with a device budget, the
+        block cache's own stats."""
+        out = dict(self._stats)
+        out["schedule_compute"] = sum(c for row in self.schedule for c in row) / \
+            sum(len(row) for row in self.schedule)
+        if self._offloaded:
+            out["block_cache"] = self._residuals.stats()
+        else:
+            out["bytes_held"] = sum(r.numel() * r.element_size() for r in self._residuals.values())
+        return out
+
+    def reset(self):
+        """Forgets cached residuals and step counters: the next call is step 0."""
+        self._residuals.clear()
+        self._no_output.clear()
+        self._counts.clear()
+        self.history.clear()
+        self._branches_named.restart()
+
+    def close(self):
+        self._restore_forwards()
+        self._residuals.clear()
+
+    # -- plumbing used by patching ----------------------------------------------------------------
+    def cache_context(self, original, name, **kwargs):
+        return self._branches_named.cache_context(original, name, **kwargs)
+
+    def forward(self, original_forward, args, kwargs):
+        branch = self._branches_named.branch()
+        count = self._counts.get(branch, 0)
+        step = count % self.profile.steps
+        timestep = timestep_of(args, kwargs)
+        if isinstance(timestep, (int, float)) or (isinstance(timestep, torch.Tensor) and
+                                                  timestep.device.type == "cpu"):
+            # Readable without a host synchronisation: check the schedule applies. (On a GPU
+            # the pipeline's timesteps live there, and reading them would cost a sync a step.)
+            value = float(timestep if not isinstance(timestep, torch.Tensor)
+                          else timestep.reshape(-1)[0])
+            self.profile.check_timestep(step, value)
+        self._current = (branch, step)
+        if self._offloaded:
+            self._plan(branch, step)
+        try:
+            out = original_forward(*args, **kwargs)
+        finally:
+            self._current = None
+        self._counts[branch] = count + 1
+        self._stats["calls"] += 1
+        self.history.append(dict(step=step, branch=branch,
+                                 computed=[row[step] for row in self.schedule]))
+        return out
+
+    # -- per block ------------------------------------------------------------------------------
+    def _wrap(self, index, unit, forward):
+        compute_at = self.schedule[index]
+
+        def cached(*args, **kwargs):
+            if self._current is None:          # called outside the model's forward
+                return forward(*args, **kwargs)
+            branch, step = self._current
+            inputs = unit.io.inputs(args, kwargs)
+            keys = [(branch, index, k) for k in range(len(inputs))]
+            self._stats["block_calls"] += 1
+            if not compute_at[step] and all(key in self._no_output or key in self._residuals
+                                            for key in keys):
+                self._stats["blocks_reused"] += 1
+                self._prefetch_after(branch, index, step)
+                return unit.io.result([self._reuse(key, x, unit.io.channel_dim, step)
+                                       for key, x in zip(keys, inputs)], args, kwargs)
+            self._stats["blocks_computed"] += 1
+            result = forward(*args, **kwargs)
+            for key, x, out in zip(keys, inputs, unit.io.outputs(result)):
+                self._keep(key, x, out)
+            return result
+        return cached
+
+    def _reuse(self, key, x, channel_dim, step):
+        if key in self._no_output:
+            return None
+        _, index, k = key
+        residual = self._residuals.get(key)
+        scale, shift = self._scale_shift(index, step, k, x.device)
+        if key in self._outputs_cached:
+            return _scaled(residual, scale, shift, channel_dim)
+        return self.kernels.residual_reuse(x.contiguous(), residual, scale, shift,
+                                           channel_dim=channel_dim)
+
+    def _keep(self, key, x, out):
+        """Stores what a reuse of this stream needs: out − x, or the output itself where the
+        block changes the shape, overwriting the previous one's buffer when it is ours."""
+        if out is None or x is None:
+            self._no_output.add(key)
+            return
+        self._no_output.discard(key)
+        previous = None if self._offloaded else self._residuals.get(key)
+        buffer = previous if previous is not None and previous.shape == out.shape and \
+            previous.dtype == out.dtype else None
+        if out.shape == x.shape:
+            self._outputs_cached.discard(key)
+            kept = self.kernels.residual_capture(out.contiguous(), x.contiguous(),
+                                                 out=buffer)[0]
+        else:    # the block changes the shape: its output itself is kept
+            self._outputs_cached.add(key)
+            kept = buffer.copy_(out) if buffer is not None else out.detach().clone()
+        self._residuals.put(key, kept)
+
+    def _plan(self, branch, step):
+        """Tells the block cache the order the residuals will be needed in (this step's reused
+        blocks, then the next steps'), so it spills those needed last, and starts fetching the
+        first one this step reuses."""
+        steps = self.profile.steps
+        order = {}
+        for ahead in range(steps):
+            for i in self._reused_at[(step + ahead) % steps]:
+                order.update(dict.fromkeys(self._keys_of(branch, i)))
+        self._residuals.plan(list(order))
+        for i in self._reused_at[step][:1]:
+            for key in self._keys_of(branch, i):
+                self._residuals.prefetch(key)
+
+    def _keys_of(self, branch, index):
+        return [key for key in ((branch, index, k) for k in range(len(self.units[index].io.names)))
+                if key in self._residuals]
+
+    def _prefetch_after(self, branch, index, step):
+        """Starts fetching the residual of the next block this step reuses."""
+        if not self._offloaded:
+            return
+        for i in [i for i in self._reused_at[step] if i > index][:1]:
+            for key in self._keys_of(branch, i):
+                self._residuals.prefetch(key)
+
+    def _scale_shift(self, index, step, k, device):
+        scale, shift = self.params.get((index, step, k), (None, None))
+        if scale is not None and scale.device != device:
+            raise ValueError(f"BlockCaching: block {self.units[index].name} runs on {device}, "
+                             f"but the model was patched on {scale.device}; patch after moving "
+                             f"the model")
+        return scale, shift

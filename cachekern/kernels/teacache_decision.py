@@ -1,0 +1,109 @@
+"""TeaCache's decision rule as one single-program kernel, so that a CUDA graph can branch on it
+with no host read (cachekern.teacache.device_decision holds the buffers and calls it).
+
+It does what the host does for a global decision: detect a new generation (the timestep went back up), advance the step,
+form the relative L1 distance from the per-sample sums, rescale it by the polynomial, accumulate,
+compare with the threshold, and write the decision as two flags (compute, skip: the conditions
+of the graph's two branches) and the call's record for the host to read later.
+
+The host does this arithmetic in Python floats (IEEE float64, every operation rounded on its
+own), and decisions must not depend on where they were taken: the kernel works in float64, sums
+the samples in the same order, evaluates the polynomial by the same Horner steps and is launched
+with floating-point contraction off (no fused multiply-add), so both give the same bits. All
+float parameters travel in a float64 tensor: Triton would pass a Python float as float32.
+"""
+
+from cachekern.kernels._backend import tl, triton
+
+# The branch state the device keeps between calls (float64 vector).
+LAST_TIMESTEP, STEP, ACCUMULATED, SKIPS, HAS_RESIDUAL, HAS_LAST_TIMESTEP = range(6)
+STATE_SIZE = 6
+# One call's record, as the host's history holds it.
+RECORD_FIELDS = ("step", "timestep", "rel_l1", "accumulated", "computed")
+
+if triton is not None:
+
+    @triton.jit
+    def _decide_kernel(DIFF, PREV, TIMESTEP, STATE, PARAMS, COEF, RECORD, COMPUTE, SKIP,
+                       warmup_steps, num_steps, max_skips,
+                       BATCH: tl.constexpr, N_COEF: tl.constexpr,
+                       COMPUTE_LAST: tl.constexpr, CLAMP: tl.constexpr):
+        # The timestep as the host reads it: rounded to float32, then exact in float64.
+        t = tl.load(TIMESTEP).to(tl.float32).to(tl.float64)
+        last_t = tl.load(STATE + 0)
+        step = tl.load(STATE + 1)
+        acc = tl.load(STATE + 2)
+        skips = tl.load(STATE + 3)
+        has_residual = tl.load(STATE + 4) != 0
+        has_last = tl.load(STATE + 5) != 0
+        threshold = tl.load(PARAMS + 0)
+
+        new_generation = has_last & (t > last_t)
+        step = tl.where(new_generation, -1.0, step) + 1.0
+        acc = tl.where(new_generation, 0.0, acc)
+        skips = tl.where(new_generation, 0.0, skips)
+        has_residual = has_residual & (not new_generation)
+
+        # sum() of a Python list: left to right, from the first element.
+        diff = tl.load(DIFF).to(tl.float64)
+        prev = tl.load(PREV).to(tl.float64)
+        for b in tl.static_range(1, BATCH):
+            diff = diff + tl.load(DIFF + b).to(tl.float64)
+            prev = prev + tl.load(PREV + b).to(tl.float64)
+        nan = float("nan")
+        rel = tl.where(prev != 0.0, diff / tl.where(prev != 0.0, prev, 1.0), nan)
+        rel = tl.where(new_generation, nan, rel)
+
+        forced = new_generation | (not has_residual) | (step < warmup_steps)
+        if COMPUTE_LAST:
+            forced = forced | (step >= num_steps - 1)
+        rel_finite = (rel == rel) & (tl.abs(rel) != float("inf"))
+
+        y = rel
+        if N_COEF > 0:
+            y = rel * 0.0
+            for i in tl.static_range(N_COEF):
+                y = y * rel + tl.load(COEF + i)
+        if CLAMP:
+            y = tl.where(y < 0.0, 0.0, y)
+        total = acc + y
+        limit_reached = (max_skips > 0) & (skips >= max_skips)
+        total_finite = (total == total) & (tl.abs(total) != float("inf"))
+        skip = (not forced) & rel_finite & (threshold > 0.0) & (total < threshold) & \
+            (not limit_reached) & total_finite
+
+        acc = tl.where(skip, total, 0.0)
+        skips = tl.where(skip, skips + 1.0, 0.0)
+        tl.store(STATE + 0, t)
+        tl.store(STATE + 1, step)
+        tl.store(STATE + 2, acc)
+        tl.store(STATE + 3, skips)
+        tl.store(STATE + 4, tl.where(has_residual | (not skip), 1.0, 0.0))
+        tl.store(STATE + 5, 1.0)
+        tl.store(RECORD + 0, step)
+        tl.store(RECORD + 1, t)
+        tl.store(RECORD + 2, rel)
+        tl.store(RECORD + 3, acc)
+        tl.store(RECORD + 4, tl.where(skip, 0.0, 1.0))
+        tl.store(COMPUTE, not skip)
+        tl.store(SKIP, skip)
+
+
+
+def teacache_decide(diff_sum, prev_sum, timestep, state, params, coefficients, n_coefficients,
+                    record, compute, skip, *, warmup_steps, num_steps, max_skips, compute_last,
+                    clamp):
+    """Decides one call from the per-sample sums (fp32 [B]) and the timestep tensor (element 0
+    is read): updates `state` (STATE_SIZE float64), writes `record` (RECORD_FIELDS float64) and
+    the bool scalars `compute` and `skip`. params = [threshold] (float64); the first
+    n_coefficients of `coefficients` (float64) are the polynomial, highest power first."""
+    if triton is None:
+        raise RuntimeError("TeaCache: the device decision needs Triton")
+    _decide_kernel[(1,)](
+        diff_sum, prev_sum, timestep.reshape(-1), state, params, coefficients, record, compute,
+        skip, warmup_steps, num_steps, max_skips,
+        BATCH=diff_sum.shape[0], N_COEF=n_coefficients, COMPUTE_LAST=compute_last, CLAMP=clamp,
+        enable_fp_fusion=False)
+
+
+__all__ = ["RECORD_FIELDS", "STATE_SIZE", "teacache_decide"]

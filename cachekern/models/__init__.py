@@ -1,0 +1,18 @@
+"""Model families, for both methods: one adapter per family says where its blocks are, how a
+block is called and what it returns, and where the indicator TeaCache watches comes from;
+`blocks` reads a block call's streams for Block Caching; `binding` puts a handle on a model
+instance's forward. Imports nothing else of cachekern."""
+
+from cachekern.models.base import Adapter, StackCall
+from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
+from cachekern.models.cogvideox import CogVideoXAdapter
+from cachekern.models.flux import FluxAdapter
+from cachekern.models.hunyuan_video import HunyuanVideoAdapter
+from cachekern.models.registry import ADAPTERS, adapter_for
+from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
+from cachekern.models.sd3 import SD3Adapter
+from cachekern.models.wan import WanAdapter
+
+__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "DiTAdapter", "FluxAdapter",
+           "HunyuanVideoAdapter", "LTXVideoAdapter", "MochiAdapter", "PixArtAdapter", "SD3Adapter",
+           "StackCall", "WanAdapter", "adapter_for"]

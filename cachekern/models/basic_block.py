@@ -1,0 +1,59 @@
+"""Families built from diffusers' BasicTransformerBlock with adaptive norms: PixArt
+(norm_type "ada_norm_single": shift/scale from a learned table plus the embedded timestep) and DiT
+("ada_norm_zero": an AdaLayerNormZero with its own timestep + class embedding). The indicator is
+block 0's modulated norm1 output; the stack is the model's transformer_blocks."""
+
+from cachekern.models.base import Adapter, Indicator
+
+
+class BasicBlockAdapter(Adapter):
+    lists = ("transformer_blocks",)
+    block_args = ("hidden_states", "attention_mask", "encoder_hidden_states",
+                  "encoder_attention_mask", "timestep", "cross_attention_kwargs", "class_labels")
+    batched_args = ("attention_mask", "encoder_hidden_states", "encoder_attention_mask",
+                    "timestep", "class_labels")
+    returns = ("hidden_states",)
+
+    def _shift_scale(self, block, call):
+        if block.norm_type == "ada_norm_single":
+            batch = call.hidden.shape[0]
+            table = block.scale_shift_table[None] + call.extras["timestep"].reshape(batch, 6, -1)
+            shift, scale = table.chunk(6, dim=1)[:2]
+            return shift.squeeze(1), scale.squeeze(1)
+        if block.norm_type == "ada_norm_zero":
+            norm1 = block.norm1
+            emb = norm1.emb(call.extras["timestep"], call.extras.get("class_labels"),
+                            hidden_dtype=call.hidden.dtype)
+            shift, scale = norm1.linear(norm1.silu(emb)).chunk(6, dim=1)[:2]
+            return shift, scale
+        raise TypeError(f"cachekern: BasicTransformerBlock with norm_type {block.norm_type!r} "
+                        f"has no adapter (supported: 'ada_norm_single', 'ada_norm_zero')")
+
+    def _layer_norm(self, block):
+        norm = block.norm1.norm if block.norm_type == "ada_norm_zero" else block.norm1
+        if getattr(norm, "weight", None) is not None:
+            raise TypeError("cachekern: block 0's norm1 has an elementwise affine, which the "
+                            "fused indicator does not apply")
+        return norm
+
+    def indicator(self, blocks, call):
+        shift, scale = self._shift_scale(blocks[0], call)
+        return Indicator(scale, shift, "layer", self._layer_norm(blocks[0]).eps)
+
+    def reference_modulated_input(self, blocks, call):
+        block = blocks[0]
+        if block.norm_type == "ada_norm_zero":
+            return block.norm1(call.hidden, call.extras["timestep"], call.extras.get("class_labels"),
+                               hidden_dtype=call.hidden.dtype)[0]
+        shift, scale = self._shift_scale(block, call)
+        return block.norm1(call.hidden) * (1 + scale[:, None]) + shift[:, None]
+
+
+class PixArtAdapter(BasicBlockAdapter):
+    family = "pixart"
+    model_class = "PixArtTransformer2DModel"
+
+
+class DiTAdapter(BasicBlockAdapter):
+    family = "dit"
+    model_class = "DiTTransformer2DModel"

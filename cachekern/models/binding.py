@@ -1,0 +1,49 @@
+"""Binding a handle to one model instance: the denoiser found in a pipeline, and the handle's
+forward (and cache_context, which tells it the CFG branch) bound as the instance's own, so the
+class is never touched, two models of one class keep separate state, and detaching restores the
+instance exactly. Used by patching and by the calibration tools that observe a model."""
+
+import functools
+
+_MARK = "_cachekern_patch"
+
+
+def resolve_model(target):
+    """The denoiser of a diffusers pipeline (its transformer or unet), or the model itself."""
+    for name in ("transformer", "unet"):
+        model = getattr(target, name, None)
+        if model is not None and hasattr(target, "components"):
+            return model
+    return target
+
+
+def is_patched(model) -> bool:
+    return model.__dict__.get(_MARK) is not None
+
+
+def attach(model, handle) -> None:
+    """Binds handle.forward(original_forward, args, kwargs) as the instance's forward, and
+    handle.cache_context(original, name, **kwargs) as its cache_context where it has one."""
+    saved = {name: model.__dict__[name] for name in ("forward", "cache_context")
+             if name in model.__dict__}
+    original_forward = model.forward
+
+    @functools.wraps(original_forward)
+    def forward(*args, **kwargs):
+        return handle.forward(original_forward, args, kwargs)
+
+    model.forward = forward
+    if hasattr(model, "cache_context"):
+        original_context = model.cache_context
+        model.cache_context = functools.partial(handle.cache_context, original_context)
+    model.__dict__[_MARK] = (handle, saved)
+
+
+def detach(model):
+    """Undoes `attach` exactly; returns the handle."""
+    handle, saved = model.__dict__.pop(_MARK)
+    for name in ("forward", "cache_context"):
+        model.__dict__.pop(name, None)
+        if name in saved:
+            model.__dict__[name] = saved[name]
+    return handle

@@ -1,0 +1,135 @@
+"""The blocks Block Caching caches, and how to read a block call's streams and build its return
+value: every transformer block of a DiT (through the family's adapter: which arguments a block
+takes, what it returns), and the attention blocks (Transformer2DModel) of a UNet2DConditionModel,
+as the Block Caching paper does."""
+
+from dataclasses import dataclass
+from typing import Any, List
+
+import torch
+from torch import nn
+
+from cachekern.models.registry import adapter_for
+
+UNET_STAGES = ("down_blocks", "mid_block", "up_blocks")
+
+
+class DiTBlockIO:
+    """A DiT block's streams: the adapter's `returns` (e.g. Flux: encoder, then image tokens),
+    matched by name to the block's arguments; tokens [B, N, C], channels last."""
+
+    channel_dim = -1
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.names = tuple(adapter.returns)
+        self.primary = self.names.index("hidden_states")
+
+    def inputs(self, args, kwargs) -> List[torch.Tensor]:
+        values = dict(zip(self.adapter.block_args, args))
+        values.update(kwargs)
+        return [values[name] for name in self.names]
+
+    def outputs(self, result) -> List[torch.Tensor]:
+        return [result] if len(self.names) == 1 else list(result)
+
+    def result(self, tensors, args, kwargs):
+        return tensors[0] if len(self.names) == 1 else tuple(tensors)
+
+
+class UNetAttentionIO:
+    """A UNet's Transformer2DModel: hidden_states [B, C, H, W] in, the same shape out (as a tuple
+    with return_dict=False, which the UNet's blocks pass, else a Transformer2DModelOutput)."""
+
+    channel_dim = 1
+    primary = 0
+    names = ("hidden_states",)
+
+    def inputs(self, args, kwargs) -> List[torch.Tensor]:
+        return [args[0] if args else kwargs["hidden_states"]]
+
+    def outputs(self, result) -> List[torch.Tensor]:
+        return [result[0] if isinstance(result, tuple) else result.sample]
+
+    def result(self, tensors, args, kwargs):
+        if not kwargs.get("return_dict", True):
+            return (tensors[0],)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+        return Transformer2DModelOutput(sample=tensors[0])
+
+
+class UNetResnetIO:
+    """A UNet's ResnetBlock2D: input_tensor [B, C, H, W] in, a map out (with other channels where
+    the block changes the width: then the output itself is cached, not a residual)."""
+
+    channel_dim = 1
+    primary = 0
+    names = ("input_tensor",)
+
+    def inputs(self, args, kwargs) -> List[torch.Tensor]:
+        return [args[0] if args else kwargs["input_tensor"]]
+
+    def outputs(self, result) -> List[torch.Tensor]:
+        return [result]
+
+    def result(self, tensors, args, kwargs):
+        return tensors[0]
+
+
+@dataclass
+class Unit:
+    name: str
+    module: nn.Module
+    io: Any
+
+
+def timestep_of(args, kwargs):
+    """The timestep a model call was given (by keyword, or second positionally as a UNet takes
+    it), as it was given."""
+    return kwargs.get("timestep", args[1] if len(args) > 1 else None)
+
+
+def is_unet(model) -> bool:
+    return any(cls.__name__ == "UNet2DConditionModel" for cls in type(model).__mro__)
+
+
+def cached_units(model, resnets=False) -> List[Unit]:
+    """The model's cacheable blocks, in the order of named_modules: a DiT's transformer blocks; a
+    UNet's attention blocks, and its ResNet blocks too with resnets=True."""
+    if is_unet(model):
+        kinds = {"attentions": UNetAttentionIO(), "resnets": UNetResnetIO()}
+        if not resnets:
+            del kinds["resnets"]
+        units = []
+        for name, module in model.named_modules():
+            parent, _, index = name.rpartition(".")
+            kind = parent.rpartition(".")[2]
+            if name.split(".")[0] in UNET_STAGES and index.isdigit() and kind in kinds:
+                units.append(Unit(name, module, kinds[kind]))
+        if not units:
+            raise ValueError(f"model: this {type(model).__name__} has no attention blocks to "
+                             f"cache")
+        return units
+    if resnets:
+        raise ValueError(f"resnets: only a UNet2DConditionModel has ResNet blocks, this is a "
+                         f"{type(model).__name__}")
+    adapter = adapter_for(model)   # raises, listing the families, if unsupported
+    io = DiTBlockIO(adapter)
+    return [Unit(f"{name}.{i}", block, io) for name in adapter.block_lists(model)
+            for i, block in enumerate(model._modules[name])]
+
+
+def wrap_forwards(modules, make_wrapper):
+    """Binds make_wrapper(index, module, forward) as each module instance's `forward`; returns
+    the function that restores exactly what each instance held before (another tool's wrapper,
+    or nothing)."""
+    previous = [module.__dict__.get("forward") for module in modules]
+    for index, module in enumerate(modules):
+        module.forward = make_wrapper(index, module, module.forward)
+
+    def restore():
+        for module, before in zip(modules, previous):
+            module.__dict__.pop("forward", None)
+            if before is not None:
+                module.forward = before
+    return restore

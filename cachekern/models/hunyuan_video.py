@@ -1,0 +1,16 @@
+"""HunyuanVideoTransformer3DModel: 20 double-stream then 40 single-stream blocks, one stack,
+called positionally; the indicator is block 0's AdaLN-Zero norm1 output, as in the published
+HunyuanVideo script."""
+
+from cachekern.models.adaln_zero import AdaLNZeroStackAdapter
+
+
+class HunyuanVideoAdapter(AdaLNZeroStackAdapter):
+    family = "hunyuan_video"
+    model_class = "HunyuanVideoTransformer3DModel"
+    lists = ("transformer_blocks", "single_transformer_blocks")
+    block_args = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask",
+                  "image_rotary_emb", "token_replace_emb", "first_frame_num_tokens")
+    batched_args = ("encoder_hidden_states", "temb", "attention_mask", "token_replace_emb")
+    call_by_keyword = False
+    returns = ("hidden_states", "encoder_hidden_states")

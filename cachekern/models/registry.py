@@ -1,0 +1,30 @@
+"""Which adapter describes a model: dispatch by class name (through the MRO), so diffusers is
+imported only by the caller."""
+
+from cachekern.models.base import Adapter
+from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
+from cachekern.models.cogvideox import CogVideoXAdapter
+from cachekern.models.flux import FluxAdapter
+from cachekern.models.hunyuan_video import HunyuanVideoAdapter
+from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
+from cachekern.models.sd3 import SD3Adapter
+from cachekern.models.wan import WanAdapter
+
+ADAPTERS = {adapter.model_class: adapter
+            for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter(), CogVideoXAdapter(),
+                            HunyuanVideoAdapter(), PixArtAdapter(), DiTAdapter(),
+                            LTXVideoAdapter(), MochiAdapter())}
+
+
+def adapter_for(model) -> Adapter:
+    for cls in type(model).__mro__:
+        adapter = ADAPTERS.get(cls.__name__)
+        if adapter is not None:
+            return adapter
+    supported = ", ".join(sorted(ADAPTERS))
+    raise TypeError(
+        f"cachekern has no adapter for {type(model).__name__}. Supported model classes: "
+        f"{supported}. To describe a new family, subclass cachekern.models.Adapter (which "
+        f"block lists run in order, how a block is called, where block 0's modulated input "
+        f"comes from) and add an instance to cachekern.models.ADAPTERS.")
+

@@ -1,0 +1,23 @@
+"""WanTransformer3DModel (Wan2.1 / Wan2.2): its blocks as one stack, the residual of the token
+stream. The indicator is the timestep projection the blocks receive (TeaCache's "e0", the
+``use_ret_steps`` mode of the published Wan script), compared directly, without a norm.
+
+The published setting for this indicator computes the first 5 steps and not the last:
+``TeaCache(warmup_steps=5, compute_last_step=False, ...)``. "auto" coefficients exist for the T2V
+1.3B (hidden 1536) and 14B (hidden 5120) models; others get the raw distance.
+"""
+
+from cachekern.models.base import Adapter, TimestepEmbeddingIndicator
+
+
+class WanAdapter(TimestepEmbeddingIndicator, Adapter):
+    family = "wan"
+    model_class = "WanTransformer3DModel"
+    lists = ("blocks",)
+    block_args = ("hidden_states", "encoder_hidden_states", "temb", "rotary_emb")
+    call_by_keyword = False
+    returns = ("hidden_states",)
+
+    def coefficient_key(self, model):
+        hidden = model.config.num_attention_heads * model.config.attention_head_dim
+        return {1536: "wan_t2v_1.3b_e0", 5120: "wan_t2v_14b_e0"}.get(hidden, "wan")

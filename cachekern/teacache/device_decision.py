@@ -1,0 +1,74 @@
+"""One CFG branch's TeaCache decision on the device (TeaCache(cuda_graphs=True)): the buffers the
+decision kernel (cachekern.kernels.teacache_decision) works on, the policy's constants, and the
+hand-over of the branch's state between the host (eager calls) and the device (graphed calls)."""
+
+import torch
+
+from cachekern.kernels import teacache_decision as d
+from cachekern.kernels.teacache_decision import teacache_decide
+
+RECORD_FIELDS = d.RECORD_FIELDS
+
+
+class DeviceDecision:
+    """The buffers and constants of one branch's device decision: `state` (STATE_SIZE float64,
+    see the indices above), `record` (the last call's RECORD_FIELDS), and the two flags a
+    graph's conditional nodes read (`compute`, `skip`: bool scalars)."""
+
+    def __init__(self, policy, polynomial, num_steps, device):
+        f64 = dict(dtype=torch.float64, device=device)
+        self.state = torch.zeros(d.STATE_SIZE, **f64)
+        self.record = torch.zeros(len(d.RECORD_FIELDS), **f64)
+        self.compute = torch.ones((), dtype=torch.bool, device=device)
+        self.skip = torch.zeros((), dtype=torch.bool, device=device)
+        self.params = torch.tensor([float(policy.threshold)], **f64)
+        coefficients = [float(c) for c in polynomial] if polynomial is not None else []
+        self.coefficients = torch.tensor(coefficients or [0.0], **f64)
+        self.n_coefficients = len(coefficients)
+        self.policy = policy
+        self.num_steps = num_steps
+
+    def __call__(self, diff_sum, prev_sum, timestep):
+        """Decides for this call from the per-sample sums (fp32 [B]) and the timestep tensor
+        (element 0 is read): updates `state`, writes `record`, `compute` and `skip`."""
+        policy = self.policy
+        compute_last = policy.compute_last_step and self.num_steps is not None
+        teacache_decide(diff_sum, prev_sum, timestep, self.state, self.params, self.coefficients,
+                        self.n_coefficients, self.record, self.compute, self.skip,
+                        warmup_steps=policy.warmup_steps,
+                        num_steps=self.num_steps if compute_last else 0,
+                        max_skips=policy.max_consecutive_skips or 0,
+                        compute_last=compute_last, clamp=policy.clamp)
+
+    # -- the host's view of the state -----------------------------------------------------------
+    def load(self, branch_state):
+        """Starts from the host's state of the branch (what eager calls left)."""
+        s = branch_state
+        values = [s.last_timestep if s.last_timestep is not None else 0.0, float(s.step),
+                  s.accumulated if s.accumulated is not None else 0.0,
+                  float(s.skips or 0), float(s.residual is not None),
+                  float(s.last_timestep is not None)]
+        # From pinned memory without waiting: the graphed path makes no host synchronisation.
+        host = torch.tensor(values, dtype=torch.float64)
+        if self.state.is_cuda:
+            host = host.pin_memory()
+        self.state.copy_(host, non_blocking=True)
+
+    def store(self, branch_state):
+        """Hands the state back to the host (a synchronisation: only when an eager call follows
+        graphed ones)."""
+        values = self.state.tolist()
+        s = branch_state
+        s.last_timestep = values[d.LAST_TIMESTEP] if values[d.HAS_LAST_TIMESTEP] else None
+        s.step = int(values[d.STEP])
+        s.accumulated = values[d.ACCUMULATED]
+        s.skips = int(values[d.SKIPS])
+        if not values[d.HAS_RESIDUAL]:
+            s.residual = None
+
+
+def record_from_row(row, branch):
+    """A history record (as TeaCacheRuntime.record writes it) from one logged row."""
+    step, timestep, rel, accumulated, computed = row
+    return dict(step=int(step), branch=branch, timestep=timestep, computed=bool(computed),
+                rel_l1=rel, accumulated=accumulated)

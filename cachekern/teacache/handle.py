@@ -1,0 +1,290 @@
+"""`TeaCacheHandle`: what `cachekern.patch` returns for a TeaCache policy, and where the patched
+model's caching state lives.
+
+State lives here, on the patched instance (never on its class), one BranchState per CFG branch.
+The branch is the name a diffusers pipeline gives through ``model.cache_context(name)``; without
+one, calls are assigned to branches by order (``TeaCache(calls_per_step=...)``).
+"""
+
+import torch
+from torch import nn
+
+from cachekern.models.branches import BranchNames
+from cachekern.teacache.runtime import BranchState, TeaCacheRuntime
+from cachekern.teacache.shell_memo import MemoizedModule
+
+
+class _CachedStack(nn.Module):
+    """Stands in for the model's block lists during one forward call: the model's loop calls it
+    once, and it runs (or skips) every block."""
+
+    def __init__(self, handle):
+        super().__init__()
+        object.__setattr__(self, "_handle", handle)  # not a submodule: no recursion in .modules()
+
+    def forward(self, *args, **kwargs):
+        return self._handle._run_stack(args, kwargs)
+
+    def __getattr__(self, name):
+        # Some models reach into block 0 outside their block loop (DiT reads
+        # transformer_blocks[0].norm1.emb for its final modulation): answer as block 0.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._handle._blocks[0], name)
+
+
+class TeaCacheHandle:
+    def __init__(self, model, adapter, policy):
+        self.model = model
+        self.adapter = adapter
+        self.policy = policy
+        self.runtime = TeaCacheRuntime(policy, adapter, model)
+        self.runtime.check_model(self._model_blocks())
+        if policy.cuda_graphs and not adapter.graph_capturable:
+            raise ValueError(f"TeaCache: cuda_graphs=True needs a family whose forward is "
+                             f"captured as one CUDA graph (flux); {adapter.family} is not one")
+        self._history = []
+        self._branches = {}
+        self._branches_named = BranchNames(policy.calls_per_step)
+        self._call = None          # (branch, timestep, steps) of the forward call in progress
+        self._blocks = None
+        self._stand_in_lists = {}
+        self._memos = {}           # cachekern.teacache.shell_memo stand-ins, by module name
+        self._graphs = {}          # cachekern.teacache.graphs.GraphedStep, by branch
+        self._capturing = None     # (run_if or None, DeviceDecision, prelude) in a capture
+        self._log = None           # cachekern.teacache.graphs.DecisionLog of graphed calls
+        self._stats = self._zero_stats()
+
+    @staticmethod
+    def _zero_stats():
+        return dict(calls=0, computed=0, skipped=0, samples_computed=0, samples_skipped=0,
+                    uncached_calls=0, decision_seconds=0.0)
+
+    def _model_blocks(self):
+        """The model's own blocks, in stack order (outside a call, when no stand-in is set)."""
+        return [block for name in self.adapter.block_lists(self.model)
+                for block in self.model._modules[name]]
+
+    # -- public ---------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """calls, computed, skipped (calls whose stack ran / was skipped), samples_computed and
+        samples_skipped, uncached_calls (calls the cache could not serve, e.g. with ControlNet
+        residuals), decision_seconds (host time deciding, including the one synchronisation; 0 for
+        calls replayed by cuda_graphs, which decide on the device),
+        bytes_held (state kept between steps), memo_hits (calls that reused a module output
+        outside the stack, see cachekern.teacache.shell_memo), branches."""
+        self._flush()
+        out = dict(self._stats)
+        out["bytes_held"] = sum(state.nbytes() for state in self._branches.values()) + \
+            sum(memo.nbytes() for memo in self._memos.values())
+        out["memo_hits"] = sum(memo.hits for memo in self._memos.values())
+        out["branches"] = sorted(self._branches)
+        return out
+
+    @property
+    def history(self) -> list:
+        """One record per call: step, branch, timestep, computed, rel_l1, accumulated."""
+        self._flush()
+        return self._history
+
+    def reset(self):
+        """Forgets all state, history and counters: the next call starts a new generation."""
+        self.close()
+        self._branches.clear()
+        self._memos.clear()
+        self._history.clear()
+        self._stats = self._zero_stats()
+        self._branches_named.restart()
+
+    def close(self):
+        """Releases the CUDA graphs (called by unpatch and reset); the records of graphed calls
+        are read first, so history and stats stay complete after unpatch."""
+        self._flush()
+        for graph in self._graphs.values():
+            graph.release()
+        self._graphs.clear()
+        self._log = None
+
+    # -- plumbing used by patching --------------------------------------------------------------
+    def cache_context(self, original, name, **kwargs):
+        return self._branches_named.cache_context(original, name, **kwargs)
+
+    def forward(self, original_forward, args, kwargs):
+        if any(kwargs.get(name) is not None for name in self.adapter.uncacheable_args):
+            self._stats["uncached_calls"] += 1
+            return original_forward(*args, **kwargs)
+        timestep = kwargs.get(self.adapter.timestep_arg)
+        steps = self.policy.num_inference_steps
+        branch = self._branches_named.branch()
+        if self._branches_named.context is not None:
+            steps = self._branches_named.context[1].get("num_inference_steps") or steps
+        self._call = (branch, timestep, steps)
+        if self.policy.cuda_graphs:
+            out = self._graphed(original_forward, args, kwargs)
+            if out is not None:
+                return out
+            self._to_host(branch)
+        return self._eager(original_forward, args, kwargs)
+
+    def _graphed(self, original_forward, args, kwargs):
+        """The call through cachekern.teacache.graphs: its output, or None when the call must take
+        the eager path (not graphable, or the branch has no state at this shape yet: its first
+        call runs eagerly and leaves the buffers the graph works on)."""
+        branch, timestep, steps = self._call
+        state = self._branches.get(branch)
+        inputs = self.adapter.graphable_inputs(args, kwargs)
+        if inputs is None or state is None or state.prev is None or state.residual is None \
+                or not isinstance(timestep, torch.Tensor) or \
+                inputs["hidden_states"].device.type != "cuda" or \
+                not self.adapter.graph_matches(inputs, state.prev):
+            return None
+        # The graph path is imported on first use: it loads Triton (the device decision), which
+        # `import cachekern` does not.
+        from cachekern.teacache import graphs
+
+        key = (graphs.signature(kwargs), steps, state.prev.data_ptr(),
+               state.residual.data_ptr())
+        graph = self._graphs.get(branch)
+        if graph is None or graph.key != key:
+            if graph is not None:
+                self._to_host(branch)
+                graph.release()
+            graph = self._graphs[branch] = self._capture(original_forward, kwargs, key, state,
+                                                         steps)
+        if state.device_decision is not graph.decision:   # the host's state is the newer
+            graph.decision.load(state)
+            state.device_decision = graph.decision
+        if self._log is None:
+            self._log = graphs.DecisionLog(state.prev.device)
+        output = graph.replay(kwargs)
+        self._add_records(self._log.append(graph.decision.record, branch, state.prev.shape[0]))
+        return self.adapter.model_output(output, kwargs)
+
+    def _capture(self, original_forward, kwargs, key, state, steps):
+        from cachekern.teacache import graphs
+        from cachekern.teacache.device_decision import DeviceDecision
+
+        branch = self._call[0]
+        decision, scratch = (DeviceDecision(self.policy, self.runtime.polynomial, steps,
+                                            state.prev.device) for _ in range(2))
+        # What only the blocks read runs inside the compute branch (a skip does not pay it).
+        deferred = {name: graphs.DeferredModule(self.model._modules[name])
+                    for name in self.adapter.stack_only_modules
+                    if self.model._modules.get(name) is not None}
+
+        def prelude():
+            for module in deferred.values():
+                module.run_deferred()
+
+        def forward(static, run_if=None):
+            # The stack reads the graph's static timestep; warm-up decides on scratch state.
+            saved = self._call
+            self._call = (branch, static[self.adapter.timestep_arg], steps)
+            self._capturing = (run_if, scratch, None) if run_if is None else \
+                (run_if, decision, prelude)
+            for module in deferred.values():
+                module.deferring = run_if is not None
+            try:
+                return self._eager(original_forward, (), dict(static, return_dict=False),
+                                   replaced=deferred)[0]
+            finally:
+                self._call, self._capturing = saved, None
+
+        return graphs.GraphedStep(key, kwargs, decision, capture_forward=forward, warm_up=forward)
+
+    def _to_host(self, branch):
+        """Makes the host's state of the branch current again after graphed calls (one
+        synchronisation), before an eager call or a new capture."""
+        state = self._branches.get(branch)
+        if state is not None and state.device_decision is not None:
+            self._flush()
+            state.device_decision.store(state)
+            state.device_decision = None
+
+    def _flush(self):
+        if self._log is not None:
+            self._add_records(self._log.flush())
+
+    def _add_records(self, rows):
+        from cachekern.teacache.device_decision import record_from_row
+
+        for branch, batch, row in rows:
+            record = record_from_row(row, branch)
+            self._record(dict(record, compute=[record["computed"]] * batch), branch)
+
+    def _record(self, decision, branch):
+        """Counts a call and appends its history record (decision: as TeaCacheRuntime.run
+        returns it, or read back from a graphed call)."""
+        compute = decision["compute"]
+        n_computed = sum(compute)
+        stats = self._stats
+        stats["calls"] += 1
+        stats["computed" if n_computed else "skipped"] += 1
+        stats["samples_computed"] += n_computed
+        stats["samples_skipped"] += len(compute) - n_computed
+        stats["decision_seconds"] += decision.get("seconds", 0.0)
+        per_sample = self.policy.decision == "per_sample"
+        self._history.append(dict(step=decision["step"], branch=branch,
+                                  timestep=decision["timestep"],
+                                  computed=compute if per_sample else compute[0],
+                                  rel_l1=decision["rel_l1"],
+                                  accumulated=decision["accumulated"]))
+
+    def _eager(self, original_forward, args, kwargs, replaced=None):
+        """The model's forward with the cached stack in place of its blocks; `replaced`
+        ({module name: stand-in}, cuda_graphs' capture) replaces the memoized modules."""
+        lists = tuple(self.adapter.block_lists(self.model))
+        saved = {name: self.model._modules[name] for name in lists}
+        self._blocks = [block for name in lists for block in saved[name]]
+        stand_ins = dict(self._stand_ins(lists))
+        for name, module in (replaced or {}).items():
+            saved[name] = self.model._modules[name]
+            stand_ins[name] = module
+        for name, inputs in self.adapter.memoized_modules.items() if replaced is None else ():
+            tensors = [kwargs.get(arg) for arg in inputs]
+            module = self.model._modules.get(name)
+            if module is None or not all(isinstance(t, torch.Tensor) for t in tensors):
+                continue  # passed positionally, or absent: the module runs as it is
+            memo = self._memos.get(name)
+            if memo is None or memo.module is not module:
+                memo = self._memos[name] = MemoizedModule(module)
+            memo.set_inputs(tensors)
+            saved[name] = module
+            stand_ins[name] = memo
+        try:
+            self.model._modules.update(stand_ins)
+            return original_forward(*args, **kwargs)
+        finally:
+            self.model._modules.update(saved)
+            self._call = self._blocks = None
+
+    def _stand_ins(self, lists):
+        """The block lists the model sees during a call: the cached stack in the first, the rest
+        empty. Built once per set of lists (building modules per call costs host time that a
+        skipped step would pay in full)."""
+        stand_ins = self._stand_in_lists.get(lists)
+        if stand_ins is None:
+            stand_ins = {name: nn.ModuleList() for name in lists}
+            stand_ins[lists[0]].append(_CachedStack(self))
+            self._stand_in_lists[lists] = stand_ins
+        return stand_ins
+
+    def _run_stack(self, args, kwargs):
+        branch, timestep, steps = self._call
+        state = self._branches.setdefault(branch, BranchState())
+        call = self.adapter.stack_call(args, kwargs)
+        with torch.no_grad():
+            if self._capturing is not None:   # inside cachekern.teacache.graphs' capture
+                run_if, decision, prelude = self._capturing
+                if run_if is None:
+                    out = self.runtime.graph_warm_up(call, self._blocks, state, decision,
+                                                     timestep)
+                else:
+                    out = self.runtime.graph_capture(self.model, call, self._blocks, state,
+                                                     decision, timestep, run_if, prelude)
+            else:
+                out, decision = self.runtime.run(self.model, call, self._blocks, state,
+                                                 timestep, steps)
+                self._record(decision, branch)
+        return self.adapter.stack_output(out)

@@ -1,0 +1,145 @@
+"""TeaCache (Liu et al., CVPR 2025): skip the whole block stack while the rescaled, accumulated
+relative L1 change of block 0's timestep-modulated input stays under a threshold, and reuse the
+stack's cached residual instead.
+
+Per call and branch: f(rel_l1) is added to an accumulator; below `threshold` the step reuses the
+residual, otherwise it computes and the accumulator restarts at 0 (the published rule: the step
+that crosses the threshold is computed). Forced computes: the first `warmup_steps` steps, the
+last step when the step count is known, a new generation, and any NaN or Inf in the indicator.
+"""
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+from cachekern.teacache import coefficients as published
+
+DECISIONS = ("global", "per_sample")
+
+
+@dataclass
+class TeaCache:
+    """TeaCache settings.
+
+    Args:
+        threshold: accumulated rescaled distance below which a step is skipped; 0 never skips.
+        coefficients: "auto" for the model family's published polynomial (np.poly1d order; the
+            raw distance, with a warning, for a family that has none), a list of your own, or
+            None for the raw relative L1 distance.
+        warmup_steps: steps computed at the start of each generation.
+        compute_last_step: always compute the last step, when the step count is known (from the
+            pipeline's cache_context or `num_inference_steps`).
+        decision: "global" (one decision per call, the published behaviour) or "per_sample"
+            (each sample of the batch, and so each half of a batched CFG call, decides alone and
+            only the samples that need it are computed).
+        max_consecutive_skips: compute after this many skips in a row (None: no limit).
+        clamp: clamp f(x) at 0, so a polynomial that dips below zero outside its fitted range
+            cannot make the accumulator shrink (off by default: the published code does not).
+        parity: reproduce the published implementation's decisions exactly: the indicator from
+            the model's own norm1 in its dtype, means rounded in that dtype (global only).
+        num_inference_steps: the step count, where no pipeline tells it.
+        calls_per_step: without a pipeline naming the branch through ``cache_context``, calls
+            are assigned to branches by order: 2 for a model called once for the conditional and
+            once for the unconditional branch each step (Wan-style CFG).
+        reuse_modulated: on a computed step, serve block 0's norm1 output from the decision's
+            modulated input instead of recomputing it (saves block 0's AdaLN projection and
+            norm: ~0.03% of a FLUX step). The kernel's m is computed in fp32 and rounded once,
+            the model's norm1 rounds after each op, so outputs differ in the last bits: off by
+            default, as an uncached and a never-skipping run must agree bit for bit. AdaLN-Zero
+            families only (FLUX, SD3, HunyuanVideo); not with parity=True.
+        cuda_graphs: on a CUDA device, run every call after a branch's first as one CUDA graph
+            that takes the decision on the device and branches on it with conditional graph
+            nodes (cachekern.teacache.graphs): no host synchronisation per call, and a skipped
+            call costs one graph launch instead of the model's eager forward. Decisions,
+            history and outputs are the eager path's bit for bit; history and stats are read
+            from the device when asked for. Families whose forward is captured whole (FLUX);
+            global decisions; not with parity or reuse_modulated. On the CPU it changes
+            nothing. Needs a CUDA 12.4+ driver.
+    """
+
+    threshold: float = 0.4
+    coefficients: Union[str, Sequence[float], None] = "auto"
+    warmup_steps: int = 1
+    compute_last_step: bool = True
+    decision: str = "global"
+    max_consecutive_skips: Optional[int] = None
+    clamp: bool = False
+    parity: bool = False
+    num_inference_steps: Optional[int] = None
+    calls_per_step: int = 1
+    reuse_modulated: bool = False
+    cuda_graphs: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not math.isfinite(self.threshold) or self.threshold < 0:
+            raise ValueError(f"TeaCache: threshold must be a finite number >= 0, got "
+                             f"{self.threshold!r}")
+        if not (self.coefficients is None or self.coefficients == "auto"):
+            try:
+                values = [float(c) for c in self.coefficients]
+            except (TypeError, ValueError):
+                values = []
+            if not values or isinstance(self.coefficients, str) \
+                    or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"TeaCache: coefficients must be 'auto', None or a non-empty list "
+                                 f"of finite numbers (highest power first), got "
+                                 f"{self.coefficients!r}")
+            self.coefficients = values
+        for name in ("warmup_steps",):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"TeaCache: {name} must be an int >= 0, got {value!r}")
+        for name in ("max_consecutive_skips", "num_inference_steps", "calls_per_step"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"TeaCache: {name} must be None or an int >= 1, got {value!r}")
+        if self.decision not in DECISIONS:
+            raise ValueError(f"TeaCache: decision must be 'global' or 'per_sample', got "
+                             f"{self.decision!r}")
+        for name in ("compute_last_step", "clamp", "parity", "reuse_modulated", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"TeaCache: {name} must be True or False, got "
+                                 f"{getattr(self, name)!r}")
+        if self.parity and self.reuse_modulated:
+            raise ValueError("TeaCache: parity=True computes the indicator the published way, "
+                             "which reuse_modulated=True cannot serve to block 0; choose one")
+        if self.cuda_graphs and (self.parity or self.reuse_modulated or
+                                 self.decision != "global"):
+            raise ValueError("TeaCache: cuda_graphs=True graphs the global decision with the "
+                             "fused kernels; it cannot be combined with parity=True, "
+                             "reuse_modulated=True or decision='per_sample'")
+        if self.parity and self.decision != "global":
+            raise ValueError("TeaCache: parity=True reproduces the published, global decision; "
+                             "it cannot be combined with decision='per_sample'")
+
+    def polynomial_for(self, key: str):
+        """The coefficient list in force for a model whose published fit would be `key`
+        (None: the raw distance)."""
+        if self.coefficients == "auto":
+            if key not in published.PUBLISHED:
+                warnings.warn(f"TeaCache: no published coefficients for '{key}'; "
+                              f"using the raw relative L1 distance (pass coefficients=[...] from "
+                              f"your own fit, or None to silence this)", stacklevel=3)
+                return None
+            return published.PUBLISHED[key]
+        return self.coefficients
+
+    def rescale(self, polynomial, rel: float) -> float:
+        y = rel if polynomial is None else published.evaluate(polynomial, rel)
+        return max(y, 0.0) if self.clamp else y
+
+    def decide(self, state_acc: float, skips: int, rel: float, polynomial, forced: bool):
+        """(compute?, new accumulator, rescaled increment) for one sample or one call."""
+        if forced or not math.isfinite(rel):
+            return True, 0.0, float("nan") if not math.isfinite(rel) else 0.0
+        increment = self.rescale(polynomial, rel)
+        acc = state_acc + increment
+        limit_reached = self.max_consecutive_skips is not None and \
+            skips >= self.max_consecutive_skips
+        if self.threshold > 0 and acc < self.threshold and not limit_reached \
+                and math.isfinite(acc):
+            return False, acc, increment
+        return True, 0.0, increment

@@ -1,0 +1,270 @@
+"""TeaCache at run time: per-branch state and one call of the block stack.
+
+Per call: block 0's indicator and its change go through the fused kernels (one pass, the new
+modulated input written over the previous one), then one host transfer reads the timestep and the
+per-sample sums together: the call's only synchronisation. A skipped call is one residual_reuse;
+a computed one runs the blocks and writes the new residual with residual_capture.
+"""
+
+import time
+from typing import Optional
+
+import torch
+
+from cachekern.models.base import StackCall
+from cachekern.models.served import serving
+
+
+def _last_dim_contiguous(call: StackCall) -> StackCall:
+    """`call` with a hidden whose channel dimension is contiguous, as the kernels need."""
+    return call if call.hidden.stride(-1) == 1 else \
+        StackCall(call.hidden.contiguous(), call.extras)
+
+
+class BranchState:
+    """What one CFG branch (or one call-order slot) keeps between steps."""
+
+    def __init__(self):
+        self.signature = None
+        self.prev: Optional[torch.Tensor] = None      # last modulated input
+        self.residual: Optional[torch.Tensor] = None  # last computed stack residual
+        # While CUDA graphs serve the branch, its step, accumulator, skips and last timestep
+        # live on the device (cachekern.teacache.device_decision.DeviceDecision), not here.
+        self.device_decision = None
+        self.new_generation()
+
+    def new_generation(self):
+        self.residual = None
+        self.step = -1
+        self.last_timestep = None
+        self.accumulated = None  # float (global) or list of floats (per sample)
+        self.skips = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.prev, self.residual)
+                   if t is not None)
+
+
+class TeaCacheRuntime:
+    def __init__(self, policy, adapter, model):
+        self.policy = policy
+        self.adapter = adapter
+        self.polynomial = policy.polynomial_for(adapter.coefficient_key(model))
+        # Imported when a model is patched, not with `import cachekern`: the kernels pull in
+        # Triton, which a BlockCache-only user need not load.
+        from cachekern import kernels
+
+        self.kernels = kernels
+        # This call's (Indicator, modulated input or None): block 0 is served from it.
+        self.indicator = None
+
+    def check_model(self, blocks):
+        if self.policy.reuse_modulated and not self.adapter.supports_reuse_modulated(blocks):
+            raise ValueError(
+                f"TeaCache: reuse_modulated=True needs block 0 to start with a plain "
+                f"AdaLayerNormZero (FLUX, SD3, HunyuanVideo); this "
+                f"{self.adapter.model_class}'s block 0 has "
+                f"{type(getattr(blocks[0], 'norm1', None)).__name__}")
+
+    # -- the indicator ------------------------------------------------------------------------
+    def _sums(self, blocks, call: StackCall, state: BranchState):
+        """Per-sample (diff, prev) sums of the indicator's change as device tensors, or None on
+        the first call; state.prev becomes this call's modulated input."""
+        self.indicator = None  # set again below when block 0 may be served from it
+        if self.policy.parity:
+            m = self.adapter.reference_modulated_input(blocks, call)
+            sums = None
+            if state.prev is not None and state.prev.shape == m.shape:
+                # The published arithmetic: means in the tensor's dtype, divided in it too.
+                rel = (m - state.prev).abs().mean() / state.prev.abs().mean()
+                sums = (rel.reshape(1).float(), torch.ones(1, device=m.device))
+            state.prev = m
+            return sums
+        ind = self.adapter.indicator(blocks, call)
+        if ind.embedding is not None:  # a [B, ...] embedding: tiny, plain PyTorch suffices
+            e = ind.embedding.float()
+            if state.prev is None or state.prev.shape != e.shape:
+                state.prev = e.clone()
+                return None
+            diff = (e - state.prev).abs().flatten(1).sum(1)
+            prev_sum = state.prev.abs().flatten(1).sum(1)
+            state.prev.copy_(e)
+            return diff, prev_sum
+        if state.prev is None or state.prev.shape != call.hidden.shape:
+            state.prev = self.kernels.modulate(call.hidden, ind.scale, ind.shift, norm=ind.norm,
+                                               eps=ind.eps)
+            sums = None
+        else:
+            sums = self.kernels.modulated_distance(call.hidden, state.prev, ind.scale, ind.shift,
+                                                   norm=ind.norm, eps=ind.eps,
+                                                   out_modulated=state.prev)
+        self.indicator = (ind, state.prev if self.policy.reuse_modulated else None)
+        return sums
+
+    # -- one call -----------------------------------------------------------------------------
+    def run(self, model, call: StackCall, blocks, state: BranchState, timestep, num_steps):
+        """One eager call: decides, then runs or skips the stack. Returns (the stack's output,
+        the decision record: step, timestep, compute (per sample), rel_l1, accumulated, and
+        seconds, the host time spent deciding)."""
+        start = time.perf_counter()
+        dense = self.begin(call, state)
+        sums = self._sums(blocks, dense, state)
+        read = self.decision_inputs(timestep, sums, call.hidden.device)
+        values = read.tolist() if read is not None else []     # the one host transfer
+        decision = self.decide(state, values, sums is not None, timestep,
+                               call.hidden.shape[0], num_steps)
+        decision["seconds"] = time.perf_counter() - start
+        return self._execute(model, call, dense, blocks, state, decision["compute"]), decision
+
+    @staticmethod
+    def decision_inputs(timestep, sums, device):
+        """Everything the decision reads, as one fp32 device vector (one host transfer):
+        [timestep (when a tensor)] + per-sample diff sums + per-sample prev sums (when there
+        are sums); None when there is nothing to read. `decide` takes it back apart."""
+        parts = []
+        if isinstance(timestep, torch.Tensor):
+            parts.append(timestep.reshape(-1)[:1].to(device=device, dtype=torch.float32))
+        if sums is not None:
+            parts += [sums[0].float(), sums[1].float()]
+        return torch.cat(parts) if parts else None
+
+    def begin(self, call: StackCall, state: BranchState) -> StackCall:
+        """Starts the branch afresh on another resolution, dtype or device; returns `call` with
+        a last-dim-contiguous hidden. (The kernels need the channel dimension contiguous; some
+        models, HunyuanVideo, hand their blocks a transposed view. The blocks still get the
+        original tensor, so a computed step stays bit for bit the model's own.)"""
+        signature = (tuple(call.hidden.shape), call.hidden.dtype, call.hidden.device)
+        if state.signature != signature:
+            state.__init__()
+            state.signature = signature
+        return _last_dim_contiguous(call)
+
+    def decide(self, state: BranchState, values, has_sums, timestep, batch, num_steps):
+        """The decision from what the host read: [timestep (when a tensor)] + per-sample diff
+        sums + per-sample prev sums (when has_sums). Advances the branch's step and
+        accumulator; returns the record of the call."""
+        values = list(values)
+        t = values.pop(0) if isinstance(timestep, torch.Tensor) else \
+            (float(timestep) if timestep is not None else None)
+        if t is not None and state.last_timestep is not None and t > state.last_timestep:
+            state.new_generation()  # the timestep went back up: a new generation started
+            has_sums = False
+        state.last_timestep = t
+        state.step += 1
+        forced = (not has_sums or state.residual is None or
+                  state.step < self.policy.warmup_steps or
+                  (self.policy.compute_last_step and num_steps is not None
+                   and state.step >= num_steps - 1))
+        per_sample = self.policy.decision == "per_sample"
+        if has_sums:
+            diff, prev = values[:len(values) // 2], values[len(values) // 2:]
+        if per_sample:
+            rels = [d / p if p else float("nan") for d, p in zip(diff, prev)] if has_sums \
+                else [float("nan")] * batch
+            acc = state.accumulated if state.accumulated is not None else [0.0] * batch
+            skips = state.skips if state.skips is not None else [0] * batch
+            decisions = [self.policy.decide(acc[b], skips[b], rels[b], self.polynomial, forced)
+                         for b in range(batch)]
+            compute = [d[0] for d in decisions]
+            state.accumulated = [d[1] for d in decisions]
+            state.skips = [0 if c else s + 1 for c, s in zip(compute, skips)]
+            record_rel, record_acc = rels, list(state.accumulated)
+        else:
+            rel = (sum(diff) / sum(prev) if sum(prev) else float("nan")) if has_sums \
+                else float("nan")
+            acc = state.accumulated if state.accumulated is not None else 0.0
+            skips = state.skips if state.skips is not None else 0
+            computed, state.accumulated, _ = self.policy.decide(acc, skips, rel, self.polynomial,
+                                                                forced)
+            state.skips = 0 if computed else skips + 1
+            compute = [computed] * batch
+            record_rel, record_acc = rel, state.accumulated
+        return dict(step=state.step, timestep=t, compute=compute, rel_l1=record_rel,
+                    accumulated=record_acc)
+
+    def _execute(self, model, call, dense, blocks, state, compute):
+        """Runs or skips the stack; `dense` is `call` with a last-dim-contiguous hidden."""
+        if all(compute):
+            ind, modulated = self.indicator or (None, None)
+            if modulated is not None:  # reuse_modulated: block 0's norm1 is served
+                with serving(blocks[0], "norm1", self.adapter.norm1_output(ind, modulated)):
+                    out = self.adapter.run_blocks(model, call, blocks)
+            elif ind is not None:      # block 0's modulation projection is served
+                with self.adapter.serving_projection(blocks, ind):
+                    out = self.adapter.run_blocks(model, call, blocks)
+            else:
+                out = self.adapter.run_blocks(model, call, blocks)
+            reuse = state.residual if state.residual is not None and \
+                state.residual.shape == out.hidden.shape else None
+            state.residual = self.kernels.residual_capture(out.hidden.contiguous(), dense.hidden,
+                                                           out=reuse)[0]
+            return out
+        hidden = self.kernels.residual_reuse(dense.hidden, state.residual)
+        if not any(compute):
+            return StackCall(hidden, call.extras)
+        # Per sample: compute only the samples that need it, reuse for the rest.
+        index = torch.tensor([b for b, c in enumerate(compute) if c], device=call.hidden.device)
+        sub = self.adapter.select(call, index)
+        sub_out = self.adapter.run_blocks(model, sub, blocks)
+        hidden[index] = sub_out.hidden
+        state.residual[index] = self.kernels.residual_capture(sub_out.hidden.contiguous(),
+                                                              dense.hidden[index])[0]
+        extras = dict(call.extras)
+        for name, value in sub_out.extras.items():
+            full = call.extras.get(name)
+            if isinstance(value, torch.Tensor) and isinstance(full, torch.Tensor) \
+                    and value is not sub.extras.get(name) and full.shape[:1] == call.hidden.shape[:1]:
+                merged = full.clone()
+                merged[index] = value
+                extras[name] = merged
+        return StackCall(hidden, extras)
+
+    # -- one call inside a CUDA graph (cachekern.teacache.graphs) -----------------------------
+    def graph_warm_up(self, call: StackCall, blocks, state: BranchState, decision, timestep):
+        """Runs once the kernels a capture will launch, on scratch copies of the state, so that
+        Triton compiles them outside the capture: leaves the branch untouched and skips the
+        blocks (the branch's first, eager call ran them at these shapes)."""
+        dense = _last_dim_contiguous(call)
+        ind = self.adapter.indicator(blocks, dense)
+        prev, residual = state.prev.clone(), state.residual.clone()
+        diff_sum, prev_sum = self.kernels.modulated_distance(
+            dense.hidden, prev, ind.scale, ind.shift, norm=ind.norm, eps=ind.eps,
+            out_modulated=prev)
+        decision(diff_sum, prev_sum, timestep)
+        hidden = self.kernels.residual_reuse(dense.hidden, residual)
+        self.kernels.residual_capture(hidden, dense.hidden, out=residual)
+        return StackCall(hidden, call.extras)
+
+    def graph_capture(self, model, call: StackCall, blocks, state: BranchState, decision,
+                      timestep, run_if, prelude=None):
+        """The stack as TeaCache(cuda_graphs=True) captures it: the indicator, the decision on
+        the device, then two conditional nodes through `run_if(flag, body)`: compute (the
+        blocks, the new residual) or skip (the cached residual). `prelude()` runs first in the
+        compute branch (work deferred there from outside the stack)."""
+        dense = _last_dim_contiguous(call)
+        ind = self.adapter.indicator(blocks, dense)
+        diff_sum, prev_sum = self.kernels.modulated_distance(
+            dense.hidden, state.prev, ind.scale, ind.shift, norm=ind.norm, eps=ind.eps,
+            out_modulated=state.prev)
+        decision(diff_sum, prev_sum, timestep)
+
+        def compute():
+            if prelude is not None:
+                prelude()
+            with self.adapter.serving_projection(blocks, ind):
+                out = self.adapter.run_blocks(model, call, blocks)
+            self.kernels.residual_capture(out.hidden.contiguous(), dense.hidden,
+                                          out=state.residual)
+            return out
+
+        def skip():
+            self.kernels.residual_reuse(dense.hidden, state.residual, out=out.hidden)
+            for name, value in out.extras.items():   # what the blocks would have changed
+                given = call.extras.get(name)
+                if value is not given and isinstance(value, torch.Tensor) and \
+                        isinstance(given, torch.Tensor):
+                    value.copy_(given)
+
+        out = run_if(decision.compute, compute)
+        run_if(decision.skip, skip)
+        return out

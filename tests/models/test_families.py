@@ -1,0 +1,129 @@
+"""TeaCache's contract on every supported model family, each a tiny config of the real diffusers
+class: threshold 0 is the uncached model bit for bit, unpatch restores it, a high threshold
+skips, generations do not share state, per-sample decisions do not leak between samples."""
+
+import pytest
+import torch
+
+import cachekern
+from cachekern import TeaCache
+
+diffusers = pytest.importorskip("diffusers")
+
+from tiny_models import FAMILIES, FAMILY_STEPS as STEPS  # noqa: E402
+from tiny_models import (cogvideox, dit, flux, hunyuan_video, ltx_video, mochi,  # noqa: E402,F401
+                         pixart, sd3, wan)
+from tiny_models import sample_family as sample  # noqa: E402
+
+
+def policy(**kwargs):
+    kwargs.setdefault("num_inference_steps", STEPS)
+    kwargs.setdefault("coefficients", None)      # raw distance: the same rule for every family
+    return TeaCache(**kwargs)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_threshold_zero_is_bitwise_and_unpatch_restores(family):
+    model, inputs, scale = family()
+    inp = inputs(1)
+    reference = sample(model, inp, timestep_scale=scale)
+    with cachekern.patched(model, policy(threshold=0.0)) as handle:
+        assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+        assert handle.stats()["skipped"] == 0
+    assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+
+
+@pytest.mark.parametrize("parity", [False, True], ids=["fused", "parity"])
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_high_threshold_skips_and_generations_do_not_share_state(family, parity):
+    model, inputs, scale = family()
+    with cachekern.patched(model, policy(threshold=10.0, parity=parity)) as handle:
+        sample(model, inputs(2), timestep_scale=scale)
+        computed = [r["computed"] for r in handle.history]
+        second = sample(model, inputs(3), timestep_scale=scale)
+        handle.reset()
+        fresh = sample(model, inputs(3), timestep_scale=scale)
+    assert computed == [True] + [False] * (STEPS - 2) + [True]
+    assert torch.equal(second, fresh)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_per_sample_decisions_do_not_leak(family):
+    model, inputs, scale = family()
+    a, b = inputs(4), inputs(5)
+    mixed = {k: (torch.stack([b[k][0], a[k][1]]) if isinstance(v, torch.Tensor)
+                 and k not in ("img_ids", "txt_ids") else v)
+             for k, v in a.items()}  # sample 0 from b, sample 1 from a
+    results = []
+    for inp in (a, mixed):
+        with cachekern.patched(model, policy(threshold=0.3, decision="per_sample")) as handle:
+            out = sample(model, inp, timestep_scale=scale)
+            results.append((out[:, 1], [r["computed"][1] for r in handle.history]))
+    assert results[0][1] == results[1][1] and not all(results[0][1])
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_families_without_published_coefficients_fall_back_to_the_raw_distance():
+    model, inputs, _ = sd3()
+    with pytest.warns(UserWarning, match="no published coefficients for 'sd3'"):
+        handle = cachekern.patch(model, TeaCache(threshold=0.1))
+    assert handle.runtime.polynomial is None
+    cachekern.unpatch(model)
+
+
+def test_calls_the_stack_cannot_serve_run_uncached():
+    model, inputs, _ = sd3()
+    inp = inputs(6)
+    with torch.no_grad():
+        expected = model(timestep=torch.tensor([500.0, 500.0]), skip_layers=[1],
+                         return_dict=False, **inp)[0]
+        with cachekern.patched(model, policy(threshold=10.0)) as handle:
+            got = model(timestep=torch.tensor([500.0, 500.0]), skip_layers=[1],
+                        return_dict=False, **inp)[0]
+            assert handle.stats()["uncached_calls"] == 1 and handle.stats()["calls"] == 0
+    assert torch.equal(got, expected)
+
+
+def test_wan_picks_the_published_e0_fit_by_model_size():
+    from cachekern.models import WanAdapter
+    from cachekern.teacache.coefficients import PUBLISHED
+
+    model, _, _ = wan()
+    assert WanAdapter().coefficient_key(model) == "wan"      # hidden 16: no published fit
+    model.register_to_config(num_attention_heads=12, attention_head_dim=128)
+    assert WanAdapter().coefficient_key(model) == "wan_t2v_1.3b_e0"
+    assert TeaCache().polynomial_for("wan_t2v_1.3b_e0") == PUBLISHED["wan_t2v_1.3b_e0"]
+
+
+REUSES_MODULATED = [flux, sd3, hunyuan_video]
+
+
+@pytest.mark.parametrize("family", REUSES_MODULATED, ids=lambda f: f.__name__)
+def test_reuse_modulated_serves_block_0s_norm1_and_stays_close(family):
+    model, inputs, scale = family()
+    inp = inputs(1)
+    reference = sample(model, inp, timestep_scale=scale)
+    calls = []
+    model.transformer_blocks[0].norm1.register_forward_hook(lambda *_: calls.append(1))
+    with cachekern.patched(model, policy(threshold=0.0, reuse_modulated=True)) as handle:
+        reused = sample(model, inp, timestep_scale=scale)
+        assert handle.stats()["skipped"] == 0
+    assert calls == []          # block 0's own norm1 never ran: the kernel's m served it
+    # fp32: the fused m and the model's norm1 differ only in rounding.
+    torch.testing.assert_close(reused, reference, rtol=1e-4, atol=1e-5)
+    assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+
+
+@pytest.mark.parametrize("family", [wan, pixart, ltx_video], ids=lambda f: f.__name__)
+def test_reuse_modulated_is_refused_where_block_0_has_no_plain_adaln_zero(family):
+    model, _, _ = family()
+    with pytest.raises(ValueError, match="reuse_modulated=True needs block 0"):
+        cachekern.patch(model, policy(reuse_modulated=True))
+    assert "_cachekern_patch" not in model.__dict__
+
+
+def test_reuse_modulated_and_parity_exclude_each_other():
+    with pytest.raises(ValueError, match="parity=True .* reuse_modulated=True"):
+        TeaCache(parity=True, reuse_modulated=True)
+    with pytest.raises(ValueError, match="reuse_modulated must be True or False"):
+        TeaCache(reuse_modulated="yes")

@@ -1,0 +1,125 @@
+"""TeaCache's decision on the device (cachekern.teacache.device_decision and its kernel, cachekern.kernels.teacache_decision), which CUDA graphs
+branch on, must take the host's decisions bit for bit: the same records and the same state,
+across warm-up, thresholds, polynomials, clamping, skip limits, the forced last step, a new
+generation (the timestep going back up), NaN and zero sums."""
+
+import math
+import random
+import struct
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cachekern import TeaCache
+from cachekern.teacache.coefficients import PUBLISHED
+from cachekern.teacache.device_decision import DeviceDecision, record_from_row
+from cachekern.teacache.runtime import BranchState, TeaCacheRuntime
+from cachekern.kernels._backend import INTERPRET, triton
+
+pytestmark = pytest.mark.skipif(triton is None, reason="needs Triton")
+DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
+
+
+def bits(x):
+    return struct.pack("<d", x)
+
+
+def calls_of(rng, batch, n):
+    """n calls: fp32 per-sample sums and a decreasing timestep that restarts once; some sums
+    NaN, some prev sums zero."""
+    out, t = [], 1.0
+    for i in range(n):
+        if i == n // 2:
+            t = 1.0                                    # a new generation
+        diff = [rng.uniform(0.0, 0.4) for _ in range(batch)]
+        prev = [rng.uniform(0.5, 1.5) for _ in range(batch)]
+        if rng.random() < 0.08:
+            diff[rng.randrange(batch)] = math.nan
+        if rng.random() < 0.05:
+            prev = [0.0] * batch
+        out.append((diff, prev, t))
+        t -= rng.uniform(0.01, 0.1)
+    return out
+
+
+def host_records(policy, polynomial, num_steps, calls):
+    runtime = SimpleNamespace(policy=policy, polynomial=polynomial)
+    state, records = BranchState(), []
+    for diff, prev, t in calls:
+        values = torch.tensor([t] + diff + prev, dtype=torch.float32).tolist()
+        r = TeaCacheRuntime.decide(runtime, state, values, True, torch.tensor(t), len(diff),
+                                   num_steps)
+        if r["compute"][0]:
+            state.residual = torch.zeros(1)  # a computed call leaves a residual
+        records.append(dict(step=r["step"], branch="b", timestep=r["timestep"],
+                            computed=r["compute"][0], rel_l1=r["rel_l1"],
+                            accumulated=r["accumulated"]))
+    return records, state
+
+
+def device_records(policy, polynomial, num_steps, calls):
+    decision = DeviceDecision(policy, polynomial, num_steps, DEVICE)
+    decision.load(BranchState())
+    records = []
+    for diff, prev, t in calls:
+        f32 = dict(dtype=torch.float32, device=DEVICE)
+        decision(torch.tensor(diff, **f32), torch.tensor(prev, **f32),
+                 torch.tensor([t, t], dtype=torch.bfloat16 if t == 1.0 else torch.float32,
+                              device=DEVICE))
+        records.append(record_from_row(decision.record.tolist(), "b"))
+        assert decision.compute.item() == records[-1]["computed"] != decision.skip.item()
+    return records, decision
+
+
+POLICIES = [
+    dict(threshold=0.3, coefficients=None),
+    dict(threshold=0.6, coefficients="flux", clamp=True),
+    dict(threshold=0.6, coefficients="flux", warmup_steps=2, max_consecutive_skips=1),
+    dict(threshold=0.0, coefficients=None),
+    dict(threshold=1e9, coefficients=[1.3, -0.7, 0.05], compute_last_step=False),
+    dict(threshold=0.03, coefficients=[1.3, -0.7, 0.05], clamp=True),   # dips below 0
+    dict(threshold=0.03, coefficients=[1.3, -0.7, 0.05]),
+    dict(threshold=0.25, coefficients="mochi", warmup_steps=0),
+]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("settings", POLICIES)
+def test_device_decisions_equal_the_hosts_bit_for_bit(batch, settings):
+    settings = dict(settings)
+    key = settings.pop("coefficients")
+    polynomial = PUBLISHED.get(key, key) if isinstance(key, str) else key
+    policy = TeaCache(coefficients=None, **settings)
+    rng = random.Random(hash((batch, repr(settings))) % 1000)
+    calls = calls_of(rng, batch, 24)
+    num_steps = 12
+    expected, host_state = host_records(policy, polynomial, num_steps, calls)
+    got, decision = device_records(policy, polynomial, num_steps, calls)
+    assert [r["computed"] for r in got] == [r["computed"] for r in expected]
+    for g, e in zip(got, expected):
+        assert g["step"] == e["step"] and g["computed"] == e["computed"]
+        for name in ("timestep", "rel_l1", "accumulated"):
+            assert bits(g[name]) == bits(e[name]) or (math.isnan(g[name]) and math.isnan(e[name])), \
+                (name, g, e)
+    if 0 < policy.threshold < 1e9:
+        assert 0 < sum(not r["computed"] for r in got) < len(got)   # the test decides both ways
+    back = BranchState()
+    back.residual = torch.zeros(1)
+    decision.store(back)
+    assert (back.step, back.skips, back.last_timestep) == \
+        (host_state.step, host_state.skips, host_state.last_timestep)
+    assert bits(back.accumulated) == bits(host_state.accumulated)
+
+
+def test_state_round_trips_through_load_and_store():
+    state = BranchState()
+    state.step, state.accumulated, state.skips, state.last_timestep = 4, 0.125, 2, 0.5
+    state.residual = torch.zeros(1)
+    decision = DeviceDecision(TeaCache(), None, None, DEVICE)
+    decision.load(state)
+    back = BranchState()
+    back.residual = torch.zeros(1)
+    decision.store(back)
+    assert (back.step, back.accumulated, back.skips, back.last_timestep) == (4, 0.125, 2, 0.5)
+    assert back.residual is not None

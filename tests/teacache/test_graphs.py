@@ -1,0 +1,208 @@
+"""TeaCache(cuda_graphs=True) on a tiny FluxTransformer2DModel: every call after a branch's first
+replays one CUDA graph that decides on the device (cachekern.teacache.graphs). It must take the
+eager path's decisions and give its outputs bit for bit, across generations, CFG branches, an
+eager call in between and re-patching, with no host synchronisation (GPU); on the CPU it changes
+nothing; what it cannot serve gets a clear error."""
+
+import pytest
+import torch
+
+import cachekern
+from cachekern import TeaCache
+diffusers = pytest.importorskip("diffusers")
+
+from tiny_models import call, make_inputs, tiny_flux  # noqa: E402
+from tiny_models import flux_sample as sample  # noqa: E402
+
+STEPS = 8
+
+
+def policy(cuda_graphs, threshold=0.3):
+    return TeaCache(threshold=threshold, coefficients=None, num_inference_steps=STEPS,
+                    cuda_graphs=cuda_graphs)
+
+
+def branched(model, inp):
+    """Two generations in a row with CFG as a pipeline runs it: a "cond" and an "uncond" call
+    per step, each in its cache_context."""
+    outputs = []
+    for seed_shift in (0.0, 0.5):
+        latents = inp["x"].clone() + seed_shift
+        with torch.no_grad():
+            for t in torch.linspace(1.0, 0.05, STEPS, device=latents.device):
+                with model.cache_context("cond"):
+                    cond = call(model, inp, latents, t)
+                with model.cache_context("uncond"):
+                    uncond = call(model, dict(inp, enc=inp["enc"] * 0), latents, t)
+                latents = latents - (1.0 / STEPS) * (uncond + 2.0 * (cond - uncond))
+                outputs += [cond, uncond]
+    return torch.stack(outputs)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 1e9])
+def test_graphs_give_the_eager_decisions_and_outputs_bit_for_bit(threshold):
+    model = tiny_flux(device="cuda")
+    inp = make_inputs(1, device="cuda")
+    runs = {}
+    for graphs in (False, True):
+        with cachekern.patched(model, policy(graphs, threshold)) as handle:
+            outputs, captured = branched(model, inp), len(handle._graphs)
+        # Read after unpatch: the graphed calls' records were collected on the way out.
+        runs[graphs] = (outputs, [dict(h) for h in handle.history], handle.stats(), captured)
+    (eager, eager_history, eager_stats, _), (graphed, graphed_history, stats, captured) = \
+        runs[False], runs[True]
+    assert torch.equal(graphed, eager)
+    assert repr(graphed_history) == repr(eager_history)  # NaN-safe (rel_l1 of a first call)
+    assert stats["skipped"] == eager_stats["skipped"]
+    if threshold > 0:
+        assert stats["skipped"] > 0 and captured == 2         # one set of graphs per branch
+    uncached = branched(model, inp)
+    if threshold == 0:
+        assert torch.equal(graphed, uncached)
+
+
+@pytest.mark.gpu
+def test_graphed_calls_never_synchronise_and_an_eager_call_between_them_fits():
+    model = tiny_flux(device="cuda")
+    inp = make_inputs(1, device="cuda")
+    eager_policy, graphed_policy = policy(False), policy(True)
+
+    def run(p, check_syncs):
+        with cachekern.patched(model, p) as handle:
+            outputs = []
+            latents = inp["x"].clone()
+            with torch.no_grad():
+                for i, t in enumerate(torch.linspace(1.0, 0.05, STEPS, device="cuda")):
+                    if i == 4:   # positional hidden_states: not graphable, runs eagerly
+                        out = model(latents, encoder_hidden_states=inp["enc"],
+                                    pooled_projections=inp["pooled"],
+                                    timestep=t.expand(1), img_ids=inp["img_ids"],
+                                    txt_ids=inp["txt_ids"], return_dict=False)[0]
+                    elif check_syncs and i >= 2:   # captured at i == 1
+                        torch.cuda.set_sync_debug_mode("error")
+                        try:
+                            out = call(model, inp, latents, t)
+                        finally:
+                            torch.cuda.set_sync_debug_mode(0)
+                    else:
+                        out = call(model, inp, latents, t)
+                    latents = latents - (1.0 / STEPS) * out
+                    outputs.append(out)
+            return torch.stack(outputs), [dict(h) for h in handle.history], handle.stats()
+
+    eager, eager_history, _ = run(eager_policy, False)
+    graphed, graphed_history, stats = run(graphed_policy, True)
+    assert torch.equal(graphed, eager)
+    assert repr(graphed_history) == repr(eager_history)
+    assert 0 < stats["skipped"] < STEPS
+
+
+@pytest.mark.gpu
+def test_repatching_captures_again_without_error():
+    model = tiny_flux(device="cuda")
+    inp = make_inputs(2, device="cuda")
+    first, reserved = None, []
+    for _ in range(4):       # the handles dropped here are collected whenever Python likes
+        handle = cachekern.patch(model, policy(True))
+        out = sample(model, inp)
+        assert handle.stats()["skipped"] > 0 and len(handle._graphs) == 1
+        cachekern.unpatch(model)
+        first = out if first is None else first
+        assert torch.equal(out, first)
+        del out
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        reserved.append(torch.cuda.memory_reserved())
+    assert reserved[1:] == reserved[1:2] * 3      # unpatch gives the graphs' memory back
+
+
+@pytest.mark.gpu
+def test_graphs_follow_a_new_resolution_and_return_dict():
+    model = tiny_flux(device="cuda")
+    with cachekern.patched(model, policy(True, 1e9)) as handle:
+        for tokens in (16, 25):
+            inp = make_inputs(2, tokens=tokens, device="cuda")
+            inp["img_ids"] = torch.zeros(tokens, 3, device="cuda")
+            out = sample(model, inp)
+            assert out.shape[2] == tokens and torch.isfinite(out).all()
+        assert handle.stats()["skipped"] >= 2 * (STEPS - 3)
+        latents = inp["x"]
+        t = torch.full((2,), 0.01, device="cuda")
+        result = model(hidden_states=latents, encoder_hidden_states=inp["enc"],
+                       pooled_projections=inp["pooled"], timestep=t, img_ids=inp["img_ids"],
+                       txt_ids=inp["txt_ids"])
+        assert isinstance(result, diffusers.models.modeling_outputs.Transformer2DModelOutput)
+
+
+def test_on_the_cpu_graphs_change_nothing():
+    model = tiny_flux()
+    inp = make_inputs(3)
+    with cachekern.patched(model, policy(False)) as handle:
+        eager, eager_history = sample(model, inp), list(handle.history)
+    with cachekern.patched(model, policy(True)) as handle:
+        assert torch.equal(sample(model, inp), eager)
+        assert repr(handle.history) == repr(eager_history)
+
+
+def test_what_graphs_cannot_serve_is_refused_clearly():
+    for combination in (dict(parity=True), dict(reuse_modulated=True),
+                        dict(decision="per_sample")):
+        with pytest.raises(ValueError, match="cuda_graphs=True"):
+            TeaCache(cuda_graphs=True, **combination)
+    with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
+        TeaCache(cuda_graphs="yes")
+    wan = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1,
+        rope_max_seq_len=32).eval()
+    with pytest.raises(ValueError, match="captured as one CUDA graph"):
+        cachekern.patch(wan, TeaCache(cuda_graphs=True))
+    assert not cachekern.patching.is_patched(wan)
+
+
+def test_driver_structures_have_cudas_layout():
+    import ctypes
+
+    from cachekern.teacache.conditional_nodes import _ConditionalParams, _NodeParams
+
+    # sizeof / offsetof of CUgraphNodeParams and CUDA_CONDITIONAL_NODE_PARAMS in cuda.h (13.0)
+    assert ctypes.sizeof(_NodeParams) == 256 and _NodeParams.conditional.offset == 16
+    assert ctypes.sizeof(_ConditionalParams) == 32
+    assert (_ConditionalParams.type.offset, _ConditionalParams.graph_out.offset,
+            _ConditionalParams.ctx.offset) == (8, 16, 24)
+
+
+@pytest.mark.gpu
+def test_run_if_runs_its_body_only_when_the_flag_is_set_and_frees_its_memory():
+    from cachekern.teacache.conditional_nodes import run_if
+
+    x = torch.randn(37, 129, device="cuda")
+    flag = torch.zeros((), dtype=torch.bool, device="cuda")
+    not_flag = torch.zeros((), dtype=torch.bool, device="cuda")
+
+    def capture_replay_release():
+        graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=pool):
+            out = torch.full_like(x, 7.0)
+            computed = run_if(flag, lambda: (x @ x.T).sum(1) + x[:, 0], pool)   # allocates
+            run_if(not_flag, lambda target=computed: target.copy_(x[:, 1]), pool)
+            out = out + computed[:, None]
+        for value in (True, False, True):
+            flag.fill_(value)
+            not_flag.fill_(not value)
+            graph.replay()
+            expected = (x @ x.T).sum(1) + x[:, 0] if value else x[:, 1]
+            torch.testing.assert_close(out, torch.full_like(x, 7.0) + expected[:, None])
+        del out, computed
+        graph.reset()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        return torch.cuda.memory_reserved()
+
+    # The first round may leave libraries' per-stream state (cuBLAS workspaces); later rounds
+    # must give back all they took: graphs captured again and again do not accumulate memory.
+    first = capture_replay_release()
+    assert capture_replay_release() == first and capture_replay_release() == first
+    with pytest.raises(ValueError, match="flag must be a bool CUDA scalar"):
+        run_if(torch.zeros(2, device="cuda"), lambda: None, None)

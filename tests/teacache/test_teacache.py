@@ -1,0 +1,284 @@
+"""TeaCache through cachekern.patch on a tiny FluxTransformer2DModel (the real diffusers class)."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+import cachekern
+from cachekern import TeaCache
+from cachekern.teacache.coefficients import PUBLISHED
+
+diffusers = pytest.importorskip("diffusers")
+
+from tiny_models import call, make_inputs, tiny_flux  # noqa: E402
+from tiny_models import flux_sample as sample  # noqa: E402
+
+STEPS = 8
+
+
+def published_teacache(model, inp, threshold, coefficients, steps=STEPS):
+    """TeaCache's FLUX algorithm as published (teacache_flux.py), written out plainly: the
+    decision from block 0's norm1 in the model's dtype, means, np.poly1d, the residual of the
+    image stream. Returns (outputs, decisions)."""
+    state = dict(cnt=0, acc=0.0, prev=None, residual=None)
+    decisions = []
+
+    def forward(latents, t):
+        hidden = model.x_embedder(latents)
+        temb = model.time_text_embed(t.expand(latents.shape[0]).to(hidden.dtype) * 1000,
+                                     inp["pooled"])
+        enc = model.context_embedder(inp["enc"])
+        rotary = model.pos_embed(torch.cat((inp["txt_ids"], inp["img_ids"]), dim=0))
+        modulated = model.transformer_blocks[0].norm1(hidden.clone(), emb=temb.clone())[0]
+        if state["cnt"] in (0, steps - 1):
+            calc, state["acc"] = True, 0.0
+        else:
+            rel = ((modulated - state["prev"]).abs().mean() / state["prev"].abs().mean()).item()
+            state["acc"] += np.poly1d(coefficients)(rel)
+            calc = not state["acc"] < threshold
+            if calc:
+                state["acc"] = 0.0
+        state["prev"] = modulated
+        state["cnt"] += 1
+        decisions.append(calc)
+        if not calc:
+            hidden = hidden + state["residual"]
+        else:
+            original = hidden.clone()
+            for block in list(model.transformer_blocks) + list(model.single_transformer_blocks):
+                enc, hidden = block(hidden_states=hidden, encoder_hidden_states=enc, temb=temb,
+                                    image_rotary_emb=rotary)
+            state["residual"] = hidden - original
+        return model.proj_out(model.norm_out(hidden, temb))
+
+    return sample(model, inp, forward, steps), decisions
+
+
+def test_threshold_zero_is_bitwise_the_uncached_model_and_unpatch_restores_it():
+    model, inp = tiny_flux(), make_inputs(1)
+    reference = sample(model, inp)
+    handle = cachekern.patch(model, TeaCache(threshold=0.0))
+    assert torch.equal(sample(model, inp), reference)                               # (a)
+    assert handle.stats()["skipped"] == 0 and handle.stats()["computed"] == STEPS
+    cachekern.unpatch(model)
+    assert "forward" not in model.__dict__ and "_cachekern_patch" not in model.__dict__
+    assert torch.equal(sample(model, inp), reference)                               # (b)
+    with cachekern.patched(model, TeaCache(threshold=0.0)):
+        assert torch.equal(sample(model, inp), reference)
+    assert torch.equal(sample(model, inp), reference)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("parity", [True, False])
+def test_decisions_and_outputs_follow_the_published_algorithm(parity, device):
+    model, inp = tiny_flux(device=device), make_inputs(2, device=device)
+    threshold = 0.6
+    expected, decisions = published_teacache(model, inp, threshold, PUBLISHED["flux"])
+    assert not all(decisions), "the threshold must make the published algorithm skip"
+    handle = cachekern.patch(model, TeaCache(threshold=threshold, parity=parity,
+                                            num_inference_steps=STEPS))
+    got = sample(model, inp)
+    assert [r["computed"] for r in handle.history] == decisions                     # (c)
+    if parity:
+        assert torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # A skipped step is the stack's input plus the residual of the last computed step: the
+    # published code's definition, which `expected` follows line for line.
+    assert handle.stats()["skipped"] == decisions.count(False)
+
+
+def test_a_new_generation_does_not_use_the_previous_ones_state():
+    model = tiny_flux()
+    policy = TeaCache(threshold=0.6, num_inference_steps=STEPS)
+    handle = cachekern.patch(model, policy)
+    sample(model, make_inputs(3))
+    second = sample(model, make_inputs(4))                                          # (d)
+    handle.reset()
+    fresh = sample(model, make_inputs(4))
+    assert torch.equal(second, fresh)
+    first_of_second = handle.history[0]
+    assert first_of_second["computed"] is True and first_of_second["step"] == 0
+
+
+def test_a_change_of_shape_starts_afresh():
+    model = tiny_flux()
+    handle = cachekern.patch(model, TeaCache(threshold=10.0, num_inference_steps=STEPS))
+    sample(model, make_inputs(5, batch=2))
+    before = len(handle.history)
+    small = make_inputs(5, batch=1)
+    sample(model, small, steps=3)
+    assert handle.history[before]["computed"] is True and handle.history[before]["step"] == 0
+
+
+def test_per_sample_decisions_do_not_depend_on_other_samples():
+    model = tiny_flux()
+    a, b = make_inputs(6), make_inputs(7)
+    mixed = dict(a)
+    mixed["x"] = torch.stack([b["x"][0], a["x"][1]])        # sample 0 differs, sample 1 is a's
+    mixed["enc"] = torch.stack([b["enc"][0], a["enc"][1]])
+    mixed["pooled"] = torch.stack([b["pooled"][0], a["pooled"][1]])
+    policy = TeaCache(threshold=0.6, num_inference_steps=STEPS, decision="per_sample")
+    with cachekern.patched(model, policy) as handle:
+        out_a = sample(model, a)
+        decisions_a = [r["computed"][1] for r in handle.history]
+    with cachekern.patched(model, policy) as handle:
+        out_mixed = sample(model, mixed)
+        decisions_mixed = [r["computed"][1] for r in handle.history]
+    assert decisions_a == decisions_mixed                                           # (e)
+    assert not all(decisions_a)
+    torch.testing.assert_close(out_mixed[:, 1], out_a[:, 1], rtol=1e-5, atol=1e-6)
+
+
+def cfg_sample(model, cond, uncond, use_context=True):
+    latents = cond["x"].clone()
+    outputs = []
+    with torch.no_grad():
+        for t in torch.linspace(1.0, 0.05, STEPS):
+            if use_context:
+                with model.cache_context("cond"):
+                    c = call(model, cond, latents, t)
+                with model.cache_context("uncond"):
+                    u = call(model, uncond, latents, t)
+            else:
+                c, u = call(model, cond, latents, t), call(model, uncond, latents, t)
+            out = u + 3.0 * (c - u)
+            latents = latents - (1.0 / STEPS) * out
+            outputs.append(out)
+    return torch.stack(outputs)
+
+
+@pytest.mark.parametrize("use_context", [True, False])
+def test_cfg_branches_keep_separate_states(use_context):
+    model = tiny_flux()
+    cond, uncond = make_inputs(8), make_inputs(9)
+    uncond["x"] = cond["x"]
+    policy = TeaCache(threshold=0.6, num_inference_steps=STEPS,
+                      calls_per_step=1 if use_context else 2)
+    with cachekern.patched(model, policy) as handle:
+        cfg_sample(model, cond, uncond, use_context)
+        branches = handle.stats()["branches"]
+        history = list(handle.history)
+    assert branches == (["cond", "uncond"] if use_context else ["call0", "call1"])  # (f)
+    by_branch = {b: [r for r in history if r["branch"] == b] for b in branches}
+    for records in by_branch.values():
+        assert [r["step"] for r in records] == list(range(STEPS))
+    # Each branch's distances are its own: with one shared state they would mix inputs.
+    assert [r["rel_l1"] for r in by_branch[branches[0]]][1:] != \
+        [r["rel_l1"] for r in by_branch[branches[1]]][1:]
+
+
+def test_nan_in_the_indicator_means_compute():
+    model, inp = tiny_flux(), make_inputs(10)
+    handle = cachekern.patch(model, TeaCache(threshold=100.0, num_inference_steps=STEPS))
+    latents = inp["x"].clone()
+    with torch.no_grad():
+        for i, t in enumerate(torch.linspace(1.0, 0.05, 4)):
+            if i == 2:
+                latents[0, 0, 0] = float("nan")
+            call(model, inp, latents, t)
+    record = handle.history[2]
+    assert record["computed"] is True and record["rel_l1"] != record["rel_l1"]
+
+
+def test_pipeline_objects_are_patched_through_their_transformer():
+    model = tiny_flux()
+    pipe = types.SimpleNamespace(transformer=model, components={"transformer": model})
+    handle = cachekern.patch(pipe, TeaCache())
+    assert handle.model is model and "forward" in model.__dict__
+    cachekern.unpatch(pipe)
+    assert "forward" not in model.__dict__
+
+
+def test_two_models_of_one_class_keep_separate_state():
+    first, second = tiny_flux(0), tiny_flux(1)
+    h1 = cachekern.patch(first, TeaCache(threshold=0.6, num_inference_steps=STEPS))
+    sample(first, make_inputs(11))
+    assert "forward" not in second.__dict__ and h1.stats()["calls"] == STEPS
+    h2 = cachekern.patch(second, TeaCache(threshold=0.6, num_inference_steps=STEPS))
+    sample(second, make_inputs(11))
+    assert h1.stats()["calls"] == STEPS and h2.stats()["calls"] == STEPS
+
+
+def test_errors_name_what_is_wrong():
+    model = tiny_flux()
+    with pytest.raises(TypeError, match=r"no adapter for Linear\. Supported model classes: "
+                                        r".*FluxTransformer2DModel.*subclass cachekern.models"):
+        cachekern.patch(torch.nn.Linear(2, 2), TeaCache())
+    with pytest.raises(TypeError, match="policy must be one of TeaCache"):
+        cachekern.patch(model, "teacache")
+    cachekern.patch(model, TeaCache())
+    with pytest.raises(RuntimeError, match="already patched"):
+        cachekern.patch(model, TeaCache())
+    cachekern.unpatch(model)
+    with pytest.raises(RuntimeError, match="is not patched"):
+        cachekern.unpatch(model)
+    for kwargs, match in [
+        (dict(threshold=-0.1), "threshold must be a finite number >= 0"),
+        (dict(threshold=float("nan")), "threshold must be a finite number >= 0"),
+        (dict(coefficients="flux"), "coefficients must be 'auto', None or a non-empty list"),
+        (dict(coefficients=[]), "coefficients must be 'auto', None or a non-empty list"),
+        (dict(warmup_steps=-1), "warmup_steps must be an int >= 0"),
+        (dict(decision="batch"), "decision must be 'global' or 'per_sample'"),
+        (dict(max_consecutive_skips=0), "max_consecutive_skips must be None or an int >= 1"),
+        (dict(parity=True, decision="per_sample"), "parity=True reproduces the published"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            TeaCache(**kwargs)
+
+
+def test_max_consecutive_skips_and_clamp():
+    model, inp = tiny_flux(), make_inputs(12)
+    with cachekern.patched(model, TeaCache(threshold=100.0, max_consecutive_skips=2,
+                                           num_inference_steps=STEPS)) as handle:
+        sample(model, inp)
+        computed = [r["computed"] for r in handle.history]
+    assert computed == [True, False, False, True, False, False, True, True]
+    assert TeaCache(clamp=True).rescale([1.0, -5.0], 0.1) == 0.0
+    assert TeaCache(clamp=False).rescale([1.0, -5.0], 0.1) == pytest.approx(-4.9)
+
+
+def test_demo_runs_and_reports(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # Outside the checkout (see test_build.py), and with the kernels' PyTorch path: the
+    # interpreter would take minutes over the demo's tensors.
+    # An empty zoo: the random-weights demo, whatever the machine has trained.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CACHEKERN_ZOO"] = str(tmp_path / "empty-zoo")
+    out = subprocess.run([sys.executable, "-m", "cachekern", "demo", "--seeds", "1", "--steps",
+                          "6", "--device", "cpu"], check=True, capture_output=True, text=True,
+                         env=env, cwd=tmp_path).stdout
+    assert "random weights" in out and "steps computed" in out and "PSNR dB" in out
+    row = out.strip().splitlines()[-1].split()
+    assert row[0] == "0" and row[2:4] == ["/", "6"] and 1 <= int(row[1]) <= 6
+
+
+def test_demo_samples_flux_photos_once_it_is_trained(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from cachekern import reference_models
+
+    ref = reference_models.create("flux-photos")       # stands in for a trained one
+    ref.meta["iterations"] = 0
+    zoo = tmp_path / "zoo"
+    reference_models.save(reference_models.model_dir("flux-photos", zoo) / reference_models.WEIGHTS,
+                          ref.model, ref.conditioner, ref.meta)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CACHEKERN_ZOO"] = str(zoo)
+    out = subprocess.run([sys.executable, "-m", "cachekern", "demo", "--seeds", "2", "--steps",
+                          "5", "--device", "cpu", "--save", str(tmp_path / "pairs.png")],
+                         check=True, capture_output=True, text=True, env=env,
+                         cwd=tmp_path).stdout
+    assert "flux-photos" in out and "PSNR dB" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["0"], ["1"])]
+    assert [r[1] for r in rows] == ["astronaut", "chelsea"]
+    assert all(r[3:5] == ["/", "5"] and 1 <= int(r[2]) <= 5 for r in rows)
+    from PIL import Image
+    assert Image.open(tmp_path / "pairs.png").size == (128, 128)   # 2 seeds × (uncached, cached)

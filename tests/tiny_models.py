@@ -1,0 +1,198 @@
+"""Tiny configs of the real diffusers classes, and the sampling loops the tests run them in: one
+builder per family, shared by every test folder (tests import this module, never each other)."""
+
+import torch
+
+import diffusers
+
+FAMILY_STEPS = 6
+
+
+def tiny_flux(seed=0, device="cpu"):
+    torch.manual_seed(seed)
+    return diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=8, num_layers=1, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+        axes_dims_rope=[4, 6, 6]).eval().to(device)
+
+
+def make_inputs(seed, batch=2, tokens=16, text=5, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    inputs = dict(x=torch.randn(batch, tokens, 8, generator=g),
+                  enc=torch.randn(batch, text, 32, generator=g),
+                  pooled=torch.randn(batch, 16, generator=g),
+                  img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3))
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def call(model, inp, latents, t):
+    return model(hidden_states=latents, encoder_hidden_states=inp["enc"],
+                 pooled_projections=inp["pooled"], timestep=t.expand(latents.shape[0]),
+                 img_ids=inp["img_ids"], txt_ids=inp["txt_ids"], return_dict=False)[0]
+
+
+def flux_sample(model, inp, forward=None, steps=8):
+    """A flow-matching Euler loop on tiny_flux; returns every step's model output."""
+    forward = forward or (lambda latents, t: call(model, inp, latents, t))
+    latents, outputs = inp["x"].clone(), []
+    with torch.no_grad():
+        for t in torch.linspace(1.0, 0.05, steps, device=latents.device):
+            out = forward(latents, t)
+            latents = latents - (1.0 / steps) * out
+            outputs.append(out)
+    return torch.stack(outputs)
+
+
+# -- one builder per family: (model, inputs(seed, batch=2), timestep scale) ---------------------
+def flux():
+    torch.manual_seed(0)
+    model = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=8, num_layers=1, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16,
+        axes_dims_rope=[4, 6, 6]).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 16, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 32, generator=g),
+                    pooled_projections=torch.randn(batch, 16, generator=g),
+                    img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3))
+    return model, inputs, 1.0
+
+
+def sd3():
+    torch.manual_seed(0)
+    model = diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=3, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+        pooled_projection_dim=16, out_channels=4, pos_embed_max_size=16).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 7, 16, generator=g),
+                    pooled_projections=torch.randn(batch, 16, generator=g))
+    return model, inputs, 1000.0
+
+
+def wan():
+    torch.manual_seed(0)
+    model = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
+        rope_max_seq_len=32).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 7, 16, generator=g))
+    return model, inputs, 1000.0
+
+
+def cogvideox():
+    torch.manual_seed(0)
+    model = diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+        time_embed_dim=2, text_embed_dim=8, num_layers=3, sample_width=8, sample_height=8,
+        sample_frames=8, patch_size=2, temporal_compression_ratio=4,
+        max_text_seq_length=8).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 2, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 8, 8, generator=g))
+    return model, inputs, 1000.0
+
+
+def hunyuan_video():
+    torch.manual_seed(0)
+    model = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10,
+        num_layers=2, num_single_layers=2, num_refiner_layers=1, patch_size=1, patch_size_t=1,
+        guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=8,
+        rope_axes_dim=(2, 4, 4)).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 1, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    pooled_projections=torch.randn(batch, 8, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 6),
+                    guidance=torch.full((batch,), 3.5))
+    return model, inputs, 1000.0
+
+
+def pixart():
+    torch.manual_seed(0)
+    model = diffusers.PixArtTransformer2DModel(
+        sample_size=8, num_layers=3, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+        caption_channels=16, in_channels=4, cross_attention_dim=16, out_channels=4,
+        attention_bias=True, activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    added_cond_kwargs={"aspect_ratio": None, "resolution": None})
+    return model, inputs, 1000.0
+
+
+def dit():
+    torch.manual_seed(0)
+    model = diffusers.DiTTransformer2DModel(
+        sample_size=8, num_layers=3, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+        in_channels=4, out_channels=4, num_embeds_ada_norm=10).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    class_labels=torch.randint(0, 10, (batch,), generator=g))
+    return model, inputs, 1000.0
+
+
+def ltx_video():
+    torch.manual_seed(0)
+    model = diffusers.LTXVideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
+        attention_head_dim=8, cross_attention_dim=16, num_layers=3, caption_channels=16).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 2 * 4 * 4, 4, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 6), num_frames=2, height=4,
+                    width=4)
+    return model, inputs, 1000.0
+
+
+def mochi():
+    torch.manual_seed(0)
+    model = diffusers.MochiTransformer3DModel(
+        patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=3,
+        pooled_projection_dim=16, in_channels=4, out_channels=None, qk_norm="rms_norm",
+        text_embed_dim=16, time_embed_dim=4, activation_fn="swiglu",
+        max_sequence_length=16).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 6))
+    return model, inputs, 1000.0
+
+
+FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi]
+
+
+def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
+    """A flow-matching Euler loop over a family's inputs; returns every step's model output."""
+    latents, outputs = inp["hidden_states"].clone(), []
+    rest = {k: v for k, v in inp.items() if k != "hidden_states"}
+    with torch.no_grad():
+        for t in torch.linspace(1.0, 0.05, steps):
+            timestep = t.expand(latents.shape[0]) * timestep_scale
+            out = model(hidden_states=latents, timestep=timestep, return_dict=False, **rest)[0]
+            latents = latents - (1.0 / steps) * out
+            outputs.append(out)
+    return torch.stack(outputs)
