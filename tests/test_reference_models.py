@@ -32,8 +32,52 @@ def test_save_and_load_round_trip(name, tmp_path):
     loaded = reference_models.load(name, cache_dir=tmp_path)
     for a, b in [(ref.model, loaded.model), (ref.conditioner, loaded.conditioner)]:
         sa, sb = a.state_dict(), b.state_dict()
-        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        # stored in fp16, loaded back into fp32: exactly the fp16 rounding of what was saved
+        assert sa.keys() == sb.keys()
+        assert all(sb[k].dtype == torch.float32 and torch.equal(sa[k].half().float(), sb[k])
+                   for k in sa)
+    with torch.no_grad():
+        for p in ref.model.parameters():
+            p.copy_(p.half().float())
+        for p in ref.conditioner.parameters():
+            p.copy_(p.half().float())
     assert torch.equal(ref.sample([1, 0], [4, 5], steps=2), loaded.sample([1, 0], [4, 5], steps=2))
+
+
+@pytest.mark.parametrize("name", sorted(reference_models.RECIPES))
+def test_every_reference_model_ships_trained_and_hash_checked(name, monkeypatch):
+    from cachekern.reference_models import store
+
+    monkeypatch.delenv("CACHEKERN_ZOO", raising=False)
+    path = store.shipped_path(name)
+    assert path.is_file() and path.stat().st_size <= 12 * 2**20
+    assert store.sha256_of(path) == store.shipped_hashes()[path.name]
+    assert reference_models.is_trained(name)
+    ref = reference_models.load(name)
+    assert ref.meta["name"] == name and ref.meta["iterations"] >= 1000   # trained, not a stand-in
+    untrained = reference_models.create(name, seed=0)
+    assert not torch.equal(next(ref.model.parameters()), next(untrained.model.parameters()))
+
+
+def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    from cachekern.reference_models import store
+
+    name = "unet-digits"
+    copy = tmp_path / f"{name}.safetensors"
+    shutil.copyfile(store.shipped_path(name), copy)
+    store.record_hash(copy)
+    monkeypatch.setattr(store, "SHIPPED_DIR", tmp_path)
+    monkeypatch.delenv("CACHEKERN_ZOO", raising=False)
+    reference_models.load(name)                                    # intact: loads
+    with open(copy, "r+b") as f:       # flip the last byte of the tensor data
+        f.seek(-1, 2)
+        last = f.read(1)[0]
+        f.seek(-1, 2)
+        f.write(bytes([last ^ 0xFF]))
+    with pytest.raises(ValueError, match="sha256 .* differs .* damaged"):
+        reference_models.load(name)
 
 
 def test_the_zoo_directory_follows_the_environment(tmp_path, monkeypatch):
@@ -68,6 +112,6 @@ def test_bad_arguments_are_named():
         unet_digits.make_scheduler("euler")
 
 
-def test_loading_an_untrained_model_says_how_to_train_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train.py unet-digits"):
+def test_loading_from_an_empty_zoo_says_how_to_train_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="benchmarks.zoo.train unet-digits"):
         reference_models.load("unet-digits", cache_dir=tmp_path)

@@ -1,18 +1,21 @@
 """Trains a reference model and saves it to the zoo directory with a grid of its samples.
 
     python -m benchmarks.zoo.train flux-photos
-    python -m benchmarks.zoo.train unet-digits
+    python -m benchmarks.zoo.train unet-digits --ship    # also replace the shipped weights
 
 Fixed seeds and a fixed number of iterations (a time limit stops a slower machine early, and says
-so). Weights are the exponential moving average of the trained ones, saved in fp32 as
-<zoo>/<name>/model.safetensors (<zoo>: --cache-dir, else $CACHEKERN_ZOO, else
-~/.cache/cachekern/zoo); next to them: samples.png (8 samples per class, one class per row),
-data.png (training images, same layout) and train_log.json (the loss curve).
+so). Weights are the exponential moving average of the trained ones, saved in fp16 (the shipped
+format) as <zoo>/<name>/model.safetensors (<zoo>: --cache-dir, else $CACHEKERN_ZOO, else
+~/.cache/cachekern/zoo); next to them: samples.png (8 samples per class, one class per row, drawn
+from the saved fp16 weights), data.png (training images, same layout) and train_log.json (the
+loss curve). --ship copies the weights into cachekern/reference_models/weights/ and records their
+sha256 in SHA256SUMS there.
 """
 
 import argparse
 import copy
 import json
+import shutil
 import time
 
 import torch
@@ -22,7 +25,7 @@ from benchmarks.zoo.data import Digits, PhotoCrops
 from benchmarks.zoo.grid import save_grid
 
 from cachekern import reference_models
-from cachekern.reference_models import flux_photos, unet_digits
+from cachekern.reference_models import flux_photos, store, unet_digits
 
 SETTINGS = {   # iterations, batch, learning rate
     "flux-photos": dict(iterations=3000, batch=256, lr=4e-4),
@@ -94,7 +97,7 @@ TASKS = {"flux-photos": FluxPhotosTask, "unet-digits": UNetDigitsTask}
 
 
 def train(name, *, iterations=None, batch=None, device=None, cache_dir=None, max_minutes=9.5,
-          log_every=100, seed=0, sample_steps=None):
+          log_every=100, seed=0, sample_steps=None, ship=False):
     settings = dict(SETTINGS[name])
     iterations = iterations or settings["iterations"]
     batch = batch or settings["batch"]
@@ -151,12 +154,18 @@ def train(name, *, iterations=None, batch=None, device=None, cache_dir=None, max
                 torch=torch.__version__)
     path = reference_models.save(folder / reference_models.WEIGHTS, ema.model, ema.conditioner,
                                  meta)
-    save_grid(task.samples(ema, sample_steps), folder / reference_models.SAMPLES, PER_CLASS,
+    stored = reference_models.load(name, device, cache_dir=folder.parent)   # as users get it
+    save_grid(task.samples(stored, sample_steps), folder / reference_models.SAMPLES, PER_CLASS,
               task.upscale)
     save_grid(task.examples(generator), folder / "data.png", PER_CLASS, task.upscale)
     (folder / "train_log.json").write_text(json.dumps(dict(meta=meta, log=log), indent=1))
     print(f"saved {path} ({path.stat().st_size / 2**20:.1f} MiB) after {done} iterations, "
           f"{seconds:.0f} s")
+    if ship:
+        shipped = store.shipped_path(name)
+        shutil.copyfile(path, shipped)
+        store.record_hash(shipped)
+        print(f"shipped as {shipped}, sha256 {store.sha256_of(shipped)}")
     return path
 
 
@@ -170,9 +179,11 @@ def main(argv=None):
     parser.add_argument("--cache-dir", help="zoo directory (default: $CACHEKERN_ZOO or "
                                             "~/.cache/cachekern/zoo)")
     parser.add_argument("--max-minutes", type=float, default=9.5)
+    parser.add_argument("--ship", action="store_true",
+                        help="also replace the weights shipped in cachekern/reference_models/")
     args = parser.parse_args(argv)
     train(args.name, iterations=args.iterations, batch=args.batch, device=args.device,
-          cache_dir=args.cache_dir, max_minutes=args.max_minutes)
+          cache_dir=args.cache_dir, max_minutes=args.max_minutes, ship=args.ship)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,21 @@
 """Small models of real diffusers classes trained by this project (weights cannot be downloaded
 here, and caching behaves differently on random weights): their architectures, conditioners and
-samplers, and loading by name from the zoo directory. The training recipes are in
-benchmarks/zoo/.
+samplers, and loading by name. Their trained weights ship with the package (fp16, sha256-checked);
+the training recipes that rebuild them are in benchmarks/zoo/.
 
     from cachekern import reference_models
     ref = reference_models.load("flux-photos", device="cuda")
     images = ref.sample(labels=[0, 1], seeds=[0, 1])      # [-1, 1], [B, C, H, W]
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
 
 from cachekern.reference_models import flux_photos, unet_digits
-from cachekern.reference_models.store import SAMPLES, WEIGHTS, model_dir, read, save, zoo_dir
+from cachekern.reference_models import store
+from cachekern.reference_models.store import ENV_DIR, SAMPLES, WEIGHTS, model_dir, read, save, zoo_dir
 
 RECIPES = {flux_photos.NAME: flux_photos, unet_digits.NAME: unet_digits}
 
@@ -42,9 +44,17 @@ class ReferenceModel:
         return self.recipe.sample(self.model, self.conditioner, labels, seeds, **options)
 
 
+def _rebuilt(cache_dir):
+    """Whether weights are to come from a zoo directory (train.py's output) instead of the
+    shipped ones: when one is named, by argument or by $CACHEKERN_ZOO."""
+    return cache_dir is not None or bool(os.environ.get(ENV_DIR))
+
+
 def is_trained(name, cache_dir=None) -> bool:
+    """Whether `load(name, cache_dir=cache_dir)` finds weights."""
     _recipe(name)
-    return (model_dir(name, cache_dir) / WEIGHTS).is_file()
+    path = model_dir(name, cache_dir) / WEIGHTS if _rebuilt(cache_dir) else store.shipped_path(name)
+    return path.is_file()
 
 
 def create(name, device="cpu", dtype=torch.float32, seed=0) -> ReferenceModel:
@@ -58,13 +68,23 @@ def create(name, device="cpu", dtype=torch.float32, seed=0) -> ReferenceModel:
 
 
 def load(name, device="cpu", dtype=torch.float32, cache_dir=None) -> ReferenceModel:
-    """The trained model `name` from the zoo directory (see `zoo_dir`)."""
+    """The trained model `name`: the weights shipped with cachekern (their sha256 checked first),
+    or, when `cache_dir` or $CACHEKERN_ZOO names a zoo directory, the ones
+    `python -m benchmarks.zoo.train <name>` wrote there."""
     recipe = _recipe(name)
-    path = model_dir(name, cache_dir) / WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{name} is not trained: no {path}. Train it with "
-                                f"`python benchmarks/zoo/train.py {name}` (one GPU, minutes), or "
-                                f"point $CACHEKERN_ZOO at a directory holding it")
+    if _rebuilt(cache_dir):
+        path = model_dir(name, cache_dir) / WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f"{name} is not in the zoo directory {zoo_dir(cache_dir)}: no "
+                                    f"{path}. Train it with `python -m benchmarks.zoo.train "
+                                    f"{name}` (one GPU, minutes), or unset ${ENV_DIR} to load "
+                                    f"the weights shipped with cachekern")
+    else:
+        path = store.shipped_path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: no shipped weights at {path}; rebuild them with "
+                                    f"`python -m benchmarks.zoo.train {name} --ship`")
+        store.verify(path)
     model_state, conditioner_state, meta = read(path)
     if meta.get("name") != name:
         raise ValueError(f"{path} holds {meta.get('name')!r}, not {name!r}")
