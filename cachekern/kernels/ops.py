@@ -5,12 +5,13 @@ In eager mode the public functions call the kernels directly (the dispatcher add
 for nothing there); under `torch.compile` they call these ops. Both run the same code.
 """
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
 from cachekern.kernels.modulation import modulate_into, modulated_distance_sums
 from cachekern.kernels.capture import residual_capture_sums
+from cachekern.kernels.forecast import residual_forecast_into
 from cachekern.kernels.reuse import residual_reuse_into
 
 
@@ -61,3 +62,14 @@ def residual_capture_op(output: torch.Tensor, x: torch.Tensor,
 @residual_capture_op.register_fake
 def _(output, x, prev_residual, deterministic, out):
     return output.new_empty((2, output.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("cachekern::residual_forecast_", mutates_args=("out",))
+def residual_forecast_op(x: torch.Tensor, history: List[torch.Tensor], weights: torch.Tensor,
+                         bias: Optional[torch.Tensor], channel_dim: int, out: torch.Tensor) -> None:
+    residual_forecast_into(x, history, weights, bias, channel_dim, out)
+
+
+@residual_forecast_op.register_fake
+def _(x, history, weights, bias, channel_dim, out):
+    return None

@@ -16,6 +16,7 @@ from typing import Optional, Sequence, Union
 from cachekern.teacache import coefficients as published
 
 DECISIONS = ("global", "per_sample")
+FORECAST_TIMES = ("timestep", "step")
 
 
 @dataclass
@@ -56,6 +57,14 @@ class TeaCache:
             from the device when asked for. Families whose forward is captured whole (FLUX);
             global decisions; not with parity or reuse_modulated. On the CPU it changes
             nothing. Needs a CUDA 12.4+ driver.
+        forecast_order: what a skipped call adds to its input: 0, the last computed residual
+            (the published method); 1 or 2, the polynomial through the last 1 + order computed
+            residuals, extrapolated to the call's time (fewer when fewer were computed yet in the
+            generation). Not with cuda_graphs=True yet.
+        forecast_time: the variable the forecast extrapolates in: "timestep" (the value the
+            model is called with: the sampler's own time, right for shifted and non-uniform
+            schedules) or "step" (the call's step index, as diffusers' and cache-dit's
+            TaylorSeer do).
     """
 
     threshold: float = 0.4
@@ -70,6 +79,8 @@ class TeaCache:
     calls_per_step: int = 1
     reuse_modulated: bool = False
     cuda_graphs: bool = False
+    forecast_order: int = 0
+    forecast_time: str = "timestep"
 
     def __post_init__(self):
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
@@ -96,6 +107,15 @@ class TeaCache:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
                 raise ValueError(f"TeaCache: {name} must be None or an int >= 1, got {value!r}")
+        if isinstance(self.forecast_order, bool) or self.forecast_order not in (0, 1, 2):
+            raise ValueError(f"TeaCache: forecast_order must be 0, 1 or 2, got "
+                             f"{self.forecast_order!r}")
+        if self.forecast_time not in FORECAST_TIMES:
+            raise ValueError(f"TeaCache: forecast_time must be 'timestep' or 'step', got "
+                             f"{self.forecast_time!r}")
+        if self.cuda_graphs and self.forecast_order:
+            raise ValueError("TeaCache: cuda_graphs=True replays the cached residual as it is; "
+                             "forecast_order > 0 runs eagerly for now: use one or the other")
         if self.decision not in DECISIONS:
             raise ValueError(f"TeaCache: decision must be 'global' or 'per_sample', got "
                              f"{self.decision!r}")

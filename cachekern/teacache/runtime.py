@@ -28,6 +28,11 @@ class BranchState:
         self.signature = None
         self.prev: Optional[torch.Tensor] = None      # last modulated input
         self.residual: Optional[torch.Tensor] = None  # last computed stack residual
+        # Forecasting (forecast_order > 0): the computed residuals before `residual`, newest
+        # first, and for each entry of [residual] + older the sampler time at which each sample
+        # computed it.
+        self.older: list = []
+        self.times: list = []
         # While CUDA graphs serve the branch, its step, accumulator, skips and last timestep
         # live on the device (cachekern.teacache.device_decision.DeviceDecision), not here.
         self.device_decision = None
@@ -35,13 +40,15 @@ class BranchState:
 
     def new_generation(self):
         self.residual = None
+        self.older = []
+        self.times = []
         self.step = -1
         self.last_timestep = None
         self.accumulated = None  # float (global) or list of floats (per sample)
         self.skips = None
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.prev, self.residual)
+        return sum(t.numel() * t.element_size() for t in [self.prev, self.residual] + self.older
                    if t is not None)
 
 
@@ -114,7 +121,7 @@ class TeaCacheRuntime:
         decision = self.decide(state, values, sums is not None, timestep,
                                call.hidden.shape[0], num_steps)
         decision["seconds"] = time.perf_counter() - start
-        return self._execute(model, call, dense, blocks, state, decision["compute"]), decision
+        return self._execute(model, call, dense, blocks, state, decision), decision
 
     @staticmethod
     def decision_inputs(timestep, sums, device):
@@ -182,8 +189,10 @@ class TeaCacheRuntime:
         return dict(step=state.step, timestep=t, compute=compute, rel_l1=record_rel,
                     accumulated=record_acc)
 
-    def _execute(self, model, call, dense, blocks, state, compute):
+    def _execute(self, model, call, dense, blocks, state, decision):
         """Runs or skips the stack; `dense` is `call` with a last-dim-contiguous hidden."""
+        compute = decision["compute"]
+        now = self._time(decision)
         if all(compute):
             ind, modulated = self.indicator or (None, None)
             if modulated is not None:  # reuse_modulated: block 0's norm1 is served
@@ -194,12 +203,9 @@ class TeaCacheRuntime:
                     out = self.adapter.run_blocks(model, call, blocks)
             else:
                 out = self.adapter.run_blocks(model, call, blocks)
-            reuse = state.residual if state.residual is not None and \
-                state.residual.shape == out.hidden.shape else None
-            state.residual = self.kernels.residual_capture(out.hidden.contiguous(), dense.hidden,
-                                                           out=reuse)[0]
+            self._keep(state, out.hidden, dense.hidden, now)
             return out
-        hidden = self.kernels.residual_reuse(dense.hidden, state.residual)
+        hidden = self._skipped(dense.hidden, state, now)
         if not any(compute):
             return StackCall(hidden, call.extras)
         # Per sample: compute only the samples that need it, reuse for the rest.
@@ -207,8 +213,9 @@ class TeaCacheRuntime:
         sub = self.adapter.select(call, index)
         sub_out = self.adapter.run_blocks(model, sub, blocks)
         hidden[index] = sub_out.hidden
-        state.residual[index] = self.kernels.residual_capture(sub_out.hidden.contiguous(),
-                                                              dense.hidden[index])[0]
+        fresh = self.kernels.residual_capture(sub_out.hidden.contiguous(),
+                                              dense.hidden[index])[0]
+        self._keep_samples(state, fresh, index, [b for b, c in enumerate(compute) if c], now)
         extras = dict(call.extras)
         for name, value in sub_out.extras.items():
             full = call.extras.get(name)
@@ -218,6 +225,67 @@ class TeaCacheRuntime:
                 merged[index] = value
                 extras[name] = merged
         return StackCall(hidden, extras)
+
+    # -- the kept residuals and their forecast -------------------------------------------------
+    def _time(self, decision):
+        """The sampler time a forecast extrapolates in: the timestep the model was called with,
+        or the step index (forecast_time="step", or a model called without a timestep)."""
+        if self.policy.forecast_time == "timestep" and decision["timestep"] is not None:
+            return float(decision["timestep"])
+        return float(decision["step"])
+
+    def _keep(self, state, output, x, now):
+        """A computed call's residual, output − x, written over the oldest kept one's buffer
+        (the history is a ring: no entry is copied)."""
+        ring = [] if state.residual is None else [state.residual] + state.older
+        ring = [r for r in ring if r.shape == output.shape]
+        full = len(ring) > self.policy.forecast_order
+        buffer = ring[-1] if full else None
+        state.residual = self.kernels.residual_capture(output.contiguous(), x, out=buffer)[0]
+        state.older = ring[:-1] if full else ring
+        times = state.times[:len(state.older)]
+        state.times = [[now] * x.shape[0]] + times
+
+    def _keep_samples(self, state, fresh, index, samples, now):
+        """The residuals of the samples that computed (per-sample decisions): each of their
+        history entries moves one place back (these copies are the price of per-sample
+        histories), the fresh residual in front."""
+        order = self.policy.forecast_order
+        if order > 0:
+            if len(state.older) < order:     # a new, empty slot: zeros, never uninitialised
+                state.older.append(torch.zeros_like(state.residual))
+                state.times.append([None] * state.residual.shape[0])
+            entries = [state.residual] + state.older
+            for j in range(len(entries) - 1, 0, -1):
+                entries[j][index] = entries[j - 1][index]
+                for b in samples:
+                    state.times[j][b] = state.times[j - 1][b]
+        state.residual[index] = fresh
+        for b in samples:
+            state.times[0][b] = now
+
+    def _skipped(self, x, state, now):
+        """x plus the cached residual (order 0), or plus the residual extrapolated to `now`
+        through the last forecast_order + 1 computed ones (Lagrange, in the sampler's time)."""
+        if self.policy.forecast_order == 0 or not state.older:
+            return self.kernels.residual_reuse(x, state.residual)
+        entries = [state.residual] + state.older
+        entries = entries[:self.policy.forecast_order + 1]
+        # Each sample extrapolates through as many of its entries as it has, with distinct
+        # times (per-sample decisions give samples different histories); zero weights pad.
+        counts, rows = [], []
+        for ts in zip(*state.times[:len(entries)]):
+            n = next(n for n in range(len(ts), 0, -1)
+                     if None not in ts[:n] and len(set(ts[:n])) == n)
+            counts.append(n)
+            rows.append(self.kernels.lagrange_weights(ts[:n], now) + [0.0] * (len(ts) - n))
+        usable = max(counts)
+        if usable == 1:
+            return self.kernels.residual_reuse(x, state.residual)
+        weights = torch.tensor([row[:usable] for row in rows], dtype=torch.float32)
+        if x.device.type == "cuda":     # no synchronisation: a pinned copy, in stream order
+            weights = weights.pin_memory().to(x.device, non_blocking=True)
+        return self.kernels.residual_forecast(x, entries[:usable], weights)
 
     # -- one call inside a CUDA graph (cachekern.teacache.graphs) -----------------------------
     def graph_warm_up(self, call: StackCall, blocks, state: BranchState, decision, timestep):

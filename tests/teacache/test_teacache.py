@@ -18,11 +18,19 @@ from tiny_models import flux_sample as sample  # noqa: E402
 STEPS = 8
 
 
-def published_teacache(model, inp, threshold, coefficients, steps=STEPS):
+def lagrange(times, t):
+    return [np.prod([(t - tj) / (tk - tj) for j, tj in enumerate(times) if j != k])
+            for k, tk in enumerate(times)]
+
+
+def published_teacache(model, inp, threshold, coefficients, steps=STEPS, forecast_order=0,
+                       forecast_time="timestep"):
     """TeaCache's FLUX algorithm as published (teacache_flux.py), written out plainly: the
     decision from block 0's norm1 in the model's dtype, means, np.poly1d, the residual of the
-    image stream. Returns (outputs, decisions)."""
-    state = dict(cnt=0, acc=0.0, prev=None, residual=None)
+    image stream. With forecast_order > 0 a skipped step adds the polynomial through the last
+    forecast_order + 1 computed residuals at the step's time instead. Returns (outputs,
+    decisions)."""
+    state = dict(cnt=0, acc=0.0, prev=None, residual=None, kept=[])
     decisions = []
 
     def forward(latents, t):
@@ -43,14 +51,19 @@ def published_teacache(model, inp, threshold, coefficients, steps=STEPS):
         state["prev"] = modulated
         state["cnt"] += 1
         decisions.append(calc)
+        now = float(t) if forecast_time == "timestep" else float(state["cnt"] - 1)
         if not calc:
-            hidden = hidden + state["residual"]
+            kept = state["kept"][-(forecast_order + 1):]
+            weights = lagrange([k[0] for k in kept], now)
+            hidden = hidden + sum(w * r for w, (_, r) in zip(weights, kept)) \
+                if forecast_order else hidden + state["residual"]
         else:
             original = hidden.clone()
             for block in list(model.transformer_blocks) + list(model.single_transformer_blocks):
                 enc, hidden = block(hidden_states=hidden, encoder_hidden_states=enc, temb=temb,
                                     image_rotary_emb=rotary)
             state["residual"] = hidden - original
+            state["kept"].append((now, state["residual"]))
         return model.proj_out(model.norm_out(hidden, temb))
 
     return sample(model, inp, forward, steps), decisions
@@ -88,6 +101,58 @@ def test_decisions_and_outputs_follow_the_published_algorithm(parity, device):
     # A skipped step is the stack's input plus the residual of the last computed step: the
     # published code's definition, which `expected` follows line for line.
     assert handle.stats()["skipped"] == decisions.count(False)
+
+
+@pytest.mark.parametrize("forecast_order", [1, 2])
+@pytest.mark.parametrize("forecast_time", ["timestep", "step"])
+def test_forecasts_extrapolate_the_computed_residuals_in_the_samplers_time(forecast_order,
+                                                                           forecast_time):
+    model, inp = tiny_flux(), make_inputs(2)
+    threshold, steps = 0.4, 12
+    expected, decisions = published_teacache(model, inp, threshold, PUBLISHED["flux"], steps,
+                                             forecast_order=forecast_order,
+                                             forecast_time=forecast_time)
+    # enough computed steps before a skip for the forecast's order to be used
+    assert decisions.count(True) > forecast_order + 1 and not all(decisions)
+    reuse, _ = published_teacache(model, inp, threshold, PUBLISHED["flux"], steps)
+    assert not torch.allclose(expected, reuse, rtol=1e-3, atol=1e-3)   # forecasting changed it
+    policy = TeaCache(threshold=threshold, num_inference_steps=steps,
+                      forecast_order=forecast_order, forecast_time=forecast_time)
+    with cachekern.patched(model, policy) as handle:
+        got = sample(model, inp, steps=steps)
+        assert [r["computed"] for r in handle.history] == decisions
+        assert handle.stats()["bytes_held"] > 0
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_forecasting_that_never_skips_is_bitwise_the_uncached_model():
+    model, inp = tiny_flux(), make_inputs(1)
+    reference = sample(model, inp)
+    with cachekern.patched(model, TeaCache(threshold=0.0, forecast_order=2)):
+        assert torch.equal(sample(model, inp), reference)
+
+
+def test_per_sample_forecasts_do_not_depend_on_other_samples():
+    model = tiny_flux()
+    a, b = make_inputs(6), make_inputs(7)
+    mixed = {k: (torch.stack([b[k][0], a[k][1]]) if k in ("x", "enc", "pooled") else v)
+             for k, v in a.items()}
+    policy = TeaCache(threshold=0.6, num_inference_steps=STEPS, decision="per_sample",
+                      forecast_order=1)
+    with cachekern.patched(model, policy) as handle:
+        out_a = sample(model, a)
+        decisions_a = [r["computed"][1] for r in handle.history]
+    with cachekern.patched(model, policy) as handle:
+        out_mixed = sample(model, mixed)
+        decisions_mixed = [r["computed"][1] for r in handle.history]
+    assert decisions_a == decisions_mixed and not all(decisions_a)
+    torch.testing.assert_close(out_mixed[:, 1], out_a[:, 1], rtol=1e-5, atol=1e-6)
+    # and sample 1 alone, with global decisions, is the same computation
+    alone = {k: (v[1:] if k in ("x", "enc", "pooled") else v) for k, v in a.items()}
+    with cachekern.patched(model, TeaCache(threshold=0.6, num_inference_steps=STEPS,
+                                           forecast_order=1)):
+        torch.testing.assert_close(sample(model, alone)[:, 0], out_a[:, 1], rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_a_new_generation_does_not_use_the_previous_ones_state():
@@ -222,6 +287,10 @@ def test_errors_name_what_is_wrong():
         (dict(coefficients=[]), "coefficients must be 'auto', None or a non-empty list"),
         (dict(warmup_steps=-1), "warmup_steps must be an int >= 0"),
         (dict(decision="batch"), "decision must be 'global' or 'per_sample'"),
+        (dict(forecast_order=3), "forecast_order must be 0, 1 or 2"),
+        (dict(forecast_order=True), "forecast_order must be 0, 1 or 2"),
+        (dict(forecast_time="sigma"), "forecast_time must be 'timestep' or 'step'"),
+        (dict(forecast_order=1, cuda_graphs=True), "forecast_order > 0 runs eagerly"),
         (dict(max_consecutive_skips=0), "max_consecutive_skips must be None or an int >= 1"),
         (dict(parity=True, decision="per_sample"), "parity=True reproduces the published"),
     ]:

@@ -1,0 +1,209 @@
+"""Forecasting a residual from its history in one pass:
+
+    out = x + sum_k weights[b, k, c] * history[k] + bias[b, c]        (k < K <= 3)
+
+`weights` is per sample ([B, K]) or per sample and channel ([B, K, C]); `bias` is [B, C], [C]
+or None. Polynomial extrapolation in the sampler's time gives per-sample weights (the Lagrange
+basis at the current time, `lagrange_weights`); a fitted forecast gives per-channel ones and a
+bias (K = 1 is Block Caching's scale-shift). Computed in fp32 and rounded once, reading x and the
+K history tensors once: the history stays where it is (a ring of separate tensors, no stacking).
+"""
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from cachekern.kernels import _validate as v
+from cachekern.kernels._backend import cdiv, tl, triton, use_triton
+from cachekern.kernels._rounding import EXPLICIT_BF16_ROUNDING, cast_to
+from cachekern.kernels.reuse import _channel_view, _normalize_channel_dim, _views, tile_shape
+
+OP = "residual_forecast"
+MAX_HISTORY = 3
+
+
+def lagrange_weights(times: Sequence[float], t: float) -> list:
+    """The weights w_k with sum_k w_k f(times[k]) = p(t), p the polynomial of degree
+    len(times) - 1 through the points: extrapolation to t of values known at `times`."""
+    times = [float(s) for s in times]
+    if not times or len(set(times)) != len(times) or not all(map(math.isfinite, times)):
+        raise ValueError(f"times: expected distinct finite values, got {times}")
+    weights = []
+    for k, tk in enumerate(times):
+        w = 1.0
+        for j, tj in enumerate(times):
+            if j != k:
+                w *= (t - tj) / (tk - tj)
+        weights.append(w)
+    return weights
+
+
+# -- reference -----------------------------------------------------------------------------------
+
+def _weights_view(weights, x, channel_dim):
+    """weights [B, K] or [B, K, C] -> K tensors broadcasting against x."""
+    views = []
+    for k in range(weights.shape[1]):
+        w = weights[:, k]
+        if w.dim() == 1:
+            views.append(w.reshape([-1] + [1] * (x.dim() - 1)))
+        else:
+            views.append(_channel_view(w, x, channel_dim))
+    return views
+
+
+def torch_residual_forecast(x, history, weights, bias=None, channel_dim=-1, out_dtype=None):
+    compute = torch.promote_types(x.dtype, torch.float32)
+    views = _weights_view(weights.to(compute), x, channel_dim)
+    r = sum(w * h.to(compute) for w, h in zip(views, history))
+    if bias is not None:
+        r = r + _channel_view(bias.to(compute), x, channel_dim)
+    return (x.to(compute) + r).to(out_dtype or x.dtype)
+
+
+# -- kernel -------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _load_tile(P, b, stride_b, rows, stride_r, cols, mask):
+        return tl.load(P + b * stride_b + rows[:, None] * stride_r + cols[None, :], mask=mask,
+                       other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _channel_vector(P, b, stride_b, index, ok, CHANNEL_IS_ROW: tl.constexpr):
+        """A per-channel vector at this tile's channels, shaped to broadcast over the tile."""
+        values = tl.load(P + b * stride_b + index, mask=ok, other=0.0).to(tl.float32)
+        if CHANNEL_IS_ROW:
+            return values[:, None]
+        return values[None, :]
+
+    @triton.jit
+    def _residual_forecast_kernel(
+        X, stride_xb, stride_xr,
+        H0, stride_h0b, stride_h0r,
+        H1, stride_h1b, stride_h1r,
+        H2, stride_h2b, stride_h2r,
+        W, stride_wb, stride_wk, stride_wc,
+        BIAS, stride_bb,
+        OUT, stride_ob, stride_or,
+        R, C, tiles_c,
+        K: tl.constexpr, HAS_BIAS: tl.constexpr, CHANNEL_IS_ROW: tl.constexpr,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        rows = ((pid // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+        cols = (pid % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+        row_ok = rows < R
+        col_ok = cols < C
+        mask = row_ok[:, None] & col_ok[None, :]
+        # The channel index of the tile's weights: a row (UNet maps) or a column (tokens).
+        if CHANNEL_IS_ROW:
+            channel, channel_ok = rows, row_ok
+        else:
+            channel, channel_ok = cols, col_ok
+        x = _load_tile(X, b, stride_xb, rows, stride_xr, cols, mask)
+        h0 = _load_tile(H0, b, stride_h0b, rows, stride_h0r, cols, mask)
+        r = h0 * _channel_vector(W, b, stride_wb, channel * stride_wc, channel_ok, CHANNEL_IS_ROW)
+        if K > 1:
+            h1 = _load_tile(H1, b, stride_h1b, rows, stride_h1r, cols, mask)
+            r += h1 * _channel_vector(W + stride_wk, b, stride_wb, channel * stride_wc,
+                                      channel_ok, CHANNEL_IS_ROW)
+        if K > 2:
+            h2 = _load_tile(H2, b, stride_h2b, rows, stride_h2r, cols, mask)
+            r += h2 * _channel_vector(W + 2 * stride_wk, b, stride_wb, channel * stride_wc,
+                                      channel_ok, CHANNEL_IS_ROW)
+        if HAS_BIAS:
+            r += _channel_vector(BIAS, b, stride_bb, channel, channel_ok, CHANNEL_IS_ROW)
+        tl.store(OUT + b * stride_ob + rows[:, None] * stride_or + cols[None, :],
+                 cast_to(x + r, OUT.dtype.element_ty, EXPLICIT_BF16), mask=mask)
+
+
+def _launch(x3, h3, weights, bias, out3, channel_is_row):
+    B, R, C = x3.shape
+    block_r, block_c = tile_shape(R, C)
+    tiles_c = cdiv(C, block_c)
+    padded = list(h3) + [h3[0]] * (MAX_HISTORY - len(h3))   # unused pointers: never read
+    w_c = weights.stride(2) if weights.dim() == 3 else 0
+    _residual_forecast_kernel[(cdiv(R, block_r) * tiles_c, B)](
+        x3, x3.stride(0), x3.stride(1),
+        padded[0], padded[0].stride(0), padded[0].stride(1),
+        padded[1], padded[1].stride(0), padded[1].stride(1),
+        padded[2], padded[2].stride(0), padded[2].stride(1),
+        weights, weights.stride(0), weights.stride(1), w_c,
+        bias if bias is not None else x3, v.batch_stride(bias),
+        out3, out3.stride(0), out3.stride(1),
+        R, C, tiles_c,
+        K=len(h3), HAS_BIAS=bias is not None, CHANNEL_IS_ROW=channel_is_row,
+        BLOCK_R=block_r, BLOCK_C=block_c, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
+        num_warps=4 if block_r * block_c <= 2048 else 8,
+    )
+
+
+# -- host functions ------------------------------------------------------------------------------
+
+def residual_forecast_into(x, history, weights, bias, channel_dim, out):
+    if x.numel() == 0:
+        return
+    dim = channel_dim % x.dim()
+    if not use_triton(x):
+        out.copy_(torch_residual_forecast(x, history, weights, bias, dim, out.dtype))
+        return
+    named = [("x", x)] + [(f"history[{k}]", h) for k, h in enumerate(history)] + [("out", out)]
+    views, channel_is_row = _views(OP, dim, *named)
+    _launch(views[0], views[1:-1], weights, bias, views[-1], channel_is_row)
+
+
+def _check_weights(weights, batch, k, channels, device):
+    v.check_tensor(OP, "weights", weights, dtypes=(torch.float32,))
+    if tuple(weights.shape) not in ((batch, k), (batch, k, channels)):
+        raise ValueError(f"{OP}: weights must have shape ({batch}, {k}) or ({batch}, {k}, "
+                         f"{channels}) (per sample, or per sample and channel), got "
+                         f"{tuple(weights.shape)}")
+    if weights.device != device:
+        raise ValueError(f"{OP}: weights is on {weights.device} but the data is on {device}")
+    if weights.dim() == 3 and channels > 1 and weights.stride(2) != 1:
+        raise ValueError(f"{OP}: weights must be contiguous in its channel dimension")
+
+
+def residual_forecast(x: torch.Tensor, history: Sequence[torch.Tensor], weights: torch.Tensor,
+                      bias: Optional[torch.Tensor] = None, *, channel_dim: int = -1,
+                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x + sum_k weights[:, k] * history[k] (+ bias)``, per sample (and channel), in one pass.
+
+    Args:
+        x: [B, ...] fp32/fp16/bf16, collapsing into [rows, C] (channel_dim=-1) or [C, spatial]
+            (channel_dim=1) without a copy.
+        history: 1 to 3 tensors of x's shape (any of the three float dtypes), e.g. the last
+            computed residuals.
+        weights: fp32 [B, K] (per sample) or [B, K, C] (per sample and channel).
+        bias: [B, C] or [C], or None.
+        channel_dim: -1 for DiT tokens [B, N, C], 1 for UNet maps [B, C, H, W].
+        out: where to write (x itself for in place); a new tensor of x's dtype by default.
+    """
+    v.check_tensor(OP, "x", x)
+    history = list(history) if isinstance(history, (list, tuple)) else history
+    if not isinstance(history, list) or not 1 <= len(history) <= MAX_HISTORY:
+        raise ValueError(f"{OP}: history must be a list of 1 to {MAX_HISTORY} tensors, got "
+                         f"{history if not isinstance(history, list) else len(history)!r}")
+    for k, h in enumerate(history):
+        v.check_tensor(OP, f"history[{k}]", h)
+        v.check_shape(OP, f"history[{k}]", h, x.shape)
+    dim = _normalize_channel_dim(OP, x, channel_dim)
+    if out is not None:
+        v.check_tensor(OP, "out", out)
+        v.check_shape(OP, "out", out, x.shape)
+    v.check_same_device(OP, "x", x, out=out, **{f"history_{k}": h for k, h in enumerate(history)})
+    _check_weights(weights, x.shape[0], len(history), x.shape[dim], x.device)
+    v.check_per_sample_channels(OP, "bias", bias, x.shape[0], x.shape[dim], x.device)
+    named = [("x", x)] + [(f"history[{k}]", h) for k, h in enumerate(history)]
+    _views(OP, dim, *named, ("out", out if out is not None else x))
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    if torch.compiler.is_compiling():
+        torch.ops.cachekern.residual_forecast_(x, history, weights, bias, dim, out)
+    else:
+        residual_forecast_into(x, history, weights, bias, dim, out)
+    return out
