@@ -32,6 +32,13 @@ def _scaled(output, scale, shift, channel_dim):
     return (output.float() * scale.view(shape) + shift.view(shape)).to(output.dtype)
 
 
+def params_mode(policy):
+    """Under which mode the profile holds the parameters this policy applies."""
+    if policy.forecast_order and policy.scale_shift == "fit":
+        return f"fit-order{policy.forecast_order}"
+    return policy.scale_shift
+
+
 class BlockCachingHandle:
     def __init__(self, model, policy):
         self.model = model
@@ -44,7 +51,7 @@ class BlockCachingHandle:
         self._reused_at = [[i for i, row in enumerate(self.schedule) if not row[step]]
                            for step in range(self.profile.steps)]
         params = {} if policy.scale_shift is None else \
-            self.profile.scale_shift_for(self.schedule, policy.scale_shift)
+            self.profile.scale_shift_for(self.schedule, params_mode(policy))
         # On the model's device up front: no copies (and nothing a CUDA graph could not
         # capture) while it runs.
         device = next(model.parameters()).device
@@ -52,6 +59,8 @@ class BlockCachingHandle:
         from cachekern import kernels    # Triton loads with the first patch, not with cachekern
 
         self.kernels = kernels
+        self._ring = policy.forecast_order + 1       # computed residuals kept per stream
+        self._slot_at, self._reads_at, self._weights = self._forecast_plan(device)
         self.history = []
         # (branch, unit, stream) -> residual: on the device, or in a BlockCache within the
         # device budget (which owns what it is given: no buffer is overwritten then).
@@ -123,6 +132,41 @@ class BlockCachingHandle:
                                  computed=[row[step] for row in self.schedule]))
         return out
 
+    # -- the forecast plan ------------------------------------------------------------------------
+    def _forecast_plan(self, device):
+        """From the static schedule: the ring slot each computed (block, step) writes, the slots
+        each reused one reads (newest first: its block's last computed residuals, at most
+        forecast_order + 1), and, without fitted parameters, the Lagrange weights that
+        extrapolate them to the step's time ([1, n] on the device)."""
+        times = [t if self.policy.forecast_time == "timestep" and t is not None else float(s)
+                 for s, t in enumerate(self.profile.timesteps)]
+        slot_at, reads_at, weights = {}, {}, {}
+        for index, row in enumerate(self.schedule):
+            computed = []
+            for step, compute in enumerate(row):
+                if compute:
+                    slot_at[(index, step)] = len(computed) % self._ring
+                    computed.append(step)
+                    continue
+                n = min(self._ring, len(computed))
+                reads_at[(index, step)] = [(len(computed) - 1 - j) % self._ring
+                                           for j in range(n)]
+                if self.policy.forecast_order and self.policy.scale_shift is None and n > 1:
+                    w = self.kernels.lagrange_weights([times[c] for c in computed[::-1][:n]],
+                                                      times[step])
+                    weights[(index, step)] = torch.tensor([w], dtype=torch.float32,
+                                                          device=device)
+        return slot_at, reads_at, weights
+
+    @staticmethod
+    def _slot_key(key, slot):
+        """Where a stream's residual of ring slot `slot` is kept (order 0: the stream's key)."""
+        return key if slot is None else key + (slot,)
+
+    def _slots(self, index, step):
+        """The ring slots a reuse at (index, step) reads; [None] for order 0 (one residual)."""
+        return self._reads_at[(index, step)] if self._ring > 1 else [None]
+
     # -- per block ------------------------------------------------------------------------------
     def _wrap(self, index, unit, forward):
         compute_at = self.schedule[index]
@@ -134,16 +178,19 @@ class BlockCachingHandle:
             inputs = unit.io.inputs(args, kwargs)
             keys = [(branch, index, k) for k in range(len(inputs))]
             self._stats["block_calls"] += 1
-            if not compute_at[step] and all(key in self._no_output or key in self._residuals
-                                            for key in keys):
+            if not compute_at[step] and all(
+                    key in self._no_output or
+                    all(self._slot_key(key, slot) in self._residuals
+                        for slot in self._slots(index, step)) for key in keys):
                 self._stats["blocks_reused"] += 1
                 self._prefetch_after(branch, index, step)
                 return unit.io.result([self._reuse(key, x, unit.io.channel_dim, step)
                                        for key, x in zip(keys, inputs)], args, kwargs)
             self._stats["blocks_computed"] += 1
             result = forward(*args, **kwargs)
+            slot = self._slot_at.get((index, step)) if self._ring > 1 else None
             for key, x, out in zip(keys, inputs, unit.io.outputs(result)):
-                self._keep(key, x, out)
+                self._keep(key, slot, x, out)
             return result
         return cached
 
@@ -151,29 +198,53 @@ class BlockCachingHandle:
         if key in self._no_output:
             return None
         _, index, k = key
-        residual = self._residuals.get(key)
+        slots = self._slots(index, step)
+        if self._ring > 1 and len(slots) > 1:
+            return self._forecast(key, slots, x, channel_dim, step)
+        residual = self._residuals.get(self._slot_key(key, slots[0]))
         scale, shift = self._scale_shift(index, step, k, x.device)
+        if scale is not None and scale.dim() == 2:    # a fitted forecast from one residual
+            scale = scale[0]
         if key in self._outputs_cached:
             return _scaled(residual, scale, shift, channel_dim)
         return self.kernels.residual_reuse(x.contiguous(), residual, scale, shift,
                                            channel_dim=channel_dim)
 
-    def _keep(self, key, x, out):
+    def _forecast(self, key, slots, x, channel_dim, step):
+        """The stream's next residual predicted from its last computed ones: Lagrange weights
+        [1, n], or fitted per-channel weights [n, C] and a shift."""
+        _, index, k = key
+        entries = [self._residuals.get(self._slot_key(key, slot)) for slot in slots]
+        fitted, bias = self._scale_shift(index, step, k, x.device)
+        weights = fitted[None] if fitted is not None else self._weights[(index, step)]
+        batch = entries[0].shape[0]
+        weights = weights.expand(batch, *weights.shape[1:])
+        if key in self._outputs_cached:      # the output itself is forecast (no x to add)
+            zero = torch.zeros_like(entries[0])
+            return self.kernels.residual_forecast(zero, entries, weights, bias,
+                                                  channel_dim=channel_dim)
+        return self.kernels.residual_forecast(x.contiguous(), entries, weights, bias,
+                                              channel_dim=channel_dim)
+
+    def _keep(self, key, slot, x, out):
         """Stores what a reuse of this stream needs: out − x, or the output itself where the
-        block changes the shape, overwriting the previous one's buffer when it is ours."""
+        block changes the shape, in ring slot `slot` (None: order 0), overwriting the buffer
+        that slot held when it is ours."""
         if out is None or x is None:
             self._no_output.add(key)
             return
         self._no_output.discard(key)
+        stored = key
+        key = self._slot_key(key, slot)
         previous = None if self._offloaded else self._residuals.get(key)
         buffer = previous if previous is not None and previous.shape == out.shape and \
             previous.dtype == out.dtype else None
         if out.shape == x.shape:
-            self._outputs_cached.discard(key)
+            self._outputs_cached.discard(stored)
             kept = self.kernels.residual_capture(out.contiguous(), x.contiguous(),
                                                  out=buffer)[0]
         else:    # the block changes the shape: its output itself is kept
-            self._outputs_cached.add(key)
+            self._outputs_cached.add(stored)
             kept = buffer.copy_(out) if buffer is not None else out.detach().clone()
         self._residuals.put(key, kept)
 
@@ -192,8 +263,10 @@ class BlockCachingHandle:
                 self._residuals.prefetch(key)
 
     def _keys_of(self, branch, index):
-        return [key for key in ((branch, index, k) for k in range(len(self.units[index].io.names)))
-                if key in self._residuals]
+        slots = [None] if self._ring == 1 else range(self._ring)
+        return [self._slot_key((branch, index, k), slot)
+                for k in range(len(self.units[index].io.names)) for slot in slots
+                if self._slot_key((branch, index, k), slot) in self._residuals]
 
     def _prefetch_after(self, branch, index, step):
         """Starts fetching the residual of the next block this step reuses."""

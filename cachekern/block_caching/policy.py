@@ -9,6 +9,7 @@ from typing import Optional
 from cachekern.block_caching.profile import Profile
 
 SCALE_SHIFT = ("fit", "train", None)
+FORECAST_TIMES = ("timestep", "step")
 
 
 @dataclass
@@ -29,6 +30,15 @@ class BlockCaching:
         device_budget_bytes: keep the cached residuals in a cachekern.BlockCache with this many
             bytes on the device, the rest in pinned host memory, fetched ahead of use in
             schedule order; None keeps them all on the device.
+        forecast_order: what a reused block adds to its input: 0, its last computed residual;
+            1 or 2, a forecast from its last 1 + order computed residuals (fewer where the
+            schedule computed fewer yet): with scale_shift=None the polynomial through them,
+            extrapolated in `forecast_time`; with scale_shift="fit" the per-channel linear
+            combination fitted by cachekern.fit_scale_shift(..., forecast_order=...) (order 0
+            is the scale-shift). The schedule is static, so the weights are fixed at patch
+            time: no host synchronisation.
+        forecast_time: "timestep" (the profile's recorded timesteps: the sampler's own time) or
+            "step" (the step index, as diffusers' and cache-dit's TaylorSeer).
     """
 
     profile: object
@@ -37,6 +47,8 @@ class BlockCaching:
     scale_shift: Optional[str] = "fit"
     calls_per_step: int = 1
     device_budget_bytes: Optional[int] = None
+    forecast_order: int = 0
+    forecast_time: str = "timestep"
 
     def __post_init__(self):
         if not isinstance(self.profile, Profile):
@@ -63,6 +75,15 @@ class BlockCaching:
                 isinstance(self.device_budget_bytes, bool) or self.device_budget_bytes < 0):
             raise ValueError(f"device_budget_bytes: expected None or an int >= 0, got "
                              f"{self.device_budget_bytes!r}")
+
+        if isinstance(self.forecast_order, bool) or self.forecast_order not in (0, 1, 2):
+            raise ValueError(f"forecast_order: expected 0, 1 or 2, got {self.forecast_order!r}")
+        if self.forecast_time not in FORECAST_TIMES:
+            raise ValueError(f"forecast_time: expected one of {FORECAST_TIMES}, got "
+                             f"{self.forecast_time!r}")
+        if self.forecast_order and self.scale_shift == "train":
+            raise ValueError("scale_shift: 'train' distils order-0 scale-shift parameters; with "
+                             "forecast_order > 0 use 'fit' (a fitted forecast) or None")
 
     def schedule(self):
         return self.profile.schedule(self.delta, self.target_compute)

@@ -39,7 +39,8 @@ class Profile:
         self.runs = runs
         self.branches = list(branches)
         self.resnets = bool(resnets)     # a UNet's ResNet blocks are cached too
-        # {schedule_key: {(unit, step, stream): (scale [C], shift [C])}}
+        # {schedule_key: {(unit, step, stream): (scale [C], shift [C])}}; a fitted forecast's
+        # "scale" is its weights [K, C]
         self.scale_shift = scale_shift or {}
 
     @property
@@ -83,11 +84,11 @@ class Profile:
         train_scale_shift ("train")."""
         key = params_key(schedule, mode)
         if key not in self.scale_shift:
-            how = "fit_scale_shift" if mode == "fit" else "train_scale_shift"
-            raise ValueError(f"scale_shift={mode!r}: this profile holds no {mode} scale-shift "
-                             f"parameters for this schedule; call cachekern.{how}(profile, "
-                             f"model, run, "
-                             f"delta=..., target_compute=...) with the same delta / "
+            how = "train_scale_shift" if mode == "train" else "fit_scale_shift"
+            order = f", forecast_order={mode[-1]}" if mode.startswith("fit-order") else ""
+            raise ValueError(f"scale_shift: this profile holds no {mode} parameters for this "
+                             f"schedule; call cachekern.{how}(profile, model, run, delta=..., "
+                             f"target_compute=...{order}) with the same delta / "
                              f"target_compute first")
         return self.scale_shift[key]
 

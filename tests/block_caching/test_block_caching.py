@@ -313,3 +313,132 @@ def test_a_tiny_device_budget_spills_and_gives_bitwise_the_same_output(family, r
     assert cache["spills"] > 0 and cache["bytes_host_to_device"] > 0
     with pytest.raises(ValueError, match="device_budget_bytes"):
         cachekern.BlockCaching(prof, device_budget_bytes=-1)
+
+
+# -- forecasts ------------------------------------------------------------------------------------
+
+def lagrange(times, t):
+    return [math.prod((t - tj) / (tk - tj) for j, tj in enumerate(times) if j != k)
+            for k, tk in enumerate(times)]
+
+
+def forecast_by_hand(ref, prof, schedule, run, order, calls_per_step, time="timestep"):
+    """Block Caching with a polynomial forecast, written plainly with forward hooks: every block
+    runs, and on a step the schedule reuses, its output is replaced by input + the polynomial
+    through its last order + 1 computed residuals (per CFG branch; outputs where the block
+    changes the shape), evaluated at the step's recorded timestep."""
+    from cachekern.models.blocks import cached_units
+
+    units = cached_units(ref.model, prof.resnets)
+    times = [t if time == "timestep" else float(s) for s, t in enumerate(prof.timesteps)]
+    calls, kept, handles = {}, {}, []
+
+    def hook(index, unit):
+        def replace(module, args, kwargs, result):
+            call = calls[index] = calls.get(index, -1) + 1
+            step, branch = divmod(call, calls_per_step)
+            outs, ins = unit.io.outputs(result), unit.io.inputs(args, kwargs)
+            new = []
+            for k, (x, out) in enumerate(zip(ins, outs)):
+                history = kept.setdefault((index, branch, k), [])
+                if out is None or x is None:
+                    new.append(out)
+                    continue
+                same = out.shape == x.shape     # else (a ResNet changing width): the output
+                if schedule[index][step]:
+                    history.insert(0, (times[step], out - x if same else out))
+                    new.append(out)
+                else:
+                    use = history[:order + 1]
+                    w = lagrange([t for t, _ in use], times[step])
+                    forecast = sum(wk * r for wk, (_, r) in zip(w, use))
+                    new.append(x + forecast if same else forecast)
+            return unit.io.result(new, args, kwargs)
+        return replace
+
+    for index, unit in enumerate(units):
+        handles.append(unit.module.register_forward_hook(hook(index, unit), with_kwargs=True))
+    try:
+        return run(ref)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("family,order,time", [("unet", 1, "timestep"), ("flux", 1, "timestep"),
+                                               ("flux", 2, "timestep"), ("unet", 2, "step")])
+def test_forecasts_extrapolate_each_blocks_computed_residuals(family, order, time, request):
+    ref, prof, run = family_case(family, request)
+    policy = cachekern.BlockCaching(prof, target_compute=0.5, scale_shift=None,
+                                    forecast_order=order, forecast_time=time)
+    with cachekern.patched(ref.model, policy):
+        got = run(ref)
+    with cachekern.patched(ref.model, cachekern.BlockCaching(prof, target_compute=0.5,
+                                                              scale_shift=None)):
+        reused = run(ref)
+    expected = forecast_by_hand(ref, prof, policy.schedule(), run, order,
+                                2 if family == "flux" else 1, time)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, reused, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["unet", "flux"])
+def test_forecasting_with_delta_zero_is_bitwise_uncached_and_offload_is_bitwise(family, request):
+    ref, prof, run = family_case(family, request)
+    uncached = run(ref)
+    with cachekern.patched(ref.model, cachekern.BlockCaching(prof, delta=0.0, scale_shift=None,
+                                                              forecast_order=2)):
+        assert torch.equal(run(ref), uncached)
+    policy = dict(target_compute=0.5, scale_shift=None, forecast_order=1)
+    with cachekern.patched(ref.model, cachekern.BlockCaching(prof, **policy)):
+        unlimited = run(ref)
+    with cachekern.patched(ref.model, cachekern.BlockCaching(
+            prof, device_budget_bytes=4096, **policy)) as handle:
+        assert torch.equal(run(ref), unlimited)
+        assert handle.stats()["block_cache"]["spills"] > 0
+
+
+def test_the_multi_residual_fit_recovers_a_known_combination():
+    from cachekern.block_caching.fit import MultiChannelFit
+
+    g = torch.Generator().manual_seed(2)
+    weights, shift = torch.randn(2, 5, generator=g), torch.randn(5, generator=g)
+    fit = MultiChannelFit()
+    for _ in range(3):
+        xs = [torch.randn(40, 5, generator=g) for _ in range(2)]
+        fit.add(xs, xs[0] * weights[0] + xs[1] * weights[1] + shift)
+    got_weights, got_shift = fit.solve()
+    torch.testing.assert_close(got_weights.float(), weights, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got_shift.float(), shift, rtol=0, atol=1e-6)
+
+
+def test_fitted_forecasts_are_stored_used_and_saved(unet, unet_profile, tmp_path):
+    policy = dict(target_compute=0.5, scale_shift="fit", forecast_order=1)
+    with pytest.raises(ValueError, match="forecast_order=1"):
+        cachekern.patch(unet.model, cachekern.BlockCaching(unet_profile, **policy))
+    key = cachekern.fit_scale_shift(unet_profile, unet.model, lambda: unet_run(unet, (10, 11)),
+                                    target_compute=0.5, forecast_order=1)
+    assert key.endswith("fit-order1")
+    params = unet_profile.scale_shift[key]
+    assert {w.shape[0] for w, _ in params.values()} == {1, 2}   # 2 once a block computed twice
+    with cachekern.patched(unet.model, cachekern.BlockCaching(unet_profile, **policy)):
+        fitted = unet_run(unet)
+    with cachekern.patched(unet.model, cachekern.BlockCaching(
+            unet_profile, target_compute=0.5, scale_shift=None, forecast_order=1)):
+        extrapolated = unet_run(unet)
+    assert fitted.isfinite().all() and not torch.equal(fitted, extrapolated)
+    unet_profile.save(tmp_path / "unet.profile")
+    with cachekern.patched(unet.model, cachekern.BlockCaching(
+            Profile.load(tmp_path / "unet.profile"), **policy)):
+        assert torch.equal(unet_run(unet), fitted)
+
+
+def test_forecast_arguments_are_checked(unet_profile):
+    with pytest.raises(ValueError, match="forecast_order: expected 0, 1 or 2"):
+        cachekern.BlockCaching(unet_profile, forecast_order=3)
+    with pytest.raises(ValueError, match="forecast_time"):
+        cachekern.BlockCaching(unet_profile, forecast_time="sigma")
+    with pytest.raises(ValueError, match="'train' distils order-0"):
+        cachekern.BlockCaching(unet_profile, scale_shift="train", forecast_order=1)
+    with pytest.raises(ValueError, match="forecast_order: expected"):
+        cachekern.fit_scale_shift(unet_profile, lambda: None, lambda: None, forecast_order=5)
