@@ -1,17 +1,20 @@
 """Quality against compute: the same seeds and classes sampled uncached and with each setting of each
 method, on a reference model trained by benchmarks/zoo/train.py.
 
-    python -m benchmarks.quality flux-photos                     # cachekern TeaCache, fewer steps, the peers
+    python -m benchmarks.quality flux-photos                     # cachekern, fewer steps, the peers
+    python -m benchmarks.quality flux-photos --scheduler unipc   # caches on top of UniPC
     python -m benchmarks.quality unet-digits --scheduler ddim
     python -m benchmarks.quality unet-digits --scheduler dpm++
     python -m benchmarks.quality flux-photos --quick --untrained # a CPU smoke run on random weights
 
-For each setting, against the uncached outputs: PSNR (per sample, capped at 100 dB for identical
-images), SSIM and relative L2, each the mean over samples; the compute ratio (block work executed
-÷ the uncached run's, counted by block_work.BlockWork); the wall time (on a GPU: the median of
---timing-passes generations after the counted one). Writes quality_<model>_<scheduler>.csv, .md
-(the table at compute budgets 0.5, 0.4 and 0.3: each method's best PSNR within the budget) and
-.png (PSNR against speed-up, one line per method) to --out.
+For each setting, against the uncached outputs of the run's sampler: PSNR (per sample, capped at
+100 dB for identical images), SSIM and relative L2, each the mean over samples; PSNR against a
+converged run (--converged-steps of the best solver: what the model really samples); the compute
+ratio (block work executed ÷ the uncached run's, counted by block_work.BlockWork); the wall time
+(on a GPU: the median of --timing-passes generations after the counted one). Fewer steps run with
+the sampler itself and with the other solvers. Writes quality_<model>_<scheduler>.csv, .md (the
+table at compute budgets 0.5, 0.4 and 0.3: each method's best PSNR within the budget) and .png
+(PSNR against speed-up, one line per method) to --out.
 """
 
 import argparse
@@ -36,7 +39,9 @@ BUDGET_SLACK = 0.02   # "about 0.4" admits compute up to 0.42
 THRESHOLDS = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2)
 QUICK_THRESHOLDS = (0.05, 0.3)
 FIELDS = ("model", "scheduler", "method", "setting", "steps", "compute", "speedup_compute",
-          "wall_s", "speedup_wall", "psnr_db", "ssim", "rel_l2")
+          "wall_s", "speedup_wall", "psnr_db", "ssim", "rel_l2", "psnr_converged_db", "error")
+CONVERGED_SOLVER = "dpm++"     # for both models: second order, the converged reference's solver
+SOLVERS = {"flux-photos": ("euler", "dpm++", "unipc"), "unet-digits": ("ddim", "dpm++")}
 
 
 def one_sample_call(ref, device):
@@ -60,13 +65,17 @@ METHOD_KEYS = {"fewer": methods.FEWER_STEPS, "teacache": methods.TEACACHE,
                "taylorseer": methods.TAYLORSEER, "magcache": methods.MAGCACHE,
                "dbcache": methods.DBCACHE}
 BLOCK_CACHING_TARGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+FORECAST_ORDERS = (1, 2)
 
 
-def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted):
+def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=False):
     thresholds = QUICK_THRESHOLDS if quick else THRESHOLDS
     found = methods.uncached(steps)
     if methods.FEWER_STEPS in wanted:
         found += methods.fewer_steps(steps)
+        for solver in SOLVERS[ref.name]:
+            if solver != sample_kwargs["scheduler"]:
+                found += methods.fewer_steps(steps, scheduler=solver)
 
     def calibration_run():
         return ref.sample(**calibration, steps=steps, **sample_kwargs)
@@ -75,7 +84,7 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted):
         # A UNet: its attention blocks alone (as the paper caches LDM), and with its ResNet blocks.
         for resnets in ((False, True) if ref.name == "unet-digits" else (False,)):
             found += block_caching_settings(ref, steps, calibration, sample_kwargs,
-                                            resnets, quick)
+                                            resnets, quick, distill)
     if ref.name != "flux-photos":
         # UNet2DConditionModel: TeaCache has no UNet family, and the diffusers hooks and
         # cache-dit need transformer blocks.
@@ -86,15 +95,42 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted):
         found += methods.teacache(steps, thresholds, {"auto": ("auto", False),
                                                       "None": (None, False),
                                                       "calibrated": (calibrated, True)})
+        for order in FORECAST_ORDERS:
+            found += methods.teacache(steps, thresholds, {"auto": ("auto", False),
+                                                          "calibrated": (calibrated, True)},
+                                      forecast_order=order)
+        found += methods.teacache(steps, thresholds, {"auto": ("auto", False)},
+                                  forecast_order=1, forecast_time="step")
+        found += methods.searched_schedule(steps, searched_schedules(ref.model, calibration_run,
+                                                                     quick))
     if methods.FIRST_BLOCK_CACHE in wanted:
         found += methods.first_block_cache(steps, thresholds)
     if methods.TAYLORSEER in wanted:
-        found += methods.taylorseer(steps, (2, 3) if quick else (2, 3, 4, 5, 6, 8))
+        found += methods.taylorseer(steps, (2, 3) if quick else (2, 3, 4, 5, 6, 8),
+                                    whole_blocks=methods.WHOLE_BLOCKS.get(ref.name))
     if methods.MAGCACHE in wanted:
         ratios = methods.calibrate_magcache(ref.model, calibration_run, steps)
         found += methods.magcache(steps, thresholds, ratios)
     if methods.DBCACHE in wanted:
         found += methods.dbcache(steps, thresholds)
+    return found
+
+
+SEARCH_TARGETS = (0.75, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
+
+
+def searched_schedules(model, calibration_run, quick):
+    """{(target, order): compute_steps} from cachekern's schedule search on the calibration
+    seeds (one recording serves every target and order)."""
+    from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
+                                                    record_stack_residuals)
+
+    records = record_stack_residuals(model, calibration_run)
+    found = {}
+    for order in (0,) + FORECAST_ORDERS:
+        errors = ForecastError(records, order, "timestep")
+        for target in ((0.5, 0.3) if quick else SEARCH_TARGETS):
+            found[(target, order)] = greedy_schedule(errors, target)
     return found
 
 
@@ -105,7 +141,7 @@ TRAINING_RUNS = 6   # generations of Block Caching's scale-shift distillation, e
 TRAINING_TARGETS = (0.6, 0.5, 0.4, 0.3)
 
 
-def block_caching_settings(ref, steps, calibration, sample_kwargs, resnets, quick):
+def block_caching_settings(ref, steps, calibration, sample_kwargs, resnets, quick, distill):
     def calibration_run():
         return ref.sample(**calibration, steps=steps, **sample_kwargs)
 
@@ -119,23 +155,27 @@ def block_caching_settings(ref, steps, calibration, sample_kwargs, resnets, quic
     profile = cachekern.profile(ref.model, calibration_run, resnets=resnets)
     made = set()
 
-    def prepare(target, mode):
-        """Fits (closed form) or trains (distillation, from the fit) the scale-shift of the
-        target's schedule, once."""
-        if (target, mode) in made:
+    def prepare(target, mode, order=0):
+        """Fits (closed form, the scale-shift or a fitted forecast) or trains (distillation,
+        from the fit) the parameters of the target's schedule, once."""
+        if (target, mode, order) in made:
             return
         if mode == "fit":
-            cachekern.fit_scale_shift(profile, ref.model, calibration_run, target_compute=target)
+            cachekern.fit_scale_shift(profile, ref.model, calibration_run, target_compute=target,
+                                      forecast_order=order)
         else:
             prepare(target, "fit")
             cachekern.train_scale_shift(profile, ref.model, training_run, target_compute=target,
                                         runs=2 if quick else TRAINING_RUNS)
-        made.add((target, mode))
+        made.add((target, mode, order))
     label = ("blocks=all " if resnets else "blocks=attention ") if ref.name == "unet-digits" \
         else ""
     targets = (0.6, 0.3) if quick else BLOCK_CACHING_TARGETS
     found = methods.block_caching(steps, profile, prepare, targets, (None, "fit"), label)
-    if resnets or ref.name != "unet-digits":
+    for order in FORECAST_ORDERS:
+        found += methods.block_caching(steps, profile, prepare, targets, (None, "fit"), label,
+                                       forecast_order=order)
+    if distill and (resnets or ref.name != "unet-digits"):
         found += methods.block_caching(steps, profile, prepare,
                                        [t for t in targets if t in TRAINING_TARGETS], ("train",),
                                        label)
@@ -149,6 +189,8 @@ def generate(ref, setting, labels, seeds, batch, sample_kwargs, work, device, ti
     they sit under it), for the images and the work; then, on a GPU, `timing_passes` more
     without counters, for the median time (the counted pass was their warm-up: compilation, the
     allocator, a cache's first use)."""
+
+    sample_kwargs = dict(sample_kwargs, **(setting.sample_kwargs or {}))
 
     def run(lo, hi):
         if setting.before_generation is not None:
@@ -210,7 +252,8 @@ def best_at_budgets(rows):
     for budget in BUDGETS:
         table[budget] = {}
         for row in rows:
-            if row["method"] == methods.UNCACHED or row["compute"] > budget + BUDGET_SLACK:
+            if row["method"] == methods.UNCACHED or row.get("error") or \
+                    row["compute"] > budget + BUDGET_SLACK:
                 continue
             best = table[budget].get(row["method"])
             if best is None or row["psnr_db"] > best["psnr_db"]:
@@ -225,8 +268,9 @@ def wall_speedup(row):
 
 def markdown(rows, title, environment, command):
     lines = [f"### {title}", "", f"`{command}`", "", environment, "",
-             "| budget | method | best setting | compute | PSNR dB | SSIM | rel L2 | wall speed-up |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| budget | method | best setting | compute | PSNR dB | SSIM | rel L2 | PSNR vs "
+             "converged dB | wall speed-up |",
+             "|---|---|---|---|---|---|---|---|---|"]
     lowest = {}
     for row in rows:
         if row["method"] != methods.UNCACHED:
@@ -235,11 +279,30 @@ def markdown(rows, title, environment, command):
         for method, row in sorted(best.items(), key=lambda kv: -kv[1]["psnr_db"]):
             lines.append(f"| {budget} | {method} | {row['setting']} | {row['compute']:.3f} | "
                          f"{row['psnr_db']:.2f} | {row['ssim']:.4f} | {row['rel_l2']:.4f} | "
-                         f"{wall_speedup(row)} |")
-        for method in lowest.keys() - best.keys():
+                         f"{row['psnr_converged_db']:.2f} | {wall_speedup(row)} |")
+        for method in sorted(lowest.keys() - best.keys()):
             lines.append(f"| {budget} | {method} | none: its lowest compute was "
-                         f"{lowest[method]:.3f} | | | | | |")
+                         f"{lowest[method]:.3f} | | | | | | |")
+    converged = best_converged(rows)
+    if converged:
+        lines += ["", "Closest to the converged run at each budget, any method on any sampler: "
+                  + "; ".join(f"{budget}: {row['method']} {row['setting']} "
+                              f"({row['psnr_converged_db']:.2f} dB)"
+                              for budget, row in converged.items())]
+    for row in rows:
+        if row.get("error"):
+            lines.append(f"- {row['method']} {row['setting']}: failed: {row['error']}")
     return "\n".join(lines) + "\n"
+
+
+def best_converged(rows):
+    """{budget: the row closest to the converged run (PSNR) with compute within the budget}."""
+    out = {}
+    for budget in BUDGETS:
+        within = [r for r in rows if not r.get("error") and r["compute"] <= budget + BUDGET_SLACK]
+        if within:
+            out[budget] = max(within, key=lambda r: r["psnr_converged_db"])
+    return out
 
 
 def plot(rows, path, title):
@@ -252,7 +315,7 @@ def plot(rows, path, title):
         return
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != methods.UNCACHED):
-        points = sorted((r for r in rows if r["method"] == method),
+        points = sorted((r for r in rows if r["method"] == method and not r.get("error")),
                         key=lambda r: r["speedup_compute"])
         for ax, key in zip(axes, ("speedup_compute", "speedup_wall")):
             ax.plot([p[key] for p in points], [min(p["psnr_db"], 60) for p in points], "o-",
@@ -274,7 +337,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(reference_models.RECIPES))
-    parser.add_argument("--scheduler", default=None, help="unet-digits: ddim or dpm++")
+    parser.add_argument("--scheduler", default=None,
+                        help="flux-photos: euler (default), dpm++ or unipc; unet-digits: ddim "
+                             "(default) or dpm++")
+    parser.add_argument("--converged-steps", type=int, default=200,
+                        help=f"steps of {CONVERGED_SOLVER} for the converged reference")
+    parser.add_argument("--distill", action="store_true",
+                        help="also Block Caching's distilled scale-shift (minutes per schedule)")
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--per-class", type=int, default=4, help="samples per class")
     parser.add_argument("--batch", type=int, default=16)
@@ -299,12 +368,10 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = False
     ref = (reference_models.create(args.name, device) if args.untrained else
            reference_models.load(args.name, device, cache_dir=args.cache_dir))
-    sample_kwargs, scheduler = {}, "flow-euler"
-    if args.name == "unet-digits":
-        scheduler = args.scheduler or "ddim"
-        sample_kwargs["scheduler"] = scheduler
-    elif args.scheduler not in (None, "flow-euler"):
-        parser.error("--scheduler: flux-photos samples with flow-matching Euler only")
+    scheduler = args.scheduler or SOLVERS[args.name][0]
+    if scheduler not in SOLVERS[args.name]:
+        parser.error(f"--scheduler: {args.name} samples with one of {SOLVERS[args.name]}")
+    sample_kwargs = dict(scheduler=scheduler)
     steps = args.steps or (ref.recipe.SAMPLING["steps"][scheduler] if args.name == "unet-digits"
                            else ref.recipe.SAMPLING["steps"])
     classes = ref.conditioner.num_classes
@@ -316,11 +383,33 @@ def main(argv=None):
 
     environment = environment_line(device)
     work = BlockWork(ref.model, one_sample_call(ref, device))
+    converged = torch.cat([ref.sample(labels[lo:lo + args.batch], seeds[lo:lo + args.batch],
+                                      steps=args.converged_steps, scheduler=CONVERGED_SOLVER)
+                           for lo in range(0, len(labels), args.batch)])
     rows, reference, full = [], None, None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"quality_{args.name}_{scheduler}"
     wanted = {METHOD_KEYS[key] for key in args.methods.split(",")}
-    for setting in settings_for(ref, steps, sample_kwargs, calibration, args.quick, wanted):
-        images, flops, wall = generate(ref, setting, labels, seeds, args.batch,
-                                       sample_kwargs, work, device, args.timing_passes)
+    for setting in settings_for(ref, steps, sample_kwargs, calibration, args.quick, wanted,
+                                args.distill):
+        try:
+            images, flops, wall = generate(ref, setting, labels, seeds, args.batch,
+                                           sample_kwargs, work, device, args.timing_passes)
+        except Exception as error:      # a peer that crashes on a model is reported as such
+            if reference is None:
+                raise
+            rows.append(dict(model=args.name, scheduler=scheduler, method=setting.method,
+                             setting=setting.label, steps=setting.steps, compute=float("nan"),
+                             speedup_compute=float("nan"), wall_s=None,
+                             speedup_wall=float("nan"), psnr_db=float("nan"),
+                             ssim=float("nan"), rel_l2=float("nan"),
+                             psnr_converged_db=float("nan"),
+                             error=f"{type(error).__name__}: {str(error)[:200]}"))
+            print(f"{setting.method:<26} {setting.label:<44} failed: {rows[-1]['error']}",
+                  flush=True)
+            write_csv(rows, stem)
+            continue
         if reference is None:
             reference, full = images, (wall, flops)
         row = dict(model=args.name, scheduler=scheduler, method=setting.method,
@@ -329,20 +418,19 @@ def main(argv=None):
                    speedup_wall=full[0] / wall if wall else float("nan"),
                    psnr_db=per_sample_mean(psnr, reference, images, data_range=2.0),
                    ssim=per_sample_mean(ssim, reference, images, data_range=2.0),
-                   rel_l2=per_sample_mean(relative_error, reference, images))
+                   rel_l2=per_sample_mean(relative_error, reference, images),
+                   psnr_converged_db=per_sample_mean(psnr, converged, images, data_range=2.0),
+                   error="")
         rows.append(row)
+        write_csv(rows, stem)      # as it goes: a run cut short keeps what it measured
         print(f"{row['method']:<26} {row['setting']:<44} compute {row['compute']:.3f}  "
               f"PSNR {row['psnr_db']:6.2f}  SSIM {row['ssim']:.4f}  "
-              f"wall {wall or float('nan'):6.2f} s", flush=True)
+              f"conv {row['psnr_converged_db']:6.2f}  wall {wall or float('nan'):6.2f} s",
+              flush=True)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"quality_{args.name}_{scheduler}"
-    with open(f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    title = (f"{args.name}, {scheduler}, {steps} steps, {len(labels)} samples"
+    write_csv(rows, stem)
+    title = (f"{args.name}, {scheduler}, {steps} steps, {len(labels)} samples; converged: "
+             f"{CONVERGED_SOLVER} {args.converged_steps} steps"
              f"{' (untrained)' if args.untrained else ''}")
     command = "python -m benchmarks.quality " + " ".join(argv if argv is not None else
                                                          sys.argv[1:])
@@ -351,6 +439,13 @@ def main(argv=None):
     plot(rows, f"{stem}.png", title)
     print(summary)
     return rows
+
+
+def write_csv(rows, stem):
+    with open(f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def environment_line(device):

@@ -12,13 +12,19 @@ from typing import Callable, Optional
 UNCACHED = "uncached"
 FEWER_STEPS = "fewer steps"
 TEACACHE = "cachekern TeaCache"
+TEACACHE_FORECAST = "cachekern TeaCache forecast"
+TEACACHE_SEARCHED = "cachekern searched schedule"
 FIRST_BLOCK_CACHE = "diffusers FirstBlockCache"
 TAYLORSEER = "diffusers TaylorSeer"
 MAGCACHE = "diffusers MagCache"
 DBCACHE = "cache-dit DBCache F1B0"
 BLOCK_CACHING = "cachekern BlockCaching"
-CACHEKERN_METHODS = (TEACACHE, BLOCK_CACHING)
+BLOCK_CACHING_FORECAST = "cachekern BlockCaching forecast"
+BLOCK_CACHING_FITTED = "cachekern BlockCaching fitted forecast"
+CACHEKERN_METHODS = (TEACACHE, TEACACHE_FORECAST, TEACACHE_SEARCHED, BLOCK_CACHING,
+                     BLOCK_CACHING_FORECAST, BLOCK_CACHING_FITTED)
 PEERS = (FIRST_BLOCK_CACHE, TAYLORSEER, MAGCACHE, DBCACHE)
+SOLVER_NAMES = {"euler": "Euler", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "unipc": "UniPC"}
 
 
 @dataclass
@@ -28,49 +34,85 @@ class Setting:
     steps: int
     apply: Optional[Callable] = None   # model -> remove()
     before_generation: Optional[Callable] = None   # model -> None, before each generation
+    sample_kwargs: Optional[dict] = None   # overrides of the run's sampling options (a solver)
 
 
 def uncached(steps):
     return [Setting(UNCACHED, f"{steps} steps", steps)]
 
 
-def fewer_steps(full_steps, fractions=(0.85, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)):
-    counts = sorted({max(2, round(full_steps * f)) for f in fractions} - {full_steps}, reverse=True)
-    return [Setting(FEWER_STEPS, f"{n} steps", n) for n in counts]
+def fewer_steps(full_steps, fractions=(0.85, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25),
+                scheduler=None):
+    """Fewer steps of the run's own sampler, or (scheduler given) of another solver, from the
+    full step count down."""
+    counts = {max(2, round(full_steps * f)) for f in fractions}
+    if scheduler is None:
+        return [Setting(FEWER_STEPS, f"{n} steps", n)
+                for n in sorted(counts - {full_steps}, reverse=True)]
+    return [Setting(f"{FEWER_STEPS}, {SOLVER_NAMES[scheduler]}", f"{n} steps", n,
+                    sample_kwargs=dict(scheduler=scheduler))
+            for n in sorted(counts | {full_steps}, reverse=True)]
 
 
-def teacache(steps, thresholds, coefficient_sets):
+def teacache(steps, thresholds, coefficient_sets, forecast_order=0, forecast_time="timestep"):
     """coefficient_sets: {label: (coefficients, clamp)}, e.g. the published polynomial ("auto"),
     the raw distance (None), one fitted by cachekern.calibrate_teacache."""
     import cachekern
 
     def applier(threshold, coefficients, clamp):
         def apply(model):
-            cachekern.patch(model, cachekern.TeaCache(threshold=threshold,
-                                                      coefficients=coefficients, clamp=clamp,
-                                                      num_inference_steps=steps))
+            cachekern.patch(model, cachekern.TeaCache(
+                threshold=threshold, coefficients=coefficients, clamp=clamp,
+                num_inference_steps=steps, forecast_order=forecast_order,
+                forecast_time=forecast_time))
             return lambda: cachekern.unpatch(model)
         return apply
-    return [Setting(TEACACHE, f"threshold={t} coefficients={label}", steps,
+    method = TEACACHE if forecast_order == 0 else f"{TEACACHE_FORECAST} order {forecast_order}" \
+        + ("" if forecast_time == "timestep" else " in step index")
+    return [Setting(method, f"threshold={t} coefficients={label}", steps,
                     applier(t, coefficients, clamp))
             for label, (coefficients, clamp) in coefficient_sets.items() for t in thresholds]
 
 
+def searched_schedule(steps, schedules):
+    """schedules: {(target, forecast_order): compute_steps found by the schedule search}; each
+    runs as TeaCache(compute_steps=..., forecast_order=...)."""
+    import cachekern
+
+    def applier(compute_steps, order):
+        def apply(model):
+            cachekern.patch(model, cachekern.TeaCache(compute_steps=compute_steps,
+                                                      forecast_order=order))
+            return lambda: cachekern.unpatch(model)
+        return apply
+    return [Setting(f"{TEACACHE_SEARCHED} order {order}",
+                    f"target_compute={target} steps={''.join('C' if c else '.' for c in cs)}",
+                    steps, applier(cs, order))
+            for (target, order), cs in schedules.items()]
+
+
 def block_caching(steps, profile, prepare, targets, scale_shifts=(None, "fit", "train"),
-                  label=""):
-    """profile: recorded on held-out seeds; prepare(target, mode) fits or trains the scale-shift
+                  label="", forecast_order=0):
+    """profile: recorded on held-out seeds; prepare(target, mode, order) fits or trains the
     parameters of that target's schedule (stored in the profile)."""
     import cachekern
 
     def applier(target, scale_shift):
         def apply(model):
             if scale_shift is not None:
-                prepare(target, scale_shift)
+                prepare(target, scale_shift, forecast_order)
             cachekern.patch(model, cachekern.BlockCaching(profile, target_compute=target,
-                                                          scale_shift=scale_shift))
+                                                          scale_shift=scale_shift,
+                                                          forecast_order=forecast_order))
             return lambda: cachekern.unpatch(model)
         return apply
-    return [Setting(BLOCK_CACHING, f"{label}target_compute={t} scale_shift={ss}", steps,
+
+    def method(scale_shift):
+        if forecast_order == 0:
+            return BLOCK_CACHING
+        base = BLOCK_CACHING_FITTED if scale_shift == "fit" else BLOCK_CACHING_FORECAST
+        return f"{base} order {forecast_order}"
+    return [Setting(method(ss), f"{label}target_compute={t} scale_shift={ss}", steps,
                     applier(t, ss))
             for ss in scale_shifts for t in targets]
 
@@ -90,13 +132,24 @@ def first_block_cache(steps, thresholds):
             for t in thresholds]
 
 
-def taylorseer(steps, intervals, warmups=(1, 3)):
+# TaylorSeer's strongest form: whole blocks forecast (by default it hooks only the attention
+# modules, so every feed-forward still runs and its compute stays near the full run's).
+WHOLE_BLOCKS = {"flux-photos": [r"transformer_blocks\.\d+", r"single_transformer_blocks\.\d+"]}
+
+
+def taylorseer(steps, intervals, warmups=(1, 3), orders=(1, 2), whole_blocks=None):
+    import torch
     from diffusers.hooks import TaylorSeerCacheConfig
 
-    return [Setting(TAYLORSEER, f"cache_interval={k} disable_cache_before_step={w}", steps,
-                    _diffusers_cache(lambda k=k, w=w: TaylorSeerCacheConfig(
-                        cache_interval=k, disable_cache_before_step=w, max_order=1)))
-            for w in warmups for k in intervals]
+    forms = {"attention": None}
+    if whole_blocks:
+        forms["blocks"] = whole_blocks
+    return [Setting(TAYLORSEER if form == "attention" else f"{TAYLORSEER}, whole blocks",
+                    f"cache_interval={k} disable_cache_before_step={w} max_order={o}", steps,
+                    _diffusers_cache(lambda k=k, w=w, o=o, ids=ids: TaylorSeerCacheConfig(
+                        cache_interval=k, disable_cache_before_step=w, max_order=o,
+                        taylor_factors_dtype=torch.float32, cache_identifiers=ids)))
+            for form, ids in forms.items() for o in orders for w in warmups for k in intervals]
 
 
 def calibrate_magcache(model, generate, steps):

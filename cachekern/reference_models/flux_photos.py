@@ -26,6 +26,7 @@ CONFIG = dict(patch_size=1, in_channels=CHANNELS * PATCH * PATCH, num_layers=2,
               joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
               axes_dims_rope=[8, 12, 12])
 SAMPLING = dict(steps=28, guidance_scale=2.0, shift=1.0)
+SCHEDULERS = ("euler", "dpm++", "unipc")   # flow-matching Euler; second-order multistep solvers
 
 
 class Conditioner(nn.Module):
@@ -79,28 +80,45 @@ def velocity(model, conditioner, tokens, sigma, labels):
                  return_dict=False)[0]
 
 
+def make_scheduler(name, shift=SAMPLING["shift"]):
+    """Flow-matching Euler (as FluxPipeline samples), or DPM-Solver++(2M) / UniPC on flow sigmas:
+    one model call a step each, the second-order solvers a scheduler swap away for a user."""
+    from diffusers import (DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                           UniPCMultistepScheduler)
+
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    flow = dict(num_train_timesteps=1000, use_flow_sigmas=True, flow_shift=shift,
+                prediction_type="flow_prediction", solver_order=2)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **flow)
+    if name == "unipc":
+        return UniPCMultistepScheduler(**flow)
+    raise ValueError(f"scheduler: expected one of {SCHEDULERS}, got {name!r}")
+
+
 @torch.no_grad()
 def sample(model, conditioner, labels, seeds, steps=SAMPLING["steps"],
-           guidance_scale=SAMPLING["guidance_scale"], shift=SAMPLING["shift"]):
-    """Images [B, 3, 64, 64] in [-1, 1]: FlowMatchEulerDiscreteScheduler, true CFG as FluxPipeline
-    runs it (a "cond" and an "uncond" call per step, each in its cache_context)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
+           guidance_scale=SAMPLING["guidance_scale"], shift=SAMPLING["shift"], scheduler="euler"):
+    """Images [B, 3, 64, 64] in [-1, 1]: `scheduler` (see make_scheduler), true CFG as
+    FluxPipeline runs it (a "cond" and an "uncond" call per step, each in its cache_context)."""
+    solver = make_scheduler(scheduler, shift)
     param = next(model.parameters())
     labels = check_labels(labels, conditioner.num_classes).to(param.device)
     if len(seeds) != len(labels):
         raise ValueError(f"seeds: expected one per label ({len(labels)}), got {len(seeds)}")
     empty = torch.full_like(labels, conditioner.num_classes)
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-    scheduler.set_timesteps(steps, device=param.device)
+    solver.set_timesteps(steps, device=param.device)
     x = pack(seeded_noise(seeds, (CHANNELS, IMAGE_SIZE, IMAGE_SIZE), param.device, param.dtype))
-    for t in scheduler.timesteps:
-        sigma = (t / 1000).expand(len(labels))
+    for i, t in enumerate(solver.timesteps):
+        # The multistep solvers' timesteps are rounded to integers; their sigmas are exact.
+        level = t / 1000 if scheduler == "euler" else solver.sigmas[i].to(param.device)
+        sigma = level.expand(len(labels))
         with branch(model, "cond"):
             v = velocity(model, conditioner, x, sigma, labels)
         if guidance_scale != 1.0:
             with branch(model, "uncond"):
                 v_empty = velocity(model, conditioner, x, sigma, empty)
             v = v_empty + guidance_scale * (v - v_empty)
-        x = scheduler.step(v, t, x, return_dict=False)[0]
+        x = solver.step(v, t, x, return_dict=False)[0]
     return unpack(x).float().clamp(-1, 1)

@@ -61,6 +61,10 @@ class TeaCache:
             (the published method); 1 or 2, the polynomial through the last 1 + order computed
             residuals, extrapolated to the call's time (fewer when fewer were computed yet in the
             generation). Not with cuda_graphs=True yet.
+        compute_steps: a static schedule instead of the indicator: a list with one bool per step,
+            True where the stack runs (cachekern.search_schedule finds one for a compute
+            budget). The indicator is not computed and `threshold` is unused; a step beyond the
+            list computes.
         forecast_time: the variable the forecast extrapolates in: "timestep" (the value the
             model is called with: the sampler's own time, right for shifted and non-uniform
             schedules) or "step" (the call's step index, as diffusers' and cache-dit's
@@ -81,6 +85,7 @@ class TeaCache:
     cuda_graphs: bool = False
     forecast_order: int = 0
     forecast_time: str = "timestep"
+    compute_steps: Optional[Sequence[bool]] = None
 
     def __post_init__(self):
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
@@ -113,6 +118,16 @@ class TeaCache:
         if self.forecast_time not in FORECAST_TIMES:
             raise ValueError(f"TeaCache: forecast_time must be 'timestep' or 'step', got "
                              f"{self.forecast_time!r}")
+        if self.compute_steps is not None:
+            steps = self.compute_steps
+            if isinstance(steps, (str, bytes)) or not hasattr(steps, "__len__") or \
+                    not len(steps) or not all(isinstance(c, bool) for c in steps):
+                raise ValueError(f"TeaCache: compute_steps must be None or a non-empty list of "
+                                 f"bools (one per step, True: compute), got {steps!r}")
+            self.compute_steps = list(steps)
+            if self.cuda_graphs or self.parity:
+                raise ValueError("TeaCache: compute_steps replaces the indicator; it cannot be "
+                                 "combined with cuda_graphs=True or parity=True")
         if self.cuda_graphs and self.forecast_order:
             raise ValueError("TeaCache: cuda_graphs=True replays the cached residual as it is; "
                              "forecast_order > 0 runs eagerly for now: use one or the other")

@@ -115,7 +115,10 @@ class TeaCacheRuntime:
         seconds, the host time spent deciding)."""
         start = time.perf_counter()
         dense = self.begin(call, state)
-        sums = self._sums(blocks, dense, state)
+        if self.policy.compute_steps is not None:     # a static schedule needs no indicator
+            self.indicator, sums = None, None
+        else:
+            sums = self._sums(blocks, dense, state)
         read = self.decision_inputs(timestep, sums, call.hidden.device)
         values = read.tolist() if read is not None else []     # the one host transfer
         decision = self.decide(state, values, sums is not None, timestep,
@@ -158,6 +161,14 @@ class TeaCacheRuntime:
             has_sums = False
         state.last_timestep = t
         state.step += 1
+        schedule = self.policy.compute_steps
+        if schedule is not None:       # static: the schedule decides, for every sample
+            computed = state.residual is None or state.step >= len(schedule) or \
+                schedule[state.step]
+            per_sample = self.policy.decision == "per_sample"
+            return dict(step=state.step, timestep=t, compute=[computed] * batch,
+                        rel_l1=[float("nan")] * batch if per_sample else float("nan"),
+                        accumulated=[0.0] * batch if per_sample else 0.0)
         forced = (not has_sums or state.residual is None or
                   state.step < self.policy.warmup_steps or
                   (self.policy.compute_last_step and num_steps is not None

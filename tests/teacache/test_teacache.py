@@ -24,12 +24,12 @@ def lagrange(times, t):
 
 
 def published_teacache(model, inp, threshold, coefficients, steps=STEPS, forecast_order=0,
-                       forecast_time="timestep"):
+                       forecast_time="timestep", schedule=None):
     """TeaCache's FLUX algorithm as published (teacache_flux.py), written out plainly: the
     decision from block 0's norm1 in the model's dtype, means, np.poly1d, the residual of the
     image stream. With forecast_order > 0 a skipped step adds the polynomial through the last
-    forecast_order + 1 computed residuals at the step's time instead. Returns (outputs,
-    decisions)."""
+    forecast_order + 1 computed residuals at the step's time instead; with `schedule` the steps it
+    marks are computed, whatever the indicator. Returns (outputs, decisions)."""
     state = dict(cnt=0, acc=0.0, prev=None, residual=None, kept=[])
     decisions = []
 
@@ -49,6 +49,8 @@ def published_teacache(model, inp, threshold, coefficients, steps=STEPS, forecas
             if calc:
                 state["acc"] = 0.0
         state["prev"] = modulated
+        if schedule is not None:
+            calc = schedule[state["cnt"]]
         state["cnt"] += 1
         decisions.append(calc)
         now = float(t) if forecast_time == "timestep" else float(state["cnt"] - 1)
@@ -123,6 +125,52 @@ def test_forecasts_extrapolate_the_computed_residuals_in_the_samplers_time(forec
         assert [r["computed"] for r in handle.history] == decisions
         assert handle.stats()["bytes_held"] > 0
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("forecast_order", [0, 1])
+def test_a_static_schedule_decides_instead_of_the_indicator(forecast_order):
+    model, inp = tiny_flux(), make_inputs(3)
+    schedule = [True, True, False, True, False, False, True, False]
+    expected, decisions = published_teacache(model, inp, 0.0, PUBLISHED["flux"], STEPS,
+                                             forecast_order=forecast_order, schedule=schedule)
+    policy = TeaCache(compute_steps=schedule, forecast_order=forecast_order)
+    with cachekern.patched(model, policy) as handle:
+        got = sample(model, inp)
+        assert [r["computed"] for r in handle.history] == schedule == decisions
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    reference = sample(model, inp)
+    with cachekern.patched(model, TeaCache(compute_steps=[True] * STEPS, forecast_order=1)):
+        assert torch.equal(sample(model, inp), reference)
+
+
+def test_the_schedule_search_meets_the_budget_and_measures_forecast_error_plainly():
+    from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
+                                                    record_stack_residuals)
+
+    model, inp = tiny_flux(), make_inputs(4)
+    records = record_stack_residuals(model, lambda: sample(model, inp), runs=1)
+    assert [r[2] for r in records] == list(range(STEPS))
+    errors = ForecastError(records, forecast_order=1, forecast_time="timestep")
+    schedule = greedy_schedule(errors, 0.5)
+    assert schedule[0] and sum(schedule) == STEPS // 2
+    assert schedule == cachekern.search_schedule(model, lambda: sample(model, inp), 0.5)
+    # the error it minimises, computed plainly for the schedule it chose
+    series = {step: (t, r) for _, _, step, t, r in records}
+    plain, computed = 0.0, []
+    for step, c in enumerate(schedule):
+        if c:
+            computed.append(step)
+            continue
+        used = computed[-2:]
+        times = [series[s][0] for s in used]
+        weights = lagrange(times, series[step][0])
+        forecast = sum(w * series[s][1] for w, s in zip(weights, used))
+        plain += float((forecast - series[step][1]).pow(2).sum())
+    assert errors.total(schedule) == pytest.approx(plain, rel=1e-9)
+    with pytest.raises(ValueError, match="target_compute"):
+        cachekern.search_schedule(model, lambda: None, 0.0)
+    with pytest.raises(ValueError, match="compute_steps must be None or a non-empty list"):
+        TeaCache(compute_steps=[1, 0])
 
 
 def test_forecasting_that_never_skips_is_bitwise_the_uncached_model():

@@ -1,0 +1,133 @@
+"""A static TeaCache schedule for a compute budget: which steps run the block stack, chosen on
+recorded uncached runs so that the forecast error of the skipped steps is smallest.
+
+TeaCache's online accumulator decides from block 0's input change, which does not know what a
+forecast can predict (a residual that changes linearly in time costs an order-1 forecast
+nothing). Here the uncached stack residual of every step is recorded; starting from every step
+computed, steps are dropped one at a time, each time the one whose skip adds the least squared
+forecast error over the recorded runs (greedy backward elimination; the error of a skipped step
+is that of the forecast from the recorded residuals of the computed steps before it). The result
+is a plain list for TeaCache(compute_steps=...): no indicator, and no data-dependent decision.
+
+    steps = cachekern.search_schedule(pipe, run, target_compute=0.5, forecast_order=1)
+    cachekern.patch(pipe, cachekern.TeaCache(compute_steps=steps, forecast_order=1))
+"""
+
+from cachekern.models import adapter_for
+from cachekern.models.binding import attach, detach, is_patched, resolve_model
+from cachekern.teacache.handle import TeaCacheHandle
+from cachekern.teacache.policy import TeaCache
+
+
+def record_stack_residuals(target, run, runs=1):
+    """[(branch, step, time, residual)] of every call of `runs` uncached generations (the model
+    patched with a TeaCache that never skips, whose outputs are the uncached ones)."""
+    if not callable(run):
+        raise TypeError(f"run: expected a callable that generates once, got {type(run).__name__}")
+    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+        raise ValueError(f"runs: expected a positive int, got {runs!r}")
+    model = resolve_model(target)
+    if is_patched(model):
+        raise RuntimeError("search_schedule: the model is patched; unpatch it first (the search "
+                           "records the uncached model)")
+    handle = TeaCacheHandle(model, adapter_for(model), TeaCache(threshold=0.0, coefficients=None))
+    attach(model, handle)
+    records, seen = [], [0]
+
+    def record(module, args, output):
+        if len(handle.history) == seen[0]:
+            return              # a call the cache did not serve
+        seen[0] = len(handle.history)
+        call = handle.history[-1]
+        residual = handle._branches[call["branch"]].residual
+        records.append((generation[0], call["branch"], call["step"], call["timestep"],
+                        residual.detach().float().clone()))
+
+    generation = [0]
+    hook = model.register_forward_hook(record)
+    try:
+        for generation[0] in range(runs):
+            handle.reset()
+            run()
+    finally:
+        hook.remove()
+        detach(model)
+        handle.close()
+    return records
+
+
+class ForecastError:
+    """The squared error of forecasting a skipped step's residual from computed ones, summed over
+    the recorded runs and branches; memoised per (step, computed steps used)."""
+
+    def __init__(self, records, forecast_order, forecast_time):
+        self.order = forecast_order
+        self.series = {}      # (generation, branch) -> {step: (time, residual)}
+        for generation, branch, step, t, residual in records:
+            time = float(step) if forecast_time == "step" or t is None else float(t)
+            self.series.setdefault((generation, branch), {})[step] = (time, residual)
+        self.steps = max(max(s) for s in self.series.values()) + 1
+        self._memo = {}
+
+    def of(self, step, computed_before):
+        """Error at `step` when it is skipped and the steps in `computed_before` (ascending)
+        were computed."""
+        used = tuple(computed_before[-(self.order + 1):])
+        key = (step, used)
+        if key not in self._memo:
+            from cachekern.kernels.forecast import lagrange_weights   # Triton: not at import
+
+            total = 0.0
+            for series in self.series.values():
+                if step not in series or not all(s in series for s in used):
+                    continue
+                time, truth = series[step]
+                weights = lagrange_weights([series[s][0] for s in used], time)
+                forecast = sum(w * series[s][1] for w, s in zip(weights, used))
+                total += float((forecast - truth).pow(2).sum())
+            self._memo[key] = total
+        return self._memo[key]
+
+    def total(self, compute):
+        error, computed = 0.0, []
+        for step, c in enumerate(compute):
+            if c:
+                computed.append(step)
+            else:
+                error += self.of(step, computed)
+        return error
+
+
+def search_schedule(target, run, target_compute, *, forecast_order=1, forecast_time="timestep",
+                    runs=1):
+    """The steps to compute (a list of bools, one per step) so that at most `target_compute` of
+    them run the stack and the forecast error over `runs` recorded uncached generations of `run`
+    is smallest among those the greedy search visits. Step 0 is always computed."""
+    if isinstance(target_compute, bool) or not isinstance(target_compute, (int, float)) or \
+            not 0 < target_compute <= 1:
+        raise ValueError(f"target_compute: expected a fraction in (0, 1], got {target_compute!r}")
+    if isinstance(forecast_order, bool) or forecast_order not in (0, 1, 2):
+        raise ValueError(f"forecast_order: expected 0, 1 or 2, got {forecast_order!r}")
+    if forecast_time not in ("timestep", "step"):
+        raise ValueError(f"forecast_time: expected 'timestep' or 'step', got {forecast_time!r}")
+    errors = ForecastError(record_stack_residuals(target, run, runs), forecast_order,
+                           forecast_time)
+    return greedy_schedule(errors, target_compute)
+
+
+def greedy_schedule(errors, target_compute):
+    """Backward elimination on `errors` (a ForecastError) down to `target_compute`."""
+    compute = [True] * errors.steps
+    budget = max(1, int(target_compute * errors.steps + 1e-9))
+    while sum(compute) > budget:
+        best = None
+        for step in range(1, errors.steps):
+            if not compute[step]:
+                continue
+            compute[step] = False
+            cost = errors.total(compute)
+            compute[step] = True
+            if best is None or cost < best[0]:
+                best = (cost, step)
+        compute[best[1]] = False
+    return compute
