@@ -101,8 +101,8 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=
                                       forecast_order=order)
         found += methods.teacache(steps, thresholds, {"auto": ("auto", False)},
                                   forecast_order=1, forecast_time="step")
-        found += methods.searched_schedule(steps, searched_schedules(ref.model, calibration_run,
-                                                                     quick))
+        found += methods.static_schedules(steps, static_candidates(ref.model, calibration_run,
+                                                                   steps, quick))
     if methods.FIRST_BLOCK_CACHE in wanted:
         found += methods.first_block_cache(steps, thresholds)
     if methods.TAYLORSEER in wanted:
@@ -119,18 +119,41 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=
 SEARCH_TARGETS = (0.75, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
 
 
-def searched_schedules(model, calibration_run, quick):
-    """{(target, order): compute_steps} from cachekern's schedule search on the calibration
-    seeds (one recording serves every target and order)."""
+def regular_schedule(steps, interval, warmup):
+    """TaylorSeer's pattern: the first `warmup` steps, then every `interval`-th."""
+    return [s < warmup or (s - warmup - 1) % interval == 0 for s in range(steps)]
+
+
+def static_candidates(model, calibration_run, steps, quick):
+    """{label: TeaCache options} of static schedules: TaylorSeer's regular patterns with the
+    Taylor or Lagrange basis or weights fitted on the calibration seeds, and the schedules
+    cachekern.search_schedule finds there for fitted forecasts (one recording serves all)."""
     from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
                                                     record_stack_residuals)
 
     records = record_stack_residuals(model, calibration_run)
+    fitted = {order: ForecastError(records, order, "timestep", fitted=True) for order in (1, 2)}
+
+    def text(compute):
+        return "".join("C" if c else "." for c in compute)
     found = {}
-    for order in (0,) + FORECAST_ORDERS:
-        errors = ForecastError(records, order, "timestep")
-        for target in ((0.5, 0.3) if quick else SEARCH_TARGETS):
-            found[(target, order)] = greedy_schedule(errors, target)
+    for interval in ((2, 4) if quick else (2, 3, 4, 5)):
+        for warmup in ((1,) if quick else (1, 2, 3)):
+            compute = regular_schedule(steps, interval, warmup)
+            found[f"{text(compute)} taylor order 2"] = dict(
+                compute_steps=compute, forecast_order=2, forecast_basis="taylor")
+            found[f"{text(compute)} lagrange order 1"] = dict(compute_steps=compute,
+                                                               forecast_order=1)
+            for order, errors in fitted.items():
+                found[f"{text(compute)} fitted order {order}"] = dict(
+                    compute_steps=compute, forecast_order=order,
+                    forecast_weights=errors.fitted_weights(compute))
+    for target in ((0.5, 0.3) if quick else SEARCH_TARGETS):
+        for order, errors in fitted.items():
+            compute = greedy_schedule(errors, target)
+            found[f"{text(compute)} searched, fitted order {order}"] = dict(
+                compute_steps=compute, forecast_order=order,
+                forecast_weights=errors.fitted_weights(compute))
     return found
 
 

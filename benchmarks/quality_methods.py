@@ -13,7 +13,7 @@ UNCACHED = "uncached"
 FEWER_STEPS = "fewer steps"
 TEACACHE = "cachekern TeaCache"
 TEACACHE_FORECAST = "cachekern TeaCache forecast"
-TEACACHE_SEARCHED = "cachekern searched schedule"
+TEACACHE_STATIC = "cachekern TeaCache static schedule"
 FIRST_BLOCK_CACHE = "diffusers FirstBlockCache"
 TAYLORSEER = "diffusers TaylorSeer"
 MAGCACHE = "diffusers MagCache"
@@ -21,7 +21,7 @@ DBCACHE = "cache-dit DBCache F1B0"
 BLOCK_CACHING = "cachekern BlockCaching"
 BLOCK_CACHING_FORECAST = "cachekern BlockCaching forecast"
 BLOCK_CACHING_FITTED = "cachekern BlockCaching fitted forecast"
-CACHEKERN_METHODS = (TEACACHE, TEACACHE_FORECAST, TEACACHE_SEARCHED, BLOCK_CACHING,
+CACHEKERN_METHODS = (TEACACHE, TEACACHE_FORECAST, TEACACHE_STATIC, BLOCK_CACHING,
                      BLOCK_CACHING_FORECAST, BLOCK_CACHING_FITTED)
 PEERS = (FIRST_BLOCK_CACHE, TAYLORSEER, MAGCACHE, DBCACHE)
 SOLVER_NAMES = {"euler": "Euler", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "unipc": "UniPC"}
@@ -74,21 +74,18 @@ def teacache(steps, thresholds, coefficient_sets, forecast_order=0, forecast_tim
             for label, (coefficients, clamp) in coefficient_sets.items() for t in thresholds]
 
 
-def searched_schedule(steps, schedules):
-    """schedules: {(target, forecast_order): compute_steps found by the schedule search}; each
-    runs as TeaCache(compute_steps=..., forecast_order=...)."""
+def static_schedules(steps, candidates):
+    """candidates: {label: TeaCache keyword arguments} of static schedules (compute_steps with a
+    forecast: a basis, or weights fitted by cachekern.fit_forecast)."""
     import cachekern
 
-    def applier(compute_steps, order):
+    def applier(options):
         def apply(model):
-            cachekern.patch(model, cachekern.TeaCache(compute_steps=compute_steps,
-                                                      forecast_order=order))
+            cachekern.patch(model, cachekern.TeaCache(**options))
             return lambda: cachekern.unpatch(model)
         return apply
-    return [Setting(f"{TEACACHE_SEARCHED} order {order}",
-                    f"target_compute={target} steps={''.join('C' if c else '.' for c in cs)}",
-                    steps, applier(cs, order))
-            for (target, order), cs in schedules.items()]
+    return [Setting(TEACACHE_STATIC, label, steps, applier(options))
+            for label, options in candidates.items()]
 
 
 def block_caching(steps, profile, prepare, targets, scale_shifts=(None, "fit", "train"),

@@ -17,10 +17,10 @@ from cachekern.block_caching import (BlockCaching, BlockCachingHandle, Profile, 
 from cachekern.build_info import build_info
 from cachekern.patching import Handle, patch, patched, unpatch
 from cachekern.store import BlockCache, CapacityError
-from cachekern.teacache import TeaCache, TeaCacheHandle, calibrate_teacache, search_schedule
+from cachekern.teacache import TeaCache, TeaCacheHandle, calibrate_teacache, fit_forecast, search_schedule
 
 __all__ = ["BlockCache", "BlockCaching", "BlockCachingHandle", "CapacityError", "Handle",
-           "Profile", "TeaCache", "TeaCacheHandle", "build_info", "calibrate_teacache", "search_schedule",
+           "Profile", "TeaCache", "TeaCacheHandle", "build_info", "calibrate_teacache", "search_schedule", "fit_forecast",
            "fit_scale_shift", "patch", "patched", "profile", "train_scale_shift", "unpatch",
            "__version__"]
 

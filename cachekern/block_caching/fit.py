@@ -68,7 +68,8 @@ class MultiChannelFit:
         """(weights [K, C], shift [C])."""
         size = self.gram.shape[-1]
         ridge = 1e-9 * self.gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
-        gram = self.gram + ridge[:, None, None] * torch.eye(size, dtype=torch.float64)
+        gram = self.gram + ridge[:, None, None] * torch.eye(size, dtype=torch.float64,
+                                                           device=self.gram.device)
         solution = torch.linalg.solve(gram, self.cross)                  # [C, K + 1]
         return solution[:, :-1].T.contiguous(), solution[:, -1].contiguous()
 

@@ -15,12 +15,12 @@ from cachekern.kernels import ops  # noqa: F401  (registers torch.ops.cachekern.
 from cachekern.kernels.modulation import (modulate, modulated_distance, torch_modulate,
                                           torch_modulated_distance)
 from cachekern.kernels.capture import residual_capture, torch_residual_capture
-from cachekern.kernels.forecast import (lagrange_weights, residual_forecast,
+from cachekern.kernels.forecast import (lagrange_weights, residual_forecast, taylor_weights,
                                         torch_residual_forecast)
 from cachekern.kernels.reuse import residual_reuse, torch_residual_reuse
 
 __all__ = [
     "modulate", "modulated_distance", "residual_reuse", "residual_forecast", "residual_capture",
-    "lagrange_weights", "torch_modulate", "torch_modulated_distance", "torch_residual_reuse",
+    "lagrange_weights", "taylor_weights", "torch_modulate", "torch_modulated_distance", "torch_residual_reuse",
     "torch_residual_forecast", "torch_residual_capture",
 ]

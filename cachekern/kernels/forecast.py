@@ -39,6 +39,24 @@ def lagrange_weights(times: Sequence[float], t: float) -> list:
     return weights
 
 
+def taylor_weights(times: Sequence[float], t: float) -> list:
+    """The weights of TaylorSeer's extrapolation (arXiv 2503.06923, as diffusers computes it):
+    a Taylor series at the newest point, y0 + d·D1 + d²/2·D2 with d = t − times[0], whose
+    derivatives are recursive differences each divided by the newest spacing only. Through
+    three points it damps the curvature that the interpolating polynomial (lagrange_weights)
+    extrapolates in full; through one or two points both are the same."""
+    times = [float(s) for s in times]
+    if not 1 <= len(times) <= 3 or len(set(times)) != len(times) or \
+            not all(map(math.isfinite, times)):
+        raise ValueError(f"times: expected 1 to 3 distinct finite values, got {times}")
+    if len(times) < 3:
+        return lagrange_weights(times, t)
+    t0, t1, t2 = times
+    d, h0, h1 = t - t0, t0 - t1, t1 - t2
+    c = d * d / 2 / h0          # D2 = ((y0 - y1)/h0 - (y1 - y2)/h1) / h0
+    return [1 + d / h0 + c / h0, -d / h0 - c / h0 - c / h1, c / h1]
+
+
 # -- reference -----------------------------------------------------------------------------------
 
 def _weights_view(weights, x, channel_dim):
@@ -54,12 +72,14 @@ def _weights_view(weights, x, channel_dim):
 
 
 def torch_residual_forecast(x, history, weights, bias=None, channel_dim=-1, out_dtype=None):
-    compute = torch.promote_types(x.dtype, torch.float32)
-    views = _weights_view(weights.to(compute), x, channel_dim)
+    """x None: the forecast alone (of a quantity that is not a residual, e.g. an output)."""
+    like = history[0] if x is None else x
+    compute = torch.promote_types(like.dtype, torch.float32)
+    views = _weights_view(weights.to(compute), like, channel_dim)
     r = sum(w * h.to(compute) for w, h in zip(views, history))
     if bias is not None:
-        r = r + _channel_view(bias.to(compute), x, channel_dim)
-    return (x.to(compute) + r).to(out_dtype or x.dtype)
+        r = r + _channel_view(bias.to(compute), like, channel_dim)
+    return (r if x is None else x.to(compute) + r).to(out_dtype or like.dtype)
 
 
 # -- kernel -------------------------------------------------------------------------------------
@@ -89,7 +109,8 @@ if triton is not None:
         BIAS, stride_bb,
         OUT, stride_ob, stride_or,
         R, C, tiles_c,
-        K: tl.constexpr, HAS_BIAS: tl.constexpr, CHANNEL_IS_ROW: tl.constexpr,
+        K: tl.constexpr, HAS_X: tl.constexpr, HAS_BIAS: tl.constexpr,
+        CHANNEL_IS_ROW: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -104,7 +125,6 @@ if triton is not None:
             channel, channel_ok = rows, row_ok
         else:
             channel, channel_ok = cols, col_ok
-        x = _load_tile(X, b, stride_xb, rows, stride_xr, cols, mask)
         h0 = _load_tile(H0, b, stride_h0b, rows, stride_h0r, cols, mask)
         r = h0 * _channel_vector(W, b, stride_wb, channel * stride_wc, channel_ok, CHANNEL_IS_ROW)
         if K > 1:
@@ -117,11 +137,15 @@ if triton is not None:
                                       channel_ok, CHANNEL_IS_ROW)
         if HAS_BIAS:
             r += _channel_vector(BIAS, b, stride_bb, channel, channel_ok, CHANNEL_IS_ROW)
+        if HAS_X:
+            r = _load_tile(X, b, stride_xb, rows, stride_xr, cols, mask) + r
         tl.store(OUT + b * stride_ob + rows[:, None] * stride_or + cols[None, :],
-                 cast_to(x + r, OUT.dtype.element_ty, EXPLICIT_BF16), mask=mask)
+                 cast_to(r, OUT.dtype.element_ty, EXPLICIT_BF16), mask=mask)
 
 
 def _launch(x3, h3, weights, bias, out3, channel_is_row):
+    has_x = x3 is not None
+    x3 = x3 if has_x else h3[0]       # unused pointer: never read
     B, R, C = x3.shape
     block_r, block_c = tile_shape(R, C)
     tiles_c = cdiv(C, block_c)
@@ -136,7 +160,7 @@ def _launch(x3, h3, weights, bias, out3, channel_is_row):
         bias if bias is not None else x3, v.batch_stride(bias),
         out3, out3.stride(0), out3.stride(1),
         R, C, tiles_c,
-        K=len(h3), HAS_BIAS=bias is not None, CHANNEL_IS_ROW=channel_is_row,
+        K=len(h3), HAS_X=has_x, HAS_BIAS=bias is not None, CHANNEL_IS_ROW=channel_is_row,
         BLOCK_R=block_r, BLOCK_C=block_c, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
         num_warps=4 if block_r * block_c <= 2048 else 8,
     )
@@ -145,15 +169,16 @@ def _launch(x3, h3, weights, bias, out3, channel_is_row):
 # -- host functions ------------------------------------------------------------------------------
 
 def residual_forecast_into(x, history, weights, bias, channel_dim, out):
-    if x.numel() == 0:
+    if out.numel() == 0:
         return
-    dim = channel_dim % x.dim()
-    if not use_triton(x):
+    dim = channel_dim % out.dim()
+    if not use_triton(out):
         out.copy_(torch_residual_forecast(x, history, weights, bias, dim, out.dtype))
         return
-    named = [("x", x)] + [(f"history[{k}]", h) for k, h in enumerate(history)] + [("out", out)]
-    views, channel_is_row = _views(OP, dim, *named)
-    _launch(views[0], views[1:-1], weights, bias, views[-1], channel_is_row)
+    named = [(f"history[{k}]", h) for k, h in enumerate(history)] + [("out", out)]
+    views, channel_is_row = _views(OP, dim, *([("x", x)] if x is not None else []), *named)
+    x3 = views.pop(0) if x is not None else None
+    _launch(x3, views[:-1], weights, bias, views[-1], channel_is_row)
 
 
 def _check_weights(weights, batch, k, channels, device):
@@ -168,14 +193,15 @@ def _check_weights(weights, batch, k, channels, device):
         raise ValueError(f"{OP}: weights must be contiguous in its channel dimension")
 
 
-def residual_forecast(x: torch.Tensor, history: Sequence[torch.Tensor], weights: torch.Tensor,
-                      bias: Optional[torch.Tensor] = None, *, channel_dim: int = -1,
-                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def residual_forecast(x: Optional[torch.Tensor], history: Sequence[torch.Tensor],
+                      weights: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
+                      channel_dim: int = -1, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x + sum_k weights[:, k] * history[k] (+ bias)``, per sample (and channel), in one pass.
 
     Args:
         x: [B, ...] fp32/fp16/bf16, collapsing into [rows, C] (channel_dim=-1) or [C, spatial]
-            (channel_dim=1) without a copy.
+            (channel_dim=1) without a copy; None for the forecast alone (a forecast of outputs,
+            not residuals), in history[0]'s dtype.
         history: 1 to 3 tensors of x's shape (any of the three float dtypes), e.g. the last
             computed residuals.
         weights: fp32 [B, K] (per sample) or [B, K, C] (per sample and channel).
@@ -183,11 +209,16 @@ def residual_forecast(x: torch.Tensor, history: Sequence[torch.Tensor], weights:
         channel_dim: -1 for DiT tokens [B, N, C], 1 for UNet maps [B, C, H, W].
         out: where to write (x itself for in place); a new tensor of x's dtype by default.
     """
-    v.check_tensor(OP, "x", x)
     history = list(history) if isinstance(history, (list, tuple)) else history
     if not isinstance(history, list) or not 1 <= len(history) <= MAX_HISTORY:
         raise ValueError(f"{OP}: history must be a list of 1 to {MAX_HISTORY} tensors, got "
                          f"{history if not isinstance(history, list) else len(history)!r}")
+    v.check_tensor(OP, "history[0]", history[0])
+    given_x = x is not None
+    if given_x:
+        v.check_tensor(OP, "x", x)
+    else:
+        x = history[0]     # the shape, device and output dtype; not read
     for k, h in enumerate(history):
         v.check_tensor(OP, f"history[{k}]", h)
         v.check_shape(OP, f"history[{k}]", h, x.shape)
@@ -202,6 +233,7 @@ def residual_forecast(x: torch.Tensor, history: Sequence[torch.Tensor], weights:
     _views(OP, dim, *named, ("out", out if out is not None else x))
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    x = x if given_x else None
     if torch.compiler.is_compiling():
         torch.ops.cachekern.residual_forecast_(x, history, weights, bias, dim, out)
     else:

@@ -65,7 +65,8 @@ def _(output, x, prev_residual, deterministic, out):
 
 
 @torch.library.custom_op("cachekern::residual_forecast_", mutates_args=("out",))
-def residual_forecast_op(x: torch.Tensor, history: List[torch.Tensor], weights: torch.Tensor,
+def residual_forecast_op(x: Optional[torch.Tensor], history: List[torch.Tensor],
+                         weights: torch.Tensor,
                          bias: Optional[torch.Tensor], channel_dim: int, out: torch.Tensor) -> None:
     residual_forecast_into(x, history, weights, bias, channel_dim, out)
 

@@ -9,6 +9,6 @@ to a model. Imports cachekern.kernels and cachekern.models, never cachekern.bloc
 from cachekern.teacache.calibrate import calibrate_teacache
 from cachekern.teacache.handle import TeaCacheHandle
 from cachekern.teacache.policy import TeaCache
-from cachekern.teacache.schedule_search import search_schedule
+from cachekern.teacache.schedule_search import fit_forecast, search_schedule
 
-__all__ = ["TeaCache", "TeaCacheHandle", "calibrate_teacache", "search_schedule"]
+__all__ = ["TeaCache", "TeaCacheHandle", "calibrate_teacache", "search_schedule", "fit_forecast"]

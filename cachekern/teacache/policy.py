@@ -17,6 +17,8 @@ from cachekern.teacache import coefficients as published
 
 DECISIONS = ("global", "per_sample")
 FORECAST_TIMES = ("timestep", "step")
+FORECAST_OF = ("residual", "output")
+FORECAST_BASES = ("lagrange", "taylor")
 
 
 @dataclass
@@ -61,6 +63,15 @@ class TeaCache:
             (the published method); 1 or 2, the polynomial through the last 1 + order computed
             residuals, extrapolated to the call's time (fewer when fewer were computed yet in the
             generation). Not with cuda_graphs=True yet.
+        forecast_basis: how the forecast extrapolates: "lagrange" (the polynomial through the
+            kept points) or "taylor" (TaylorSeer's Taylor series from recursive differences,
+            which damps the curvature at order 2; the same at order 1).
+        forecast_weights: fitted weights instead (cachekern.fit_forecast, for a static
+            schedule): one entry per step, None where the step computes or extrapolates, else
+            the weights of the last len(weights) computed values, newest first.
+        forecast_of: what is kept and forecast: "residual" (the stack's output minus its input,
+            added to the skipped call's own input: the published method at order 0) or
+            "output" (the stack's output itself, as TaylorSeer forecasts block outputs).
         compute_steps: a static schedule instead of the indicator: a list with one bool per step,
             True where the stack runs (cachekern.search_schedule finds one for a compute
             budget). The indicator is not computed and `threshold` is unused; a step beyond the
@@ -86,6 +97,9 @@ class TeaCache:
     forecast_order: int = 0
     forecast_time: str = "timestep"
     compute_steps: Optional[Sequence[bool]] = None
+    forecast_of: str = "residual"
+    forecast_basis: str = "lagrange"
+    forecast_weights: Optional[Sequence] = None
 
     def __post_init__(self):
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
@@ -118,6 +132,28 @@ class TeaCache:
         if self.forecast_time not in FORECAST_TIMES:
             raise ValueError(f"TeaCache: forecast_time must be 'timestep' or 'step', got "
                              f"{self.forecast_time!r}")
+        if self.forecast_basis not in FORECAST_BASES:
+            raise ValueError(f"TeaCache: forecast_basis must be 'lagrange' or 'taylor', got "
+                             f"{self.forecast_basis!r}")
+        if self.forecast_weights is not None:
+            entries = self.forecast_weights
+            try:
+                entries = [None if w is None else [float(v) for v in w] for w in entries]
+            except (TypeError, ValueError):
+                entries = None
+            if not entries or any(w is not None and not 1 <= len(w) <= 3 for w in entries):
+                raise ValueError(f"TeaCache: forecast_weights must be a list with one entry per "
+                                 f"step, None or 1 to 3 numbers, got {self.forecast_weights!r}")
+            if self.compute_steps is None:
+                raise ValueError("TeaCache: forecast_weights are fitted for a static schedule; "
+                                 "pass compute_steps too")
+            self.forecast_weights = entries
+        if self.forecast_of not in FORECAST_OF:
+            raise ValueError(f"TeaCache: forecast_of must be 'residual' or 'output', got "
+                             f"{self.forecast_of!r}")
+        if self.forecast_of == "output" and self.cuda_graphs:
+            raise ValueError("TeaCache: cuda_graphs=True replays the cached residual; "
+                             "forecast_of='output' runs eagerly for now")
         if self.compute_steps is not None:
             steps = self.compute_steps
             if isinstance(steps, (str, bytes)) or not hasattr(steps, "__len__") or \

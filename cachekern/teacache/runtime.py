@@ -224,8 +224,7 @@ class TeaCacheRuntime:
         sub = self.adapter.select(call, index)
         sub_out = self.adapter.run_blocks(model, sub, blocks)
         hidden[index] = sub_out.hidden
-        fresh = self.kernels.residual_capture(sub_out.hidden.contiguous(),
-                                              dense.hidden[index])[0]
+        fresh = self._kept(sub_out.hidden.contiguous(), dense.hidden[index])
         self._keep_samples(state, fresh, index, [b for b, c in enumerate(compute) if c], now)
         extras = dict(call.extras)
         for name, value in sub_out.extras.items():
@@ -246,16 +245,22 @@ class TeaCacheRuntime:
         return float(decision["step"])
 
     def _keep(self, state, output, x, now):
-        """A computed call's residual, output − x, written over the oldest kept one's buffer
-        (the history is a ring: no entry is copied)."""
+        """A computed call's residual, output − x (or its output, forecast_of="output"), written
+        over the oldest kept one's buffer (the history is a ring: no entry is copied)."""
         ring = [] if state.residual is None else [state.residual] + state.older
         ring = [r for r in ring if r.shape == output.shape]
         full = len(ring) > self.policy.forecast_order
         buffer = ring[-1] if full else None
-        state.residual = self.kernels.residual_capture(output.contiguous(), x, out=buffer)[0]
+        state.residual = self._kept(output.contiguous(), x, buffer)
         state.older = ring[:-1] if full else ring
         times = state.times[:len(state.older)]
         state.times = [[now] * x.shape[0]] + times
+
+    def _kept(self, output, x, buffer=None):
+        """What a computed call keeps: its residual, or its output itself."""
+        if self.policy.forecast_of == "output":
+            return buffer.copy_(output) if buffer is not None else output.clone()
+        return self.kernels.residual_capture(output, x, out=buffer)[0]
 
     def _keep_samples(self, state, fresh, index, samples, now):
         """The residuals of the samples that computed (per-sample decisions): each of their
@@ -275,28 +280,44 @@ class TeaCacheRuntime:
         for b in samples:
             state.times[0][b] = now
 
+    def _basis(self, times, now):
+        basis = self.kernels.taylor_weights if self.policy.forecast_basis == "taylor" else \
+            self.kernels.lagrange_weights
+        return basis(times, now)
+
     def _skipped(self, x, state, now):
         """x plus the cached residual (order 0), or plus the residual extrapolated to `now`
-        through the last forecast_order + 1 computed ones (Lagrange, in the sampler's time)."""
-        if self.policy.forecast_order == 0 or not state.older:
-            return self.kernels.residual_reuse(x, state.residual)
+        through the last forecast_order + 1 computed ones (forecast_basis in the sampler's
+        time, or the weights fitted for this step); with forecast_of="output", the output
+        itself, kept or extrapolated."""
+        as_output = self.policy.forecast_of == "output"
         entries = [state.residual] + state.older
-        entries = entries[:self.policy.forecast_order + 1]
-        # Each sample extrapolates through as many of its entries as it has, with distinct
-        # times (per-sample decisions give samples different histories); zero weights pad.
-        counts, rows = [], []
-        for ts in zip(*state.times[:len(entries)]):
-            n = next(n for n in range(len(ts), 0, -1)
-                     if None not in ts[:n] and len(set(ts[:n])) == n)
-            counts.append(n)
-            rows.append(self.kernels.lagrange_weights(ts[:n], now) + [0.0] * (len(ts) - n))
-        usable = max(counts)
-        if usable == 1:
-            return self.kernels.residual_reuse(x, state.residual)
-        weights = torch.tensor([row[:usable] for row in rows], dtype=torch.float32)
+        fitted = self.policy.forecast_weights
+        fitted = fitted[state.step] if fitted is not None and state.step < len(fitted) else None
+        if fitted is not None and len(fitted) <= len(entries):
+            rows = [fitted] * x.shape[0]      # a static schedule: every sample alike
+        else:
+            if self.policy.forecast_order == 0 or not state.older:
+                return state.residual.clone() if as_output else \
+                    self.kernels.residual_reuse(x, state.residual)
+            entries = entries[:self.policy.forecast_order + 1]
+            # Each sample extrapolates through as many of its entries as it has, with distinct
+            # times (per-sample decisions give samples different histories); zeros pad.
+            counts, rows = [], []
+            for ts in zip(*state.times[:len(entries)]):
+                n = next(n for n in range(len(ts), 0, -1)
+                         if None not in ts[:n] and len(set(ts[:n])) == n)
+                counts.append(n)
+                rows.append(self._basis(ts[:n], now) + [0.0] * (len(ts) - n))
+            if max(counts) == 1:
+                return state.residual.clone() if as_output else \
+                    self.kernels.residual_reuse(x, state.residual)
+            rows = [row[:max(counts)] for row in rows]
+        weights = torch.tensor(rows, dtype=torch.float32)
         if x.device.type == "cuda":     # no synchronisation: a pinned copy, in stream order
             weights = weights.pin_memory().to(x.device, non_blocking=True)
-        return self.kernels.residual_forecast(x, entries[:usable], weights)
+        return self.kernels.residual_forecast(None if as_output else x, entries[:len(rows[0])],
+                                              weights)
 
     # -- one call inside a CUDA graph (cachekern.teacache.graphs) -----------------------------
     def graph_warm_up(self, call: StackCall, blocks, state: BranchState, decision, timestep):

@@ -11,6 +11,10 @@ is a plain list for TeaCache(compute_steps=...): no indicator, and no data-depen
 
     steps = cachekern.search_schedule(pipe, run, target_compute=0.5, forecast_order=1)
     cachekern.patch(pipe, cachekern.TeaCache(compute_steps=steps, forecast_order=1))
+
+    weights = cachekern.fit_forecast(pipe, run, steps, forecast_order=2)   # learned, not assumed
+    cachekern.patch(pipe, cachekern.TeaCache(compute_steps=steps, forecast_order=2,
+                                             forecast_weights=weights))
 """
 
 from cachekern.models import adapter_for
@@ -58,10 +62,13 @@ def record_stack_residuals(target, run, runs=1):
 
 class ForecastError:
     """The squared error of forecasting a skipped step's residual from computed ones, summed over
-    the recorded runs and branches; memoised per (step, computed steps used)."""
+    the recorded runs and branches; memoised per (step, computed steps used). fitted=True: with
+    the least-squares weights of those computed residuals (cachekern.fit_forecast's), else with
+    the Lagrange extrapolation in the sampler's time."""
 
-    def __init__(self, records, forecast_order, forecast_time):
+    def __init__(self, records, forecast_order, forecast_time, fitted=False):
         self.order = forecast_order
+        self.fitted = fitted
         self.series = {}      # (generation, branch) -> {step: (time, residual)}
         for generation, branch, step, t, residual in records:
             time = float(step) if forecast_time == "step" or t is None else float(t)
@@ -74,6 +81,8 @@ class ForecastError:
         were computed."""
         used = tuple(computed_before[-(self.order + 1):])
         key = (step, used)
+        if key not in self._memo and self.fitted:
+            self._memo[key] = self.least_squares(step, used[::-1])[1]
         if key not in self._memo:
             from cachekern.kernels.forecast import lagrange_weights   # Triton: not at import
 
@@ -88,6 +97,50 @@ class ForecastError:
             self._memo[key] = total
         return self._memo[key]
 
+    def least_squares(self, step, used):
+        """(weights of the residuals at `used`, newest first, summing to 1; the remaining
+        squared error) of the best affine combination of them for `step`, over every recorded
+        series. Summing to 1 keeps what does not change (a plain least-squares fit shrinks it,
+        and that bias adds up along a trajectory)."""
+        import numpy as np
+
+        k = len(used)
+        gram, norm = np.zeros((k + 1, k + 1)), 0.0     # over [r_used..., truth]
+        for series in self.series.values():
+            if step not in series or not all(s in series for s in used):
+                continue
+            vectors = [series[s][1] for s in used] + [series[step][1]]
+            for i in range(k + 1):
+                for j in range(i, k + 1):
+                    gram[i, j] = gram[j, i] = gram[i, j] + float((vectors[i] * vectors[j]).sum())
+        # f = r0 + sum_{i>0} a_i (r_i − r0): least squares of (y − r0) on (r_i − r0)
+        n = k - 1
+        d_gram = np.array([[gram[i, j] - gram[i, 0] - gram[0, j] + gram[0, 0]
+                            for j in range(1, k)] for i in range(1, k)]).reshape(n, n)
+        d_cross = np.array([gram[i, k] - gram[i, 0] - gram[0, k] + gram[0, 0]
+                            for i in range(1, k)])
+        z_norm = gram[k, k] - 2 * gram[0, k] + gram[0, 0]
+        if n:
+            ridge = 1e-9 * max(np.trace(d_gram) / n, 1e-300)
+            a = np.linalg.solve(d_gram + ridge * np.eye(n), d_cross)
+        else:
+            a = np.zeros(0)
+        error = z_norm - 2 * a @ d_cross + a @ d_gram @ a
+        weights = [1.0 - float(a.sum())] + [float(v) for v in a]
+        return weights, max(float(error), 0.0)
+
+    def fitted_weights(self, compute):
+        """Per step: None where `compute` computes, else the least-squares weights of the last
+        order + 1 computed residuals, newest first."""
+        out, computed = [], []
+        for step, c in enumerate(compute):
+            if c:
+                computed.append(step)
+                out.append(None)
+            else:
+                out.append(self.least_squares(step, computed[-(self.order + 1):][::-1])[0])
+        return out
+
     def total(self, compute):
         error, computed = 0.0, []
         for step, c in enumerate(compute):
@@ -98,20 +151,41 @@ class ForecastError:
         return error
 
 
+def _check_order(forecast_order):
+    if isinstance(forecast_order, bool) or forecast_order not in (0, 1, 2):
+        raise ValueError(f"forecast_order: expected 0, 1 or 2, got {forecast_order!r}")
+
+
+def fit_forecast(target, run, compute_steps, *, forecast_order=1, runs=1):
+    """Forecast weights fitted to `target` for the static schedule `compute_steps`: per skipped
+    step, the least-squares combination of the last forecast_order + 1 computed stack residuals
+    (newest first) that best gives the step's own, over `runs` recorded uncached generations.
+    Pass them as TeaCache(compute_steps=..., forecast_order=..., forecast_weights=...): the
+    extrapolation learned from the model's own runs instead of assumed (L2P-Cache's idea)."""
+    _check_order(forecast_order)
+    TeaCache(compute_steps=compute_steps)            # the schedule's own checks
+    errors = ForecastError(record_stack_residuals(target, run, runs), forecast_order,
+                           "timestep", fitted=True)
+    if len(compute_steps) != errors.steps:
+        raise ValueError(f"compute_steps: {len(compute_steps)} entries, but `run` makes "
+                         f"{errors.steps} steps")
+    return errors.fitted_weights(list(compute_steps))
+
+
 def search_schedule(target, run, target_compute, *, forecast_order=1, forecast_time="timestep",
-                    runs=1):
+                    runs=1, fitted=False):
     """The steps to compute (a list of bools, one per step) so that at most `target_compute` of
     them run the stack and the forecast error over `runs` recorded uncached generations of `run`
-    is smallest among those the greedy search visits. Step 0 is always computed."""
+    is smallest among those the greedy search visits (fitted=True: the error of fitted
+    forecasts, for use with fit_forecast). Step 0 is always computed."""
     if isinstance(target_compute, bool) or not isinstance(target_compute, (int, float)) or \
             not 0 < target_compute <= 1:
         raise ValueError(f"target_compute: expected a fraction in (0, 1], got {target_compute!r}")
-    if isinstance(forecast_order, bool) or forecast_order not in (0, 1, 2):
-        raise ValueError(f"forecast_order: expected 0, 1 or 2, got {forecast_order!r}")
+    _check_order(forecast_order)
     if forecast_time not in ("timestep", "step"):
         raise ValueError(f"forecast_time: expected 'timestep' or 'step', got {forecast_time!r}")
     errors = ForecastError(record_stack_residuals(target, run, runs), forecast_order,
-                           forecast_time)
+                           forecast_time, fitted)
     return greedy_schedule(errors, target_compute)
 
 

@@ -9,7 +9,7 @@ import torch
 from numerics import DEVICES, DTYPES, assert_tensor_close, device_param
 
 from cachekern.kernels import (lagrange_weights, residual_forecast, residual_reuse,
-                               torch_residual_forecast)
+                               taylor_weights, torch_residual_forecast)
 
 DEVS = [device_param(d) for d in DEVICES]
 
@@ -83,6 +83,48 @@ def test_history_may_be_any_float_dtype_and_weights_differ_per_sample(device):
                                      for k in range(2))
         torch.testing.assert_close(out[b].double(), oracle.to(torch.bfloat16).double(),
                                    rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("device", DEVS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,channel_dim", [((3, 77, 40), -1), ((2, 40, 9, 7), 1)])
+def test_without_x_the_forecast_alone_is_written(device, dtype, shape, channel_dim):
+    history = [torch.randn(shape, device=device).to(dtype) for _ in range(3)]
+    B, C = shape[0], shape[channel_dim]
+    weights = torch.randn(B, 3, C, device=device)
+    out = residual_forecast(None, history, weights, channel_dim=channel_dim)
+    assert out.dtype == dtype and out.shape == shape
+    oracle = torch_residual_forecast(None, [h.double() for h in history], weights.double(),
+                                     None, channel_dim)
+    zero = torch.zeros(shape, device=device, dtype=dtype)
+    same = plain_forecast(zero, history, weights, None, channel_dim)
+    for b in range(B):
+        assert_tensor_close(out[b], oracle[b], same[b], dtype, f"forecast alone, sample {b}")
+
+
+def test_taylor_weights_are_taylorseers_recursive_differences():
+    rng = random.Random(3)
+    for _ in range(5):
+        times = sorted((rng.uniform(0, 100) for _ in range(3)), reverse=True)  # newest first
+        ys = [rng.uniform(-1, 1) for _ in range(3)]
+        t = times[0] - rng.uniform(0.5, 20)
+        # TaylorSeer's update, oldest to newest: each order's difference over the newest gap
+        factors = {}
+        previous_time = None
+        for time, y in zip(times[::-1], ys[::-1]):
+            new = {0: y}
+            if previous_time is not None:
+                for j in range(2):
+                    if j in factors:
+                        new[j + 1] = (new[j] - factors[j]) / (time - previous_time)
+            factors, previous_time = new, time
+        d = t - times[0]
+        expected = sum(f * d ** k / math.factorial(k) for k, f in factors.items())
+        got = sum(w * y for w, y in zip(taylor_weights(times, t), ys))
+        assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-9)
+    assert taylor_weights([2.0, 1.0], 3.0) == lagrange_weights([2.0, 1.0], 3.0)
+    with pytest.raises(ValueError, match="1 to 3 distinct"):
+        taylor_weights([3.0, 2.0, 1.0, 0.0], 0.0)
 
 
 def test_lagrange_weights_reproduce_polynomials_of_their_degree():

@@ -173,6 +173,75 @@ def test_the_schedule_search_meets_the_budget_and_measures_forecast_error_plainl
         TeaCache(compute_steps=[1, 0])
 
 
+def test_fitted_forecasts_are_affine_exact_on_linear_series_and_used_as_given():
+    from cachekern.teacache.schedule_search import ForecastError
+
+    # residuals exactly linear in time: the fitted two-point forecast is the linear one
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 6, 4, generator=g), torch.randn(2, 6, 4, generator=g)
+    times = [1.0 - s / 8 for s in range(8)]
+    records = [(0, "cond", s, t, a + t * b) for s, t in enumerate(times)]
+    errors = ForecastError(records, forecast_order=1, forecast_time="timestep", fitted=True)
+    schedule = [True, True, False, True, False, False, True, False]
+    weights = errors.fitted_weights(schedule)
+    assert weights[0] is None and weights[1] is None
+    for step, w in enumerate(weights):
+        if w is not None:
+            assert sum(w) == pytest.approx(1.0, abs=1e-9)
+    # (fp32 residuals and a tiny ridge: exact to about 1e-5)
+    assert weights[2] == pytest.approx(lagrange([times[1], times[0]], times[2]), abs=1e-4)
+    scale = sum(float((r * r).sum()) for *_, r in records)
+    assert errors.total(schedule) <= 1e-6 * scale
+    # the runtime applies given weights: the Lagrange ones reproduce forecast_order=1
+    model, inp = tiny_flux(), make_inputs(5)
+    step_times = torch.linspace(1.0, 0.05, STEPS).tolist()
+    given, computed = [], []
+    for step, c in enumerate(schedule):
+        given.append(None if c else lagrange([step_times[s] for s in computed[-2:][::-1]],
+                                             step_times[step]))
+        if c:
+            computed.append(step)
+    with cachekern.patched(model, TeaCache(compute_steps=schedule, forecast_order=1)):
+        expected = sample(model, inp)
+    with cachekern.patched(model, TeaCache(compute_steps=schedule, forecast_order=1,
+                                           forecast_weights=given)):
+        torch.testing.assert_close(sample(model, inp), expected, rtol=1e-5, atol=1e-5)
+    fitted = cachekern.fit_forecast(model, lambda: sample(model, inp), schedule)
+    assert [w is None for w in fitted] == schedule
+    with pytest.raises(ValueError, match="forecast_weights are fitted for a static schedule"):
+        TeaCache(forecast_weights=given)
+
+
+def test_forecasting_outputs_extrapolates_the_stacks_output():
+    model, inp = tiny_flux(), make_inputs(6)
+    schedule = [True, True, False, True, False, False, True, False]
+    hidden_out = {}
+
+    def keep(module, args, kwargs, output):     # the stack's output: norm_out's input
+        hidden_out[len(hidden_out)] = args[0].clone()
+    hook = model.norm_out.register_forward_hook(keep, with_kwargs=True)
+    try:
+        with cachekern.patched(model, TeaCache(compute_steps=schedule, forecast_order=1,
+                                               forecast_of="output")):
+            sample(model, inp)
+    finally:
+        hook.remove()
+    times = torch.linspace(1.0, 0.05, STEPS).tolist()
+    computed = []
+    for step, c in enumerate(schedule):
+        if c:
+            computed.append(step)
+            continue
+        used = computed[-2:][::-1]
+        w = lagrange([times[s] for s in used], times[step])
+        expected = sum(wk * hidden_out[s] for wk, s in zip(w, used))
+        torch.testing.assert_close(hidden_out[step], expected, rtol=1e-5, atol=1e-5)
+    reference = sample(model, inp)
+    with cachekern.patched(model, TeaCache(threshold=0.0, forecast_order=2,
+                                           forecast_of="output")):
+        assert torch.equal(sample(model, inp), reference)
+
+
 def test_forecasting_that_never_skips_is_bitwise_the_uncached_model():
     model, inp = tiny_flux(), make_inputs(1)
     reference = sample(model, inp)
@@ -338,6 +407,10 @@ def test_errors_name_what_is_wrong():
         (dict(forecast_order=3), "forecast_order must be 0, 1 or 2"),
         (dict(forecast_order=True), "forecast_order must be 0, 1 or 2"),
         (dict(forecast_time="sigma"), "forecast_time must be 'timestep' or 'step'"),
+        (dict(forecast_basis="newton"), "forecast_basis must be 'lagrange' or 'taylor'"),
+        (dict(forecast_of="input"), "forecast_of must be 'residual' or 'output'"),
+        (dict(compute_steps=[True], forecast_weights=[[1, 2, 3, 4]]),
+         "forecast_weights must be a list with one entry per step"),
         (dict(forecast_order=1, cuda_graphs=True), "forecast_order > 0 runs eagerly"),
         (dict(max_consecutive_skips=0), "max_consecutive_skips must be None or an int >= 1"),
         (dict(parity=True, decision="per_sample"), "parity=True reproduces the published"),
