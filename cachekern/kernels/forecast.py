@@ -95,9 +95,12 @@ if triton is not None:
     def _channel_vector(P, b, stride_b, index, ok, CHANNEL_IS_ROW: tl.constexpr):
         """A per-channel vector at this tile's channels, shaped to broadcast over the tile."""
         values = tl.load(P + b * stride_b + index, mask=ok, other=0.0).to(tl.float32)
+        # One return statement: Triton compiles the constexpr branch taken, then the rest.
         if CHANNEL_IS_ROW:
-            return values[:, None]
-        return values[None, :]
+            shaped = values[:, None]
+        else:
+            shaped = values[None, :]
+        return shaped
 
     @triton.jit
     def _residual_forecast_kernel(
