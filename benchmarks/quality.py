@@ -328,7 +328,19 @@ def best_converged(rows):
     return out
 
 
+def pareto(points, key):
+    """The points no other point beats in both `key` (speed-up) and PSNR, by speed-up."""
+    front, best = [], float("-inf")
+    for point in sorted(points, key=lambda p: -p[key]):
+        if point["psnr_db"] > best:
+            front.append(point)
+            best = point["psnr_db"]
+    return front[::-1]
+
+
 def plot(rows, path, title):
+    """PSNR against speed-up, each method's best settings (its Pareto front); a second panel
+    against wall-clock speed-up when the run was timed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -336,22 +348,30 @@ def plot(rows, path, title):
     except ImportError:
         print("matplotlib is not installed: no plot")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != methods.UNCACHED):
-        points = sorted((r for r in rows if r["method"] == method and not r.get("error")),
-                        key=lambda r: r["speedup_compute"])
-        for ax, key in zip(axes, ("speedup_compute", "speedup_wall")):
-            ax.plot([p[key] for p in points], [min(p["psnr_db"], 60) for p in points], "o-",
-                    label=method, markersize=3)
-    for ax, xlabel in zip(axes, ("speed-up in block compute (1 / compute ratio)",
-                                 "speed-up in wall time")):
+    timed = any(r["speedup_wall"] == r["speedup_wall"] for r in rows
+                if r["method"] != methods.UNCACHED)
+    keys = [("speedup_compute", "speed-up in block compute (1 / compute ratio)")]
+    if timed:
+        keys.append(("speedup_wall", "speed-up in wall time"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(7 * len(keys), 5), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows
+                                             if r["method"] != methods.UNCACHED)):
+        points = [r for r in rows if r["method"] == method and not r.get("error")]
+        for ax, (key, _) in zip(axes[0], keys):
+            front = pareto([p for p in points if p[key] == p[key]], key)
+            ax.plot([p[key] for p in front], [min(p["psnr_db"], 60) for p in front],
+                    marker="o", ls=styles[i // 10 % len(styles)], label=method, markersize=3,
+                    color=plt.cm.tab20(i % 20))
+    for ax, (key, xlabel) in zip(axes[0], keys):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("PSNR against uncached, dB")
         ax.grid(alpha=0.3)
+        ax.set_xlim(1, 5)
     for budget in BUDGETS:
-        axes[0].axvline(1 / budget, color="grey", lw=0.5, ls="--")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
+        axes[0][0].axvline(1 / budget, color="grey", lw=0.5, ls="--")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
