@@ -146,6 +146,18 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="denoising steps")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     args = parser.parse_args(argv)
+    for name in ("seeds", "steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name}: expected a positive number, got {value}")
+    if args.device is not None:
+        try:
+            requested = torch.device(args.device)
+        except RuntimeError:
+            parser.error(f"--device: expected cuda or cpu, got {args.device!r}")
+        if requested.type == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: this torch has no usable CUDA device (a CPU build, or "
+                         "no GPU); use --device cpu")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not (args.full or args.random) and reference_models.is_trained("flux-photos"):

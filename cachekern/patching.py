@@ -4,6 +4,8 @@ on the policy to its method's handle. Both handles implement `Handle`."""
 import contextlib
 from typing import Protocol, runtime_checkable
 
+import torch
+
 from cachekern.block_caching import BlockCaching, BlockCachingHandle
 from cachekern.models import adapter_for
 from cachekern.models.binding import attach, detach, is_patched, resolve_model
@@ -44,12 +46,26 @@ def patch(target, policy) -> Handle:
     if is_patched(model):
         raise RuntimeError(f"cachekern.patch: this {type(model).__name__} is already patched; "
                            f"call cachekern.unpatch(model) first")
+    check_dtype(model)
     if isinstance(policy, BlockCaching):
         handle = BlockCachingHandle(model, policy)
     else:
         handle = TeaCacheHandle(model, adapter_for(model), policy)
     attach(model, handle)
     return handle
+
+
+CACHED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_dtype(model):
+    """The kernels compute in fp32/fp16/bf16: a model in another dtype is refused here, not at
+    its first call."""
+    param = next(model.parameters(), None)
+    if param is not None and param.is_floating_point() and param.dtype not in CACHED_DTYPES:
+        raise TypeError(f"cachekern.patch: the model's parameters are "
+                        f"{str(param.dtype).replace('torch.', '')}; caching supports float32, "
+                        f"float16 and bfloat16: convert the model with .to(torch.float32) first")
 
 
 def unpatch(target) -> None:

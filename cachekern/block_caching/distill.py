@@ -123,9 +123,9 @@ class _StudentHandle(BlockCachingHandle):
             return (residual.float() * scale.view(shape) + shift.view(shape)).to(residual.dtype)
         return self.kernels.torch_residual_reuse(x, residual, scale, shift, channel_dim)
 
-    def _keep(self, key, x, out):
+    def _keep(self, key, slot, x, out):
         # What is cached is a value, not part of the graph (as at inference).
-        super()._keep(key, None if x is None else x.detach(),
+        super()._keep(key, slot, None if x is None else x.detach(),
                       None if out is None else out.detach())
 
     def _optimize(self, cell):

@@ -118,6 +118,12 @@ class BlockCachingHandle:
             # the pipeline's timesteps live there, and reading them would cost a sync a step.)
             value = float(timestep if not isinstance(timestep, torch.Tensor)
                           else timestep.reshape(-1)[0])
+            if step and not self.profile.matches_timestep(step, value) and \
+                    self.profile.matches_timestep(0, value):
+                # Step 0's timestep again: the last generation was cut short and a new one
+                # starts (as TeaCache detects it). Every block computes at step 0, so nothing
+                # of the old generation is read.
+                count = step = 0
             self.profile.check_timestep(step, value)
         self._current = (branch, step)
         if self._offloaded:

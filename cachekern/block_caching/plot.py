@@ -45,6 +45,20 @@ def main(argv=None):
     group.add_argument("--delta", type=float, help="schedule threshold (default 0.5)")
     group.add_argument("--target-compute", type=float, help="or: fraction of block calls")
     args = parser.parse_args(argv)
-    plot(Profile.load(args.profile), args.out, args.delta, args.target_compute)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        parser.error("needs matplotlib, which a plain install lacks: pip install matplotlib")
+    try:
+        profile = Profile.load(args.profile)
+    except FileNotFoundError:
+        parser.error(f"profile: no file {args.profile}")
+    except Exception as error:      # safetensors' errors on a damaged or foreign file
+        parser.error(f"profile: {args.profile} is not a readable cachekern profile "
+                     f"({type(error).__name__}: {error})")
+    try:
+        plot(profile, args.out, args.delta, args.target_compute)
+    except ValueError as error:
+        parser.error(str(error))
     print(f"wrote {args.out}")
     return 0

@@ -47,6 +47,12 @@ class Profile:
     def steps(self):
         return len(self.timesteps)
 
+    def __repr__(self):
+        fitted = ", ".join(sorted(self.scale_shift)) or "none"
+        return (f"Profile({self.model_class}, {len(self.units)} blocks, {self.steps} steps, "
+                f"timesteps {self.timesteps[:2]}...{self.timesteps[-1:]}, {self.runs} run(s), "
+                f"branches {self.branches}, resnets={self.resnets}, fitted parameters: {fitted})")
+
     def schedule(self, delta=None, target_compute=None):
         if target_compute is not None:
             delta = delta_for_compute(self.change, target_compute)
@@ -105,14 +111,19 @@ class Profile:
                              f"blocks {self.units[:3]}... ({len(self.units)}), this model has "
                              f"{names[:3]}... ({len(names)})")
 
+    def matches_timestep(self, step, value):
+        expected = self.timesteps[step]
+        return expected is None or value is None or \
+            abs(value - expected) <= 1e-4 * max(1.0, abs(expected))
+
     def check_timestep(self, step, value):
         if step >= self.steps:
             raise ValueError(self.steps_error(step + 1))
-        expected = self.timesteps[step]
-        if expected is not None and value is not None and \
-                abs(value - expected) > 1e-4 * max(1.0, abs(expected)):
+        if not self.matches_timestep(step, value):
             raise ValueError(f"step {step} has timestep {value:g} where the profile has "
-                             f"{expected:g}: {self.steps_error('a different schedule of')}")
+                             f"{self.timesteps[step]:g}: "
+                             f"{self.steps_error('a different schedule of')} (if a generation "
+                             f"was cut short before, call handle.reset() before the next)")
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path):

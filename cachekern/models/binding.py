@@ -10,10 +10,16 @@ _MARK = "_cachekern_patch"
 
 def resolve_model(target):
     """The denoiser of a diffusers pipeline (its transformer or unet), or the model itself."""
+    import torch
+
     for name in ("transformer", "unet"):
         model = getattr(target, name, None)
         if model is not None and hasattr(target, "components"):
-            return model
+            target = model
+            break
+    if not isinstance(target, torch.nn.Module):
+        raise TypeError(f"target: expected a diffusers pipeline, transformer or UNet (a "
+                        f"torch.nn.Module), got {type(target).__name__}")
     return target
 
 

@@ -262,6 +262,45 @@ def test_mismatches_and_bad_arguments_get_clear_errors(unet, flux, unet_profile,
         cachekern.profile(flux.model, lambda: flux_run(flux), resnets=True)
 
 
+def test_a_generation_after_an_aborted_one_starts_afresh(unet, unet_profile):
+    policy = cachekern.BlockCaching(unet_profile, target_compute=0.5, scale_shift=None)
+    with cachekern.patched(unet.model, policy):
+        expected = unet_run(unet)
+    calls = [0]
+
+    def abort(module, args, output):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt      # the user stops a generation at its third step
+    with cachekern.patched(unet.model, policy) as handle:
+        hook = unet.model.register_forward_hook(abort)
+        with pytest.raises(KeyboardInterrupt):
+            unet_run(unet)
+        hook.remove()
+        assert torch.equal(unet_run(unet), expected)   # no handle.reset() needed
+        assert [h["step"] for h in handle.history][-UNET_STEPS:] == list(range(UNET_STEPS))
+    assert "8 steps" in repr(unet_profile) and "UNet2DConditionModel" in repr(unet_profile)
+
+
+def test_the_cli_names_what_is_wrong(tmp_path, capsys):
+    from cachekern.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot-profile", str(tmp_path / "missing.profile"), "-o", str(tmp_path / "p.png")])
+    assert exit_info.value.code == 2 and "profile: no file" in capsys.readouterr().err
+    (tmp_path / "bad.profile").write_bytes(b"not a profile")
+    with pytest.raises(SystemExit):
+        main(["plot-profile", str(tmp_path / "bad.profile"), "-o", str(tmp_path / "p.png")])
+    assert "not a readable cachekern profile" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--steps", "0"])
+    assert "--steps: expected a positive number" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["demo", "--device", "cuda"])
+        assert "no usable CUDA device" in capsys.readouterr().err
+
+
 def test_plot_profile_writes_a_heatmap(flux_profile, tmp_path):
     pytest.importorskip("matplotlib")
     from cachekern.cli import main

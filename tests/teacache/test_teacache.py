@@ -391,6 +391,12 @@ def test_errors_name_what_is_wrong():
         cachekern.patch(torch.nn.Linear(2, 2), TeaCache())
     with pytest.raises(TypeError, match="policy must be one of TeaCache"):
         cachekern.patch(model, "teacache")
+    with pytest.raises(TypeError, match="target: expected a diffusers pipeline, transformer"):
+        cachekern.patch("model", TeaCache())
+    double = tiny_flux().double()
+    with pytest.raises(TypeError, match="parameters are float64; caching supports float32"):
+        cachekern.patch(double, TeaCache())
+    assert "_cachekern_patch" not in vars(double)
     cachekern.patch(model, TeaCache())
     with pytest.raises(RuntimeError, match="already patched"):
         cachekern.patch(model, TeaCache())
