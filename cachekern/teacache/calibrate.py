@@ -31,6 +31,38 @@ def _output_tensor(output):
                     f"{type(output).__name__}")
 
 
+def observe_uncached(target, run, runs, on_call, who):
+    """Calls `run` `runs` times on the model patched with a TeaCache that never skips (its
+    outputs are the uncached ones); after each call the cache served, on_call(generation,
+    handle, record, output) with the call's history record."""
+    if not callable(run):
+        raise TypeError(f"run: expected a callable that generates once, got {type(run).__name__}")
+    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
+        raise ValueError(f"runs: expected a positive int, got {runs!r}")
+    model = resolve_model(target)
+    if is_patched(model):
+        raise RuntimeError(f"{who}: the model is patched; unpatch it first (it observes the "
+                           f"uncached model)")
+    handle = TeaCacheHandle(model, adapter_for(model), TeaCache(threshold=0.0, coefficients=None))
+    attach(model, handle)
+    seen, generation = [0], [0]
+
+    def observe(module, args, output):
+        if len(handle.history) == seen[0]:
+            return              # a call the cache did not serve (e.g. ControlNet residuals)
+        seen[0] = len(handle.history)
+        on_call(generation[0], handle, handle.history[-1], output)
+
+    hook = model.register_forward_hook(observe)
+    try:
+        for generation[0] in range(runs):
+            run()
+    finally:
+        hook.remove()
+        detach(model)
+        handle.close()
+
+
 def teacache_pairs(target, run, runs=1):
     """(input change, output change) per call, from `runs` calls of `run` (each generates once)
     on the model patched with a TeaCache that never skips (its outputs are the uncached ones).
@@ -38,42 +70,20 @@ def teacache_pairs(target, run, runs=1):
     Input change: the relative L1 distance of block 0's modulated input to the previous step's,
     as TeaCache computes it (its history's rel_l1). Output change: mean|o − o_prev| / mean|o_prev|
     of the model's output, per CFG branch, within one generation."""
-    if not callable(run):
-        raise TypeError(f"run: expected a callable that generates once, got {type(run).__name__}")
-    if not isinstance(runs, int) or runs < 1:
-        raise ValueError(f"runs: expected a positive int, got {runs!r}")
-    model = resolve_model(target)
-    if is_patched(model):
-        raise RuntimeError("calibrate_teacache: the model is patched; unpatch it first (the "
-                           "fit is made on the uncached model)")
-    handle = TeaCacheHandle(model, adapter_for(model), TeaCache(threshold=0.0, coefficients=None))
-    attach(model, handle)
-    previous, pairs, seen = {}, [], [0]
+    previous, pairs = {}, []
 
-    def record(module, args, output):
-        if len(handle.history) == seen[0]:
-            return              # a call the cache did not serve (e.g. ControlNet residuals)
-        seen[0] = len(handle.history)
-        call = handle.history[-1]
+    def record(generation, handle, call, output):
         out = _output_tensor(output).detach().float()
-        prev = previous.get(call["branch"]) if call["step"] > 0 else None
+        prev = previous.get((generation, call["branch"])) if call["step"] > 0 else None
         x = call["rel_l1"]
         if prev is not None and prev.shape == out.shape and isinstance(x, float) and \
                 math.isfinite(x):
             y = ((out - prev).abs().mean() / prev.abs().mean()).item()
             if math.isfinite(y):
                 pairs.append((x, y))
-        previous[call["branch"]] = out.clone()
+        previous[(generation, call["branch"])] = out.clone()
 
-    hook = model.register_forward_hook(record)
-    try:
-        for _ in range(runs):
-            previous.clear()
-            run()
-    finally:
-        hook.remove()
-        detach(model)
-        handle.close()
+    observe_uncached(target, run, runs, record, "calibrate_teacache")
     return pairs
 
 

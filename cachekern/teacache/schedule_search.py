@@ -17,46 +17,21 @@ is a plain list for TeaCache(compute_steps=...): no indicator, and no data-depen
                                              forecast_weights=weights))
 """
 
-from cachekern.models import adapter_for
-from cachekern.models.binding import attach, detach, is_patched, resolve_model
-from cachekern.teacache.handle import TeaCacheHandle
+from cachekern.teacache.calibrate import observe_uncached
 from cachekern.teacache.policy import TeaCache
 
 
 def record_stack_residuals(target, run, runs=1):
-    """[(branch, step, time, residual)] of every call of `runs` uncached generations (the model
-    patched with a TeaCache that never skips, whose outputs are the uncached ones)."""
-    if not callable(run):
-        raise TypeError(f"run: expected a callable that generates once, got {type(run).__name__}")
-    if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
-        raise ValueError(f"runs: expected a positive int, got {runs!r}")
-    model = resolve_model(target)
-    if is_patched(model):
-        raise RuntimeError("search_schedule: the model is patched; unpatch it first (the search "
-                           "records the uncached model)")
-    handle = TeaCacheHandle(model, adapter_for(model), TeaCache(threshold=0.0, coefficients=None))
-    attach(model, handle)
-    records, seen = [], [0]
+    """[(generation, branch, step, time, residual)] of every call of `runs` uncached
+    generations."""
+    records = []
 
-    def record(module, args, output):
-        if len(handle.history) == seen[0]:
-            return              # a call the cache did not serve
-        seen[0] = len(handle.history)
-        call = handle.history[-1]
+    def record(generation, handle, call, output):
         residual = handle._branches[call["branch"]].residual
-        records.append((generation[0], call["branch"], call["step"], call["timestep"],
+        records.append((generation, call["branch"], call["step"], call["timestep"],
                         residual.detach().float().clone()))
 
-    generation = [0]
-    hook = model.register_forward_hook(record)
-    try:
-        for generation[0] in range(runs):
-            handle.reset()
-            run()
-    finally:
-        hook.remove()
-        detach(model)
-        handle.close()
+    observe_uncached(target, run, runs, record, "search_schedule")
     return records
 
 
