@@ -225,11 +225,8 @@ class BlockCachingHandle:
         weights = fitted[None] if fitted is not None else self._weights[(index, step)]
         batch = entries[0].shape[0]
         weights = weights.expand(batch, *weights.shape[1:])
-        if key in self._outputs_cached:      # the output itself is forecast (no x to add)
-            zero = torch.zeros_like(entries[0])
-            return self.kernels.residual_forecast(zero, entries, weights, bias,
-                                                  channel_dim=channel_dim)
-        return self.kernels.residual_forecast(x.contiguous(), entries, weights, bias,
+        base = None if key in self._outputs_cached else x.contiguous()   # outputs: no x to add
+        return self.kernels.residual_forecast(base, entries, weights, bias,
                                               channel_dim=channel_dim)
 
     def _keep(self, key, slot, x, out):

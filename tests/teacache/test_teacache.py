@@ -249,29 +249,6 @@ def test_forecasting_that_never_skips_is_bitwise_the_uncached_model():
         assert torch.equal(sample(model, inp), reference)
 
 
-def test_per_sample_forecasts_do_not_depend_on_other_samples():
-    model = tiny_flux()
-    a, b = make_inputs(6), make_inputs(7)
-    mixed = {k: (torch.stack([b[k][0], a[k][1]]) if k in ("x", "enc", "pooled") else v)
-             for k, v in a.items()}
-    policy = TeaCache(threshold=0.6, num_inference_steps=STEPS, decision="per_sample",
-                      forecast_order=1)
-    with cachekern.patched(model, policy) as handle:
-        out_a = sample(model, a)
-        decisions_a = [r["computed"][1] for r in handle.history]
-    with cachekern.patched(model, policy) as handle:
-        out_mixed = sample(model, mixed)
-        decisions_mixed = [r["computed"][1] for r in handle.history]
-    assert decisions_a == decisions_mixed and not all(decisions_a)
-    torch.testing.assert_close(out_mixed[:, 1], out_a[:, 1], rtol=1e-5, atol=1e-6)
-    # and sample 1 alone, with global decisions, is the same computation
-    alone = {k: (v[1:] if k in ("x", "enc", "pooled") else v) for k, v in a.items()}
-    with cachekern.patched(model, TeaCache(threshold=0.6, num_inference_steps=STEPS,
-                                           forecast_order=1)):
-        torch.testing.assert_close(sample(model, alone)[:, 0], out_a[:, 1], rtol=1e-5,
-                                   atol=1e-6)
-
-
 def test_a_new_generation_does_not_use_the_previous_ones_state():
     model = tiny_flux()
     policy = TeaCache(threshold=0.6, num_inference_steps=STEPS)
@@ -295,14 +272,16 @@ def test_a_change_of_shape_starts_afresh():
     assert handle.history[before]["computed"] is True and handle.history[before]["step"] == 0
 
 
-def test_per_sample_decisions_do_not_depend_on_other_samples():
+@pytest.mark.parametrize("forecast_order", [0, 1])
+def test_per_sample_decisions_do_not_depend_on_other_samples(forecast_order):
     model = tiny_flux()
     a, b = make_inputs(6), make_inputs(7)
     mixed = dict(a)
     mixed["x"] = torch.stack([b["x"][0], a["x"][1]])        # sample 0 differs, sample 1 is a's
     mixed["enc"] = torch.stack([b["enc"][0], a["enc"][1]])
     mixed["pooled"] = torch.stack([b["pooled"][0], a["pooled"][1]])
-    policy = TeaCache(threshold=0.6, num_inference_steps=STEPS, decision="per_sample")
+    policy = TeaCache(threshold=0.6, num_inference_steps=STEPS, decision="per_sample",
+                      forecast_order=forecast_order)
     with cachekern.patched(model, policy) as handle:
         out_a = sample(model, a)
         decisions_a = [r["computed"][1] for r in handle.history]
@@ -312,6 +291,12 @@ def test_per_sample_decisions_do_not_depend_on_other_samples():
     assert decisions_a == decisions_mixed                                           # (e)
     assert not all(decisions_a)
     torch.testing.assert_close(out_mixed[:, 1], out_a[:, 1], rtol=1e-5, atol=1e-6)
+    # and sample 1 alone, with global decisions, is the same computation
+    alone = {k: (v[1:] if k in ("x", "enc", "pooled") else v) for k, v in a.items()}
+    with cachekern.patched(model, TeaCache(threshold=0.6, num_inference_steps=STEPS,
+                                           forecast_order=forecast_order)):
+        torch.testing.assert_close(sample(model, alone)[:, 0], out_a[:, 1], rtol=1e-5,
+                                   atol=1e-6)
 
 
 def cfg_sample(model, cond, uncond, use_context=True):
