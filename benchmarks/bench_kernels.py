@@ -80,6 +80,20 @@ def build_cases(size_name, shape, dtype=torch.bfloat16):
 
     eager_decision = each(lambda x, prev, scale, shift, **_: teacache_eager_decision(x, prev, scale,
                                                                                      shift))
+    batch = sets[0]["x"].shape[0]
+    # Forecast weights: per sample (Lagrange in time), and per sample and channel (a fitted
+    # forecast), as both methods pass them; the history is three earlier residuals.
+    w2 = torch.randn(batch, 2, device="cuda")
+    w3c = torch.randn(batch, 3, shape[-1], device="cuda")
+
+    def forecast(x, res_prev, prev, out, m, weights, **_):
+        return ck.residual_forecast(x, [res_prev, prev, out][:weights.shape[1]], weights, out=m)
+
+    def eager_forecast(x, res_prev, prev, out, weights, **_):
+        terms = [res_prev, prev, out][:weights.shape[1]]
+        if weights.dim() == 2:
+            return x + sum(w[:, None, None] * h for w, h in zip(weights.unbind(1), terms))
+        return x + sum(w[:, None, :] * h for w, h in zip(weights.unbind(1), terms))
     return [
         Case("modulated_distance (+m, atomics)", size_name, decision(False, True), eager_decision,
              3 * S, eager_syncs=True),
@@ -97,6 +111,12 @@ def build_cases(size_name, shape, dtype=torch.bfloat16):
                   ck.residual_reuse(x, res_prev, scale, shift, out=m)),
              each(lambda x, res_prev, scale, shift, **_:
                   x + res_prev * scale[:, None] + shift[:, None]), 3 * S),
+        Case("residual_forecast x+Σw·h, K=2, per sample", size_name,
+             each(functools.partial(forecast, weights=w2)),
+             each(functools.partial(eager_forecast, weights=w2)), 4 * S),
+        Case("residual_forecast x+Σw·h, K=3, per sample and channel", size_name,
+             each(functools.partial(forecast, weights=w3c)),
+             each(functools.partial(eager_forecast, weights=w3c)), 5 * S),
         Case("residual_capture (+prev, atomics)", size_name,
              each(lambda out, x, res_prev, m, **_: ck.residual_capture(out, x, res_prev, out=m)),
              each(eager_capture), 4 * S),

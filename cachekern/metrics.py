@@ -1,4 +1,5 @@
-"""Quality against the uncached output, with nothing to download: PSNR, SSIM and relative L2 error."""
+"""Quality against the uncached output, with nothing to download: PSNR, SSIM and relative L2 error;
+and against the data: the Fréchet distance between feature sets."""
 
 import math
 
@@ -59,3 +60,28 @@ def ssim(reference: torch.Tensor, other: torch.Tensor, data_range: float = None,
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) *
                                                            (var_x + var_y + c2))
     return ssim_map.mean().item()
+
+
+def frechet_distance(features: torch.Tensor, reference_features: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two sets of feature vectors ([N, D] each):
+    |μ₁ − μ₂|² + tr(Σ₁ + Σ₂ − 2 (Σ₁^½ Σ₂ Σ₁^½)^½), in float64 (FID's formula on any features).
+    With few samples the covariances are poor estimates and the distance is biased upwards:
+    compare only distances computed from equally many samples."""
+    for name, f in (("features", features), ("reference_features", reference_features)):
+        if f.dim() != 2 or f.shape[0] < 2:
+            raise ValueError(f"{name}: expected [N >= 2, D] feature vectors, got shape "
+                             f"{tuple(f.shape)}")
+    if features.shape[1] != reference_features.shape[1]:
+        raise ValueError(f"features: {features.shape[1]} dimensions, reference_features "
+                         f"{reference_features.shape[1]}")
+    a, b = features.double(), reference_features.double()
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # (Σ₁^½ Σ₂ Σ₁^½) is symmetric positive semi-definite: its square root's trace is the sum of
+    # the square roots of its eigenvalues (clamped: rounding can make tiny ones negative).
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    middle = root_a @ cov_b @ root_a
+    trace_root = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
+    distance = (mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_root
+    return max(distance.item(), 0.0)

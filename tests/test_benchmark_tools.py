@@ -9,9 +9,9 @@ from cachekern import reference_models
 pytest.importorskip("diffusers")
 
 
-@pytest.mark.parametrize("name", ["flux-photos", "unet-digits"])
+@pytest.mark.parametrize("name", ["flux-photos", "unet-digits", "pixart-scenes"])
 def test_a_recipe_trains_saves_and_loads(name, tmp_path):
-    pytest.importorskip("skimage" if name == "flux-photos" else "sklearn")
+    pytest.importorskip({"flux-photos": "skimage", "unet-digits": "sklearn"}.get(name, "torch"))
     from benchmarks.zoo import train
 
     path = train.train(name, iterations=3, batch=4, device="cpu", cache_dir=tmp_path,
@@ -25,6 +25,19 @@ def test_a_recipe_trains_saves_and_loads(name, tmp_path):
     changed = [not torch.equal(a, b) for a, b in zip(before.model.parameters(),
                                                       ref.model.parameters())]
     assert any(changed)   # the EMA moved from the initial weights
+
+
+@pytest.mark.parametrize("name", ["unet-digits", "wan-motion"])
+def test_a_classifier_trains_saves_and_loads(name, tmp_path):
+    pytest.importorskip("sklearn")
+    from benchmarks.zoo import train_classifier
+
+    from cachekern.reference_models import classifier
+
+    path, accuracy = train_classifier.train(name, iterations=3, device="cpu", cache_dir=tmp_path)
+    assert path == classifier.zoo_path(name, tmp_path) and 0 <= accuracy <= 1
+    net = classifier.load(name, cache_dir=tmp_path)
+    assert net.config["num_classes"] == reference_models.RECIPES[name].NUM_CLASSES
 
 
 def test_the_photo_and_digit_data_are_in_range():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cachekern.metrics import psnr, relative_error, ssim
+from cachekern.metrics import frechet_distance, psnr, relative_error, ssim
 
 
 def ssim_by_windows(x, y, data_range, size=11, sigma=1.5):
@@ -62,3 +62,36 @@ def test_psnr_and_relative_error():
     assert psnr(x, x) == math.inf
     assert relative_error(x, x + noise) == pytest.approx(
         (noise.double().norm() / x.double().norm()).item())
+
+
+def frechet_by_scipy(a, b):
+    """FID's formula with scipy's general matrix square root (float64 numpy)."""
+    from scipy import linalg
+
+    a, b = a.double().numpy(), b.double().numpy()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+@pytest.mark.parametrize("n,m,d", [(257, 131, 7), (61, 45, 13), (30, 300, 19)])
+def test_frechet_distance_matches_scipy(n, m, d):
+    g = torch.Generator().manual_seed(n + d)
+    mix = torch.randn(d, d, generator=g)
+    a = torch.randn(n, d, generator=g) @ mix + 0.3
+    b = torch.randn(m, d, generator=g) @ (mix + 0.5 * torch.randn(d, d, generator=g)) - 0.2
+    ours = frechet_distance(a, b)
+    assert ours > 0.1
+    assert ours == pytest.approx(frechet_by_scipy(a, b), rel=1e-6, abs=1e-8)
+    assert ours == pytest.approx(frechet_distance(b, a), rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9 * ours)
+
+
+def test_frechet_distance_refuses_bad_features():
+    with pytest.raises(ValueError, match="features"):
+        frechet_distance(torch.randn(1, 4), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="reference_features"):
+        frechet_distance(torch.randn(5, 4), torch.randn(5))
+    with pytest.raises(ValueError, match="dimensions"):
+        frechet_distance(torch.randn(5, 4), torch.randn(5, 3))

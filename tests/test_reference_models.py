@@ -41,10 +41,17 @@ def test_save_and_load_round_trip(name, tmp_path):
             p.copy_(p.half().float())
         for p in ref.conditioner.parameters():
             p.copy_(p.half().float())
-    assert torch.equal(ref.sample([1, 0], [4, 5], steps=2), loaded.sample([1, 0], [4, 5], steps=2))
+    steps = 1 if name == "wan-motion" else 2
+    assert torch.equal(ref.sample([1, 0], [4, 5], steps=steps),
+                       loaded.sample([1, 0], [4, 5], steps=steps))
 
 
-@pytest.mark.parametrize("name", sorted(reference_models.RECIPES))
+# wan-motion trains (benchmarks.zoo.train wan-motion) but its weights are not shipped yet: the one
+# GPU run so far was cut short by its time limit before its samples resembled its data.
+NOT_YET_SHIPPED = {"wan-motion"}
+
+
+@pytest.mark.parametrize("name", sorted(set(reference_models.RECIPES) - NOT_YET_SHIPPED))
 def test_every_reference_model_ships_trained_and_hash_checked(name, monkeypatch):
     from cachekern.reference_models import store
 
@@ -86,14 +93,26 @@ def test_the_zoo_directory_follows_the_environment(tmp_path, monkeypatch):
     assert reference_models.model_dir("flux-photos") == tmp_path / "flux-photos"
 
 
-@pytest.mark.parametrize("name,options", [("flux-photos", {}), ("unet-digits", {"scheduler": "ddim"}),
-                                          ("unet-digits", {"scheduler": "dpm++"})])
+def test_a_model_not_shipped_yet_says_how_to_build_it(monkeypatch):
+    monkeypatch.delenv("CACHEKERN_ZOO", raising=False)
+    for name in NOT_YET_SHIPPED:
+        assert not reference_models.is_trained(name)
+        with pytest.raises(FileNotFoundError, match=f"benchmarks.zoo.train {name} --ship"):
+            reference_models.load(name)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("flux-photos", {}), ("unet-digits", {"scheduler": "ddim"}),
+    ("unet-digits", {"scheduler": "dpm++"}), ("pixart-scenes", {"scheduler": "euler"}),
+    ("pixart-scenes", {"scheduler": "unipc"}), ("wan-motion", {"scheduler": "unipc"})])
 def test_a_sample_depends_on_its_own_seed_and_label_only(name, options):
     ref = reference_models.create(name, seed=1)
-    batch = ref.sample([2, 0, 1], [7, 8, 9], steps=3, **options)
-    alone = ref.sample([1], [9], steps=3, **options)
-    size = ref.recipe.IMAGE_SIZE
-    assert batch.shape == (3, 3 if name == "flux-photos" else 1, size, size)
+    steps = 2 if name == "wan-motion" else 3
+    batch = ref.sample([2, 0, 1], [7, 8, 9], steps=steps, **options)
+    alone = ref.sample([1], [9], steps=steps, **options)
+    size, recipe = ref.recipe.IMAGE_SIZE, ref.recipe
+    frames = (recipe.FRAMES,) if name == "wan-motion" else ()
+    assert batch.shape == (3, 1 if name == "unet-digits" else 3, *frames, size, size)
     assert batch.isfinite().all() and batch.abs().max() <= 1
     # equal up to rounding: the batch size changes how the matmuls and convolutions are split
     torch.testing.assert_close(batch[2:], alone, rtol=0, atol=2e-3)
@@ -110,6 +129,32 @@ def test_bad_arguments_are_named():
         reference_models.create("sd-cats")
     with pytest.raises(ValueError, match="scheduler"):
         unet_digits.make_scheduler("euler")
+    with pytest.raises(ValueError, match="scheduler"):
+        reference_models.create("pixart-scenes").sample([0], [0], steps=1, scheduler="ddim")
+
+
+@pytest.mark.parametrize("name", ["pixart-scenes", "wan-motion"])
+def test_flow_models_are_called_with_the_shifted_timesteps_their_samplers_give(name):
+    """Both new recipes integrate a rectified flow on shifted sigmas: the model sees timestep
+    1000·sigma of the sampler, one call per step and CFG branch (batched for PixArt)."""
+    from cachekern.reference_models.common import flow_scheduler
+
+    ref = reference_models.create(name, seed=0)
+    seen = []
+    hook = ref.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["timestep"].clone()), with_kwargs=True)
+    scheduler = ref.schedulers[0]
+    ref.sample([0], [0], steps=4, scheduler=scheduler)
+    hook.remove()
+    solver = flow_scheduler(scheduler, ref.recipe.SAMPLING["shift"])
+    solver.set_timesteps(4)
+    calls_per_step = 1 if name == "pixart-scenes" else 2
+    assert len(seen) == 4 * calls_per_step
+    expected = solver.timesteps if scheduler == "euler" else solver.sigmas[:4] * 1000
+    got = torch.stack([t[0] for t in seen[::calls_per_step]])
+    torch.testing.assert_close(got, expected.float(), rtol=1e-6, atol=1e-3)
+    # shifted: the first half of the steps covers more than half of the noise levels
+    assert got[0] - got[2] < got[2] - 0 and got[0] > 900
 
 
 def test_loading_from_an_empty_zoo_says_how_to_train_it(tmp_path):

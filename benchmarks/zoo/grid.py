@@ -1,9 +1,20 @@
-"""Writes a batch of images in [-1, 1] as one PNG grid (row-major, `columns` per row)."""
+"""Writes a batch of images (or clips) in [-1, 1] as one PNG grid."""
 
 import torch
 
 
+def save_clip_grid(batch: torch.Tensor, path, per_class, upscale=1):
+    """Images: `per_class` to a row. Clips [B, C, F, H, W]: one clip to a row, its frames left to
+    right."""
+    if batch.dim() == 5:
+        b, c, f, h, w = batch.shape
+        save_grid(batch.transpose(1, 2).reshape(b * f, c, h, w), path, f, upscale)
+    else:
+        save_grid(batch, path, per_class, upscale)
+
+
 def save_grid(images: torch.Tensor, path, columns, upscale=1):
+    """Images [B, C, H, W], row-major, `columns` to a row, with white gutters."""
     from PIL import Image
 
     images = images.detach().float().cpu().clamp(-1, 1)

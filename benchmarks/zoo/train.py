@@ -2,12 +2,15 @@
 
     python -m benchmarks.zoo.train flux-photos
     python -m benchmarks.zoo.train unet-digits --ship    # also replace the shipped weights
+    python -m benchmarks.zoo.train pixart-scenes         # procedural data: scenes, clips
+    python -m benchmarks.zoo.train wan-motion
 
 Fixed seeds and a fixed number of iterations (a time limit stops a slower machine early, and says
 so). Weights are the exponential moving average of the trained ones, saved in fp16 (the shipped
 format) as <zoo>/<name>/model.safetensors (<zoo>: --cache-dir, else $CACHEKERN_ZOO, else
 ~/.cache/cachekern/zoo); next to them: samples.png (8 samples per class, one class per row, drawn
-from the saved fp16 weights), data.png (training images, same layout) and train_log.json (the
+from the saved fp16 weights; for video, 2 clips per class, one clip per row, frames left to
+right), data.png (training data, same layout) and train_log.json (the
 loss curve). --ship copies the weights into cachekern/reference_models/weights/ and records their
 sha256 in SHA256SUMS there.
 """
@@ -21,15 +24,17 @@ import time
 import torch
 import torch.nn.functional as F
 
-from benchmarks.zoo.data import Digits, PhotoCrops
-from benchmarks.zoo.grid import save_grid
+from benchmarks.zoo.grid import save_clip_grid
+from benchmarks.zoo.sources import data_source
 
 from cachekern import reference_models
-from cachekern.reference_models import flux_photos, store, unet_digits
+from cachekern.reference_models import flux_photos, pixart_scenes, store, unet_digits, wan_motion
 
 SETTINGS = {   # iterations, batch, learning rate
     "flux-photos": dict(iterations=3000, batch=256, lr=4e-4),
     "unet-digits": dict(iterations=3000, batch=256, lr=4e-4),
+    "pixart-scenes": dict(iterations=20000, batch=256, lr=3e-4),
+    "wan-motion": dict(iterations=10000, batch=32, lr=3e-4),
 }
 CONDITION_DROPOUT = 0.1
 EMA_DECAY = 0.999
@@ -37,40 +42,79 @@ WARMUP_ITERATIONS = 200
 PER_CLASS = 8
 
 
-class FluxPhotosTask:
-    recipe = flux_photos
+def random(fn, *size, generator, device):
+    """A draw made where `generator` lives, then moved to `device` (a no-op when both are the GPU:
+    no copy that waits for the GPU each iteration)."""
+    return fn(*size, generator=generator, device=generator.device).to(device)
+
+
+class FlowTask:
+    """Rectified flow: x_t = (1 − t)·x0 + t·ε, the model predicts ε − x0 (as FLUX, SD3 and Wan
+    train); t is uniform, or logit-normal (SD3's choice: more weight on the middle noise levels)."""
+    logit_normal_time = True
+    device_generator = True     # procedural data: all draws on the training device
+    upscale = 2
+    per_class = PER_CLASS
 
     def __init__(self, device):
-        self.data = PhotoCrops(flux_photos.PHOTOS, crop=flux_photos.IMAGE_SIZE, device=device)
+        self.data = data_source(self.recipe.NAME, device)
+
+    def to_model(self, images):
+        return images
 
     def loss(self, model, conditioner, images, labels, generator):
-        """Rectified flow: x_t = (1 − t)·x0 + t·ε, the model predicts ε − x0 (as FLUX)."""
-        x0 = flux_photos.pack(images)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
-        t = torch.rand(len(x0), generator=generator).to(x0.device)
-        x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-        prediction = flux_photos.velocity(model, conditioner, x_t, t, labels)
+        x0 = self.to_model(images)
+        noise = random(torch.randn, x0.shape, generator=generator, device=x0.device)
+        if self.logit_normal_time:
+            t = torch.sigmoid(random(torch.randn, len(x0), generator=generator, device=x0.device))
+        else:
+            t = random(torch.rand, len(x0), generator=generator, device=x0.device)
+        level = t.view(-1, *[1] * (x0.dim() - 1))
+        x_t = (1 - level) * x0 + level * noise
+        prediction = self.recipe.velocity(model, conditioner, x_t, t, labels)
         return F.mse_loss(prediction.float(), noise - x0)
+
+    def examples(self, generator):
+        return self.data.examples(self.per_class, generator)
+
+    def samples(self, reference, steps=None):
+        labels = [c for c in range(self.recipe.NUM_CLASSES) for _ in range(self.per_class)]
+        return reference.sample(labels, seeds=list(range(len(labels))),
+                                steps=steps or self.recipe.SAMPLING["steps"])
+
+
+class FluxPhotosTask(FlowTask):
+    recipe = flux_photos
+    logit_normal_time = False
+    device_generator = False    # crops are cut on the host
+    upscale = 1
+
+    def to_model(self, images):
+        return flux_photos.pack(images)
 
     def examples(self, generator):
         labels = torch.arange(len(flux_photos.PHOTOS)).repeat_interleave(PER_CLASS)
         return self.data.batch(len(labels), generator, labels)[0]
 
-    def samples(self, reference, steps=None):
-        labels = [c for c in range(len(flux_photos.PHOTOS)) for _ in range(PER_CLASS)]
-        return reference.sample(labels, seeds=list(range(len(labels))),
-                                steps=steps or flux_photos.SAMPLING["steps"])
 
-    upscale = 1
+class PixArtScenesTask(FlowTask):
+    recipe = pixart_scenes
+
+
+class WanMotionTask(FlowTask):
+    """Grids of clips: one clip per row, its frames left to right."""
+    recipe = wan_motion
+    per_class = 2
 
 
 class UNetDigitsTask:
     recipe = unet_digits
+    device_generator = False
 
     def __init__(self, device):
         from diffusers import DDPMScheduler
 
-        self.data = Digits(unet_digits.IMAGE_SIZE, device=device)
+        self.data = data_source(self.recipe.NAME, device)
         self.noise_schedule = DDPMScheduler(**unet_digits.NOISE_SCHEDULE)
 
     def loss(self, model, conditioner, images, labels, generator):
@@ -91,9 +135,11 @@ class UNetDigitsTask:
                                 scheduler="dpm++")
 
     upscale = 2
+    per_class = PER_CLASS
 
 
-TASKS = {"flux-photos": FluxPhotosTask, "unet-digits": UNetDigitsTask}
+TASKS = {"flux-photos": FluxPhotosTask, "unet-digits": UNetDigitsTask,
+         "pixart-scenes": PixArtScenesTask, "wan-motion": WanMotionTask}
 
 
 def train(name, *, iterations=None, batch=None, device=None, cache_dir=None, max_minutes=9.5,
@@ -103,8 +149,8 @@ def train(name, *, iterations=None, batch=None, device=None, cache_dir=None, max
     batch = batch or settings["batch"]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     task = TASKS[name](device)
+    generator = torch.Generator(device if task.device_generator else "cpu").manual_seed(seed)
     reference = reference_models.create(name, device=device, seed=seed)
     model, conditioner = reference.model.train(), reference.conditioner.train()
     ema = copy.deepcopy(reference)
@@ -122,7 +168,7 @@ def train(name, *, iterations=None, batch=None, device=None, cache_dir=None, max
     done = 0
     for i in range(iterations):
         images, labels = task.data.batch(batch, generator)
-        drop = torch.rand(batch, generator=generator).to(device) < CONDITION_DROPOUT
+        drop = random(torch.rand, batch, generator=generator, device=device) < CONDITION_DROPOUT
         labels = torch.where(drop, torch.full_like(labels, conditioner.num_classes), labels)
         loss = task.loss(model, conditioner, images, labels, generator)
         optimizer.zero_grad(set_to_none=True)
@@ -130,8 +176,11 @@ def train(name, *, iterations=None, batch=None, device=None, cache_dir=None, max
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
+        # EMA with a warm-up: a fixed 0.999 would keep 0.999^i of the random initialisation
+        # (30 % after 1,200 iterations), which a short run cannot outlive.
+        decay = min(EMA_DECAY, (1 + i) / (10 + i))
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - EMA_DECAY)
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
         running.append(loss.detach())
         done = i + 1
         if done % log_every == 0 or done == iterations:
@@ -155,9 +204,9 @@ def train(name, *, iterations=None, batch=None, device=None, cache_dir=None, max
     path = reference_models.save(folder / reference_models.WEIGHTS, ema.model, ema.conditioner,
                                  meta)
     stored = reference_models.load(name, device, cache_dir=folder.parent)   # as users get it
-    save_grid(task.samples(stored, sample_steps), folder / reference_models.SAMPLES, PER_CLASS,
-              task.upscale)
-    save_grid(task.examples(generator), folder / "data.png", PER_CLASS, task.upscale)
+    save_clip_grid(task.samples(stored, sample_steps), folder / reference_models.SAMPLES,
+                   task.per_class, task.upscale)
+    save_clip_grid(task.examples(generator), folder / "data.png", task.per_class, task.upscale)
     (folder / "train_log.json").write_text(json.dumps(dict(meta=meta, log=log), indent=1))
     print(f"saved {path} ({path.stat().st_size / 2**20:.1f} MiB) after {done} iterations, "
           f"{seconds:.0f} s")

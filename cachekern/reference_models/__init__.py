@@ -5,7 +5,7 @@ the training recipes that rebuild them are in benchmarks/zoo/.
 
     from cachekern import reference_models
     ref = reference_models.load("flux-photos", device="cuda")
-    images = ref.sample(labels=[0, 1], seeds=[0, 1])      # [-1, 1], [B, C, H, W]
+    images = ref.sample(labels=[0, 1], seeds=[0, 1])      # [-1, 1], [B, C, H, W] (video: [B, C, F, H, W])
 """
 
 import os
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from cachekern.reference_models import flux_photos, unet_digits
+from cachekern.reference_models import flux_photos, pixart_scenes, unet_digits, wan_motion
 from cachekern.reference_models import store
 from cachekern.reference_models.store import ENV_DIR, SAMPLES, WEIGHTS, model_dir, read, save, zoo_dir
 
-RECIPES = {flux_photos.NAME: flux_photos, unet_digits.NAME: unet_digits}
+RECIPES = {recipe.NAME: recipe for recipe in (flux_photos, unet_digits, pixart_scenes, wan_motion)}
 
 __all__ = ["RECIPES", "ReferenceModel", "is_trained", "load", "model_dir", "save", "zoo_dir",
            "WEIGHTS", "SAMPLES"]
@@ -42,6 +42,19 @@ class ReferenceModel:
 
     def sample(self, labels, seeds, **options) -> torch.Tensor:
         return self.recipe.sample(self.model, self.conditioner, labels, seeds, **options)
+
+    @property
+    def schedulers(self):
+        """The samplers the recipe offers, its default first."""
+        return self.recipe.SCHEDULERS
+
+    def default_steps(self, scheduler):
+        steps = self.recipe.SAMPLING["steps"]
+        return steps[scheduler] if isinstance(steps, dict) else steps
+
+    def example_call(self, device):
+        """A callable making one model call on one sample, as the sampler makes it."""
+        return self.recipe.example_call(self.model, self.conditioner, device)
 
 
 def _rebuilt(cache_dir):

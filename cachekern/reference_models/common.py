@@ -38,3 +38,42 @@ def build(model_class, config, device="cpu", dtype=torch.float32):
             return model_class(**config)
     finally:
         torch.set_default_dtype(torch_dtype)
+
+
+FLOW_SCHEDULERS = ("euler", "dpm++", "unipc")
+
+
+def flow_scheduler(name, shift):
+    """A rectified-flow sampler as diffusers pipelines build one: flow-matching Euler (FLUX, SD3,
+    PixArt-style shifted sigmas), or DPM-Solver++(2M) / UniPC on flow sigmas (Wan's default):
+    one model call a step each, the second-order solvers a scheduler swap away for a user."""
+    from diffusers import (DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                           UniPCMultistepScheduler)
+
+    if name == "euler":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    flow = dict(num_train_timesteps=1000, use_flow_sigmas=True, flow_shift=shift,
+                prediction_type="flow_prediction", solver_order=2)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **flow)
+    if name == "unipc":
+        return UniPCMultistepScheduler(**flow)
+    raise ValueError(f"scheduler: expected one of {FLOW_SCHEDULERS}, got {name!r}")
+
+
+def flow_sample(guided_velocity, x, steps, scheduler, shift):
+    """Integrates a rectified flow from noise `x` with `scheduler` (see flow_scheduler);
+    `guided_velocity(x, level)` is the guided prediction of noise − data at noise level `level`
+    (a 0-d tensor in [0, 1])."""
+    solver = flow_scheduler(scheduler, shift)
+    solver.set_timesteps(steps, device=x.device)
+    for i, t in enumerate(solver.timesteps):
+        # The multistep solvers' timesteps are rounded to integers; their sigmas are exact.
+        level = t / 1000 if scheduler == "euler" else solver.sigmas[i].to(x.device)
+        x = solver.step(guided_velocity(x, level), t, x, return_dict=False)[0]
+    return x
+
+
+def check_seeds(seeds, labels):
+    if len(seeds) != len(labels):
+        raise ValueError(f"seeds: expected one per label ({len(labels)}), got {len(seeds)}")

@@ -11,11 +11,14 @@ vector; the last class index is the empty condition (trained with 10% dropout), 
 import torch
 from torch import nn
 
-from cachekern.reference_models.common import branch, build, check_labels, seeded_noise
+from cachekern.reference_models.common import (FLOW_SCHEDULERS, branch, build, check_labels,
+                                               check_seeds, flow_sample, flow_scheduler,
+                                               seeded_noise)
 
 NAME = "flux-photos"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
           "hubble_deep_field", "camera", "moon")   # class i = skimage.data.<PHOTOS[i]>()
+NUM_CLASSES = len(PHOTOS)
 IMAGE_SIZE = 64
 PATCH = 4
 CHANNELS = 3
@@ -26,7 +29,7 @@ CONFIG = dict(patch_size=1, in_channels=CHANNELS * PATCH * PATCH, num_layers=2,
               joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False,
               axes_dims_rope=[8, 12, 12])
 SAMPLING = dict(steps=28, guidance_scale=2.0, shift=1.0)
-SCHEDULERS = ("euler", "dpm++", "unipc")   # flow-matching Euler; second-order multistep solvers
+SCHEDULERS = FLOW_SCHEDULERS
 
 
 class Conditioner(nn.Module):
@@ -80,21 +83,17 @@ def velocity(model, conditioner, tokens, sigma, labels):
                  return_dict=False)[0]
 
 
-def make_scheduler(name, shift=SAMPLING["shift"]):
-    """Flow-matching Euler (as FluxPipeline samples), or DPM-Solver++(2M) / UniPC on flow sigmas:
-    one model call a step each, the second-order solvers a scheduler swap away for a user."""
-    from diffusers import (DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
-                           UniPCMultistepScheduler)
+def example_call(model, conditioner, device):
+    """One model call on one sample, as the sampler makes it."""
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(1, GRID * GRID, model.config.in_channels, device=device, dtype=dtype)
+    sigma = torch.full((1,), 0.5, device=device)
+    label = torch.zeros(1, dtype=torch.long, device=device)
+    return lambda: velocity(model, conditioner, x, sigma, label)
 
-    if name == "euler":
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-    flow = dict(num_train_timesteps=1000, use_flow_sigmas=True, flow_shift=shift,
-                prediction_type="flow_prediction", solver_order=2)
-    if name == "dpm++":
-        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", **flow)
-    if name == "unipc":
-        return UniPCMultistepScheduler(**flow)
-    raise ValueError(f"scheduler: expected one of {SCHEDULERS}, got {name!r}")
+
+def make_scheduler(name, shift=SAMPLING["shift"]):
+    return flow_scheduler(name, shift)
 
 
 @torch.no_grad()
@@ -102,23 +101,20 @@ def sample(model, conditioner, labels, seeds, steps=SAMPLING["steps"],
            guidance_scale=SAMPLING["guidance_scale"], shift=SAMPLING["shift"], scheduler="euler"):
     """Images [B, 3, 64, 64] in [-1, 1]: `scheduler` (see make_scheduler), true CFG as
     FluxPipeline runs it (a "cond" and an "uncond" call per step, each in its cache_context)."""
-    solver = make_scheduler(scheduler, shift)
     param = next(model.parameters())
     labels = check_labels(labels, conditioner.num_classes).to(param.device)
-    if len(seeds) != len(labels):
-        raise ValueError(f"seeds: expected one per label ({len(labels)}), got {len(seeds)}")
+    check_seeds(seeds, labels)
     empty = torch.full_like(labels, conditioner.num_classes)
-    solver.set_timesteps(steps, device=param.device)
-    x = pack(seeded_noise(seeds, (CHANNELS, IMAGE_SIZE, IMAGE_SIZE), param.device, param.dtype))
-    for i, t in enumerate(solver.timesteps):
-        # The multistep solvers' timesteps are rounded to integers; their sigmas are exact.
-        level = t / 1000 if scheduler == "euler" else solver.sigmas[i].to(param.device)
+
+    def guided_velocity(x, level):
         sigma = level.expand(len(labels))
         with branch(model, "cond"):
             v = velocity(model, conditioner, x, sigma, labels)
-        if guidance_scale != 1.0:
-            with branch(model, "uncond"):
-                v_empty = velocity(model, conditioner, x, sigma, empty)
-            v = v_empty + guidance_scale * (v - v_empty)
-        x = solver.step(v, t, x, return_dict=False)[0]
-    return unpack(x).float().clamp(-1, 1)
+        if guidance_scale == 1.0:
+            return v
+        with branch(model, "uncond"):
+            v_empty = velocity(model, conditioner, x, sigma, empty)
+        return v_empty + guidance_scale * (v - v_empty)
+
+    x = pack(seeded_noise(seeds, (CHANNELS, IMAGE_SIZE, IMAGE_SIZE), param.device, param.dtype))
+    return unpack(flow_sample(guided_velocity, x, steps, scheduler, shift)).float().clamp(-1, 1)

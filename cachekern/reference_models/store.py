@@ -69,8 +69,10 @@ def record_hash(path):
     (_folder_of(path) / SHA256SUMS).write_text("\n".join(lines) + "\n")
 
 
-def verify(path):
-    """Raises unless `path`'s sha256 is the one SHA256SUMS beside it records."""
+def verify(path, rebuild=None):
+    """Raises unless `path`'s sha256 is the one SHA256SUMS beside it records; `rebuild` is the
+    command that makes the file again (default: the reference model's training command)."""
+    rebuild = rebuild or f"python -m benchmarks.zoo.train {Path(path).stem} --ship"
     expected = shipped_hashes(_folder_of(path)).get(Path(path).name)
     if expected is None:
         raise ValueError(f"{path}: no sha256 recorded in {_folder_of(path) / SHA256SUMS}")
@@ -78,34 +80,47 @@ def verify(path):
     if actual != expected:
         raise ValueError(f"{path}: sha256 {actual} differs from the recorded {expected}: the file "
                          f"is damaged or was replaced; reinstall cachekern, or rebuild it with "
-                         f"`python -m benchmarks.zoo.train {Path(path).stem} --ship`")
+                         f"`{rebuild}`")
 
 
 def save(path, model: torch.nn.Module, conditioner: torch.nn.Module, meta: dict,
          dtype=STORED_DTYPE) -> Path:
+    """A reference model: its network and its conditioner."""
+    return save_parts(path, dict(model=model, conditioner=conditioner), meta, dtype)
+
+
+def read(path):
+    """(model state, conditioner state, meta) of a file written by `save`, floating tensors in
+    fp32."""
+    parts, meta = read_parts(path)
+    return parts.get("model", {}), parts.get("conditioner", {}), meta
+
+
+def save_parts(path, parts: dict, meta: dict, dtype=STORED_DTYPE) -> Path:
+    """Each module of `parts` ({part name: module}) under its name, with `meta` as JSON."""
     from safetensors.torch import save_file
 
     def stored(t):
         t = t.detach().contiguous().cpu()
         return t.to(dtype) if t.is_floating_point() else t
 
-    tensors = {f"model.{k}": stored(v) for k, v in model.state_dict().items()}
-    tensors.update({f"conditioner.{k}": stored(v) for k, v in conditioner.state_dict().items()})
+    tensors = {f"{part}.{k}": stored(v) for part, module in parts.items()
+               for k, v in module.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"cachekern": json.dumps(meta, sort_keys=True)})
     return path
 
 
-def read(path):
-    """(model state, conditioner state, meta) of a file written by `save`, floating tensors in
+def read_parts(path):
+    """({part name: state dict}, meta) of a file written by `save_parts`, floating tensors in
     fp32."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no reference model at {path}")
-    model_state, conditioner_state = {}, {}
+    parts = {}
     with safe_open(str(path), framework="pt") as f:
         raw = (f.metadata() or {}).get("cachekern")
         if raw is None:
@@ -113,7 +128,6 @@ def read(path):
         for key in f.keys():
             part, _, name = key.partition(".")
             tensor = f.get_tensor(key)
-            if tensor.is_floating_point():
-                tensor = tensor.float()
-            (model_state if part == "model" else conditioner_state)[name] = tensor
-    return model_state, conditioner_state, json.loads(raw)
+            parts.setdefault(part, {})[name] = tensor.float() if tensor.is_floating_point() \
+                else tensor
+    return parts, json.loads(raw)

@@ -12,6 +12,7 @@ from cachekern.reference_models.common import build, check_labels, seeded_noise
 
 NAME = "unet-digits"
 DIGITS = tuple(str(d) for d in range(10))
+NUM_CLASSES = len(DIGITS)
 IMAGE_SIZE = 32
 TEXT_TOKENS = 2
 CONFIG = dict(sample_size=IMAGE_SIZE, in_channels=1, out_channels=1, layers_per_block=1,
@@ -42,6 +43,14 @@ def build_model(device="cpu", dtype=torch.float32, config=CONFIG):
     from diffusers import UNet2DConditionModel
 
     return build(UNet2DConditionModel, config, device, dtype)
+
+
+def example_call(model, conditioner, device):
+    """One model call on one sample, as the sampler makes it."""
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(1, 1, IMAGE_SIZE, IMAGE_SIZE, device=device, dtype=dtype)
+    context = conditioner(torch.zeros(1, dtype=torch.long, device=device))
+    return lambda: model(x, 500, encoder_hidden_states=context["encoder_hidden_states"].to(dtype))
 
 
 def make_scheduler(name):
