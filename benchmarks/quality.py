@@ -5,11 +5,16 @@ method, on a reference model trained by benchmarks/zoo/train.py.
     python -m benchmarks.quality flux-photos --scheduler unipc   # caches on top of UniPC
     python -m benchmarks.quality unet-digits --scheduler ddim
     python -m benchmarks.quality unet-digits --scheduler dpm++
+    python -m benchmarks.quality pixart-scenes                   # shifted flow sigmas, batched CFG
+    python -m benchmarks.quality wan-motion                      # video, UniPC
     python -m benchmarks.quality flux-photos --quick --untrained # a CPU smoke run on random weights
 
 For each setting, against the uncached outputs of the run's sampler: PSNR (per sample, capped at
 100 dB for identical images), SSIM and relative L2, each the mean over samples; PSNR against a
-converged run (--converged-steps of the best solver: what the model really samples); the compute
+converged run (--converged-steps of the best solver: what the model really samples); against the
+data: the model's shipped classifier's accuracy on the samples' classes and the Fréchet distance of
+its features to fresh training data (biased upwards by the few samples: compare rows, not
+models); the compute
 ratio (block work executed ÷ the uncached run's, counted by block_work.BlockWork); the wall time
 (on a GPU: the median of --timing-passes generations after the counted one). Fewer steps run with
 the sampler itself and with the other solvers. Writes quality_<model>_<scheduler>.csv, .md (the
@@ -32,32 +37,17 @@ from benchmarks.block_work import BlockWork
 
 import cachekern
 from cachekern import reference_models
-from cachekern.metrics import psnr, relative_error, ssim
+from cachekern.metrics import frechet_distance, psnr, relative_error, ssim
 
 BUDGETS = (0.5, 0.4, 0.3)
 BUDGET_SLACK = 0.02   # "about 0.4" admits compute up to 0.42
 THRESHOLDS = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.2)
 QUICK_THRESHOLDS = (0.05, 0.3)
 FIELDS = ("model", "scheduler", "method", "setting", "steps", "compute", "speedup_compute",
-          "wall_s", "speedup_wall", "psnr_db", "ssim", "rel_l2", "psnr_converged_db", "error")
-CONVERGED_SOLVER = "dpm++"     # for both models: second order, the converged reference's solver
-SOLVERS = {"flux-photos": ("euler", "dpm++", "unipc"), "unet-digits": ("ddim", "dpm++")}
-
-
-def one_sample_call(ref, device):
-    """One model call on one sample, as the sampler makes it (for BlockWork's FLOP count)."""
-    model, cond = ref.model, ref.conditioner
-    dtype = next(model.parameters()).dtype
-    if ref.name == "flux-photos":
-        recipe = ref.recipe
-        x = torch.randn(1, recipe.GRID ** 2, model.config.in_channels, device=device, dtype=dtype)
-        sigma = torch.full((1,), 0.5, device=device)
-        return lambda: recipe.velocity(model, cond, x, sigma, torch.zeros(1, dtype=torch.long,
-                                                                          device=device))
-    x = torch.randn(1, 1, model.config.sample_size, model.config.sample_size, device=device,
-                    dtype=dtype)
-    context = cond(torch.zeros(1, dtype=torch.long, device=device))["encoder_hidden_states"]
-    return lambda: model(x, 500, encoder_hidden_states=context.to(dtype))
+          "wall_s", "speedup_wall", "psnr_db", "ssim", "rel_l2", "psnr_converged_db",
+          "class_accuracy", "fd", "error")
+CONVERGED_SOLVER = "dpm++"     # for every model: second order, the converged reference's solver
+REAL_SAMPLES = 2048            # data drawn for the Fréchet distance's reference statistics
 
 
 METHOD_KEYS = {"fewer": methods.FEWER_STEPS, "teacache": methods.TEACACHE,
@@ -73,7 +63,7 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=
     found = methods.uncached(steps)
     if methods.FEWER_STEPS in wanted:
         found += methods.fewer_steps(steps)
-        for solver in SOLVERS[ref.name]:
+        for solver in ref.schedulers:
             if solver != sample_kwargs["scheduler"]:
                 found += methods.fewer_steps(steps, scheduler=solver)
 
@@ -82,10 +72,10 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=
 
     if methods.BLOCK_CACHING in wanted:
         # A UNet: its attention blocks alone (as the paper caches LDM), and with its ResNet blocks.
-        for resnets in ((False, True) if ref.name == "unet-digits" else (False,)):
+        for resnets in ((False, True) if is_unet(ref) else (False,)):
             found += block_caching_settings(ref, steps, calibration, sample_kwargs,
                                             resnets, quick, distill)
-    if ref.name != "flux-photos":
+    if is_unet(ref):
         # UNet2DConditionModel: TeaCache has no UNet family, and the diffusers hooks and
         # cache-dit need transformer blocks.
         return found
@@ -114,6 +104,10 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=
     if methods.DBCACHE in wanted:
         found += methods.dbcache(steps, thresholds)
     return found
+
+
+def is_unet(ref):
+    return type(ref.model).__name__ == "UNet2DConditionModel"
 
 
 SEARCH_TARGETS = (0.75, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
@@ -191,14 +185,13 @@ def block_caching_settings(ref, steps, calibration, sample_kwargs, resnets, quic
             cachekern.train_scale_shift(profile, ref.model, training_run, target_compute=target,
                                         runs=2 if quick else TRAINING_RUNS)
         made.add((target, mode, order))
-    label = ("blocks=all " if resnets else "blocks=attention ") if ref.name == "unet-digits" \
-        else ""
+    label = ("blocks=all " if resnets else "blocks=attention ") if is_unet(ref) else ""
     targets = (0.6, 0.3) if quick else BLOCK_CACHING_TARGETS
     found = methods.block_caching(steps, profile, prepare, targets, (None, "fit"), label)
     for order in FORECAST_ORDERS:
         found += methods.block_caching(steps, profile, prepare, targets, (None, "fit"), label,
                                        forecast_order=order)
-    if distill and (resnets or ref.name != "unet-digits"):
+    if distill and (resnets or not is_unet(ref)):
         found += methods.block_caching(steps, profile, prepare,
                                        [t for t in targets if t in TRAINING_TARGETS], ("train",),
                                        label)
@@ -381,8 +374,9 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(reference_models.RECIPES))
     parser.add_argument("--scheduler", default=None,
-                        help="flux-photos: euler (default), dpm++ or unipc; unet-digits: ddim "
-                             "(default) or dpm++")
+                        help="the recipe's sampler (default: its first): flux-photos and "
+                             "pixart-scenes: euler, dpm++ or unipc; wan-motion: unipc, euler or "
+                             "dpm++; unet-digits: ddim or dpm++")
     parser.add_argument("--converged-steps", type=int, default=200,
                         help=f"steps of {CONVERGED_SOLVER} for the converged reference")
     parser.add_argument("--distill", action="store_true",
@@ -411,12 +405,11 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = False
     ref = (reference_models.create(args.name, device) if args.untrained else
            reference_models.load(args.name, device, cache_dir=args.cache_dir))
-    scheduler = args.scheduler or SOLVERS[args.name][0]
-    if scheduler not in SOLVERS[args.name]:
-        parser.error(f"--scheduler: {args.name} samples with one of {SOLVERS[args.name]}")
+    scheduler = args.scheduler or ref.schedulers[0]
+    if scheduler not in ref.schedulers:
+        parser.error(f"--scheduler: {args.name} samples with one of {ref.schedulers}")
     sample_kwargs = dict(scheduler=scheduler)
-    steps = args.steps or (ref.recipe.SAMPLING["steps"][scheduler] if args.name == "unet-digits"
-                           else ref.recipe.SAMPLING["steps"])
+    steps = args.steps or ref.default_steps(scheduler)
     classes = ref.conditioner.num_classes
     labels = [c for c in range(classes) for _ in range(args.per_class)]
     seeds = list(range(len(labels)))
@@ -425,7 +418,8 @@ def main(argv=None):
                        seeds=[10_000 + s for s in range(len(labels[:args.batch]))])
 
     environment = environment_line(device)
-    work = BlockWork(ref.model, one_sample_call(ref, device))
+    work = BlockWork(ref.model, ref.example_call(device))
+    judge = DataJudge(args.name, device, args.cache_dir, untrained=args.untrained)
     converged = torch.cat([ref.sample(labels[lo:lo + args.batch], seeds[lo:lo + args.batch],
                                       steps=args.converged_steps, scheduler=CONVERGED_SOLVER)
                            for lo in range(0, len(labels), args.batch)])
@@ -447,8 +441,8 @@ def main(argv=None):
                              speedup_compute=float("nan"), wall_s=None,
                              speedup_wall=float("nan"), psnr_db=float("nan"),
                              ssim=float("nan"), rel_l2=float("nan"),
-                             psnr_converged_db=float("nan"),
-                             error=f"{type(error).__name__}: {str(error)[:200]}"))
+                             psnr_converged_db=float("nan"), class_accuracy=float("nan"),
+                             fd=float("nan"), error=f"{type(error).__name__}: {str(error)[:200]}"))
             print(f"{setting.method:<26} {setting.label:<44} failed: {rows[-1]['error']}",
                   flush=True)
             write_csv(rows, stem)
@@ -463,12 +457,13 @@ def main(argv=None):
                    ssim=per_sample_mean(ssim, reference, images, data_range=2.0),
                    rel_l2=per_sample_mean(relative_error, reference, images),
                    psnr_converged_db=per_sample_mean(psnr, converged, images, data_range=2.0),
-                   error="")
+                   **judge(images, labels), error="")
         rows.append(row)
         write_csv(rows, stem)      # as it goes: a run cut short keeps what it measured
         print(f"{row['method']:<26} {row['setting']:<44} compute {row['compute']:.3f}  "
               f"PSNR {row['psnr_db']:6.2f}  SSIM {row['ssim']:.4f}  "
-              f"conv {row['psnr_converged_db']:6.2f}  wall {wall or float('nan'):6.2f} s",
+              f"conv {row['psnr_converged_db']:6.2f}  acc {row['class_accuracy']:.3f}  "
+              f"FD {row['fd']:7.3f}  wall {wall or float('nan'):6.2f} s",
               flush=True)
 
     write_csv(rows, stem)
@@ -482,6 +477,41 @@ def main(argv=None):
     plot(rows, f"{stem}.png", title)
     print(summary)
     return rows
+
+
+class DataJudge:
+    """Against the data rather than the uncached run: the model's classifier's accuracy on the
+    samples (for the labels they were asked for), and the Fréchet distance between its features
+    of the samples and of REAL_SAMPLES fresh training examples. NaN without a classifier."""
+
+    def __init__(self, name, device, cache_dir=None, untrained=False):
+        from cachekern.reference_models import classifier
+
+        self.net = None
+        try:
+            self.net = classifier.load(name, device, cache_dir=cache_dir)
+        except FileNotFoundError as error:
+            print(f"no class accuracy or FD: {error}")
+            return
+        from benchmarks.zoo.sources import data_source
+
+        real, _ = data_source(name, device).batch(REAL_SAMPLES, torch.Generator().manual_seed(7))
+        self.real_features = self.features(real)
+
+    def features(self, images):
+        with torch.no_grad():
+            return torch.cat([self.net.features(images[lo:lo + 256])
+                              for lo in range(0, len(images), 256)])
+
+    def __call__(self, images, labels):
+        if self.net is None:
+            return dict(class_accuracy=float("nan"), fd=float("nan"))
+        with torch.no_grad():
+            predicted = torch.cat([self.net(images[lo:lo + 256]).argmax(1)
+                                   for lo in range(0, len(images), 256)])
+        labels = torch.as_tensor(labels, device=predicted.device)
+        return dict(class_accuracy=(predicted == labels).float().mean().item(),
+                    fd=frechet_distance(self.features(images), self.real_features))
 
 
 def write_csv(rows, stem):

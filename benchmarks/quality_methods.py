@@ -131,7 +131,8 @@ def first_block_cache(steps, thresholds):
 
 # TaylorSeer's strongest form: whole blocks forecast (by default it hooks only the attention
 # modules, so every feed-forward still runs and its compute stays near the full run's).
-WHOLE_BLOCKS = {"flux-photos": [r"transformer_blocks\.\d+", r"single_transformer_blocks\.\d+"]}
+WHOLE_BLOCKS = {"flux-photos": [r"transformer_blocks\.\d+", r"single_transformer_blocks\.\d+"],
+                "pixart-scenes": [r"transformer_blocks\.\d+"], "wan-motion": [r"blocks\.\d+"]}
 
 
 def taylorseer(steps, intervals, warmups=(1, 3), orders=(1, 2), whole_blocks=None):
