@@ -47,10 +47,18 @@ def patch(target, policy) -> Handle:
         raise RuntimeError(f"cachekern.patch: this {type(model).__name__} is already patched; "
                            f"call cachekern.unpatch(model) first")
     check_dtype(model)
+    through_pipeline = model is not target
     if isinstance(policy, BlockCaching):
         handle = BlockCachingHandle(model, policy)
     else:
+        if policy.parity and not through_pipeline and policy.num_inference_steps is None:
+            raise ValueError("cachekern.patch: TeaCache(parity=True) needs the step count (the "
+                             "published algorithm always computes the last step): pass "
+                             "num_inference_steps=..., or patch the pipeline, whose scheduler "
+                             "gives it")
         handle = TeaCacheHandle(model, adapter_for(model), policy)
+        if through_pipeline:
+            handle.follow_pipeline(target)
     attach(model, handle)
     return handle
 

@@ -15,13 +15,15 @@ PACKAGE = Path(cachekern.__file__).parent
 # What each part of the package may import from the rest of it (beyond itself).
 ALLOWED = {
     "cachekern.kernels": set(),
-    "cachekern.store": set(),
+    "cachekern.store": {"cachekern._warnings"},
     "cachekern.metrics": set(),
     "cachekern._version": set(),
-    "cachekern.models": {"cachekern.kernels"},
+    "cachekern._warnings": set(),
+    "cachekern.models": {"cachekern.kernels", "cachekern._warnings"},
     "cachekern.reference_models": set(),
-    "cachekern.teacache": {"cachekern.kernels", "cachekern.models"},
-    "cachekern.block_caching": {"cachekern.kernels", "cachekern.store", "cachekern.models"},
+    "cachekern.teacache": {"cachekern.kernels", "cachekern.models", "cachekern._warnings"},
+    "cachekern.block_caching": {"cachekern.kernels", "cachekern.store", "cachekern.models",
+                                "cachekern._warnings"},
     "cachekern.build_info": {"cachekern.store", "cachekern._version"},
     "cachekern.patching": {"cachekern.teacache", "cachekern.block_caching", "cachekern.models"},
 }

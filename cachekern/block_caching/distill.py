@@ -71,6 +71,7 @@ class _Cell:
 class _StudentHandle(BlockCachingHandle):
     """Block Caching whose reuse path is differentiable in the scale and shift (plain PyTorch,
     fp32, the reference of residual_reuse), and whose every model call is also a training step."""
+    differentiable_reuse = True
 
     def __init__(self, model, policy, initial, lr, iterations):
         super().__init__(model, policy)

@@ -8,6 +8,7 @@ import torch
 from cachekern.store.block_cache import BlockCache
 from cachekern.models.blocks import cached_units, timestep_of, wrap_forwards
 from cachekern.models.branches import BranchNames
+from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
 
 _NO_OUTPUT = object()   # a stream the block returns as None (e.g. SD3's last block's context)
 
@@ -40,6 +41,10 @@ def params_mode(policy):
 
 
 class BlockCachingHandle:
+    # Whether a reused block's output carries gradients (the distillation's student); when not,
+    # a call that records an autograd graph runs uncached.
+    differentiable_reuse = False
+
     def __init__(self, model, policy):
         self.model = model
         self.policy = policy
@@ -72,14 +77,17 @@ class BlockCachingHandle:
         self._counts = {}
         self._branches_named = BranchNames(policy.calls_per_step)
         self._current = None
-        self._stats = dict(calls=0, block_calls=0, blocks_computed=0, blocks_reused=0)
+        self._stats = dict(calls=0, block_calls=0, blocks_computed=0, blocks_reused=0,
+                           uncached_calls=0)
+        self._warned_gradients = False
         self._restore_forwards = wrap_forwards(
             [unit.module for unit in self.units],
             lambda index, module, forward: self._wrap(index, self.units[index], forward))
 
     # -- public ---------------------------------------------------------------------------------
     def stats(self) -> dict:
-        """calls (model calls), block_calls, blocks_computed, blocks_reused, the schedule's
+        """calls (model calls), block_calls, blocks_computed, blocks_reused, uncached_calls
+        (calls with gradients, run uncached), the schedule's
         compute fraction, and bytes_held (cached residuals) or, with a device budget, the
         block cache's own stats."""
         out = dict(self._stats)
@@ -108,6 +116,12 @@ class BlockCachingHandle:
         return self._branches_named.cache_context(original, name, **kwargs)
 
     def forward(self, original_forward, args, kwargs):
+        if not self.differentiable_reuse and builds_graph(self.model, args, kwargs):
+            if not self._warned_gradients:
+                self._warned_gradients = True
+                warn_uncached_with_gradients("BlockCaching")
+            self._stats["uncached_calls"] += 1
+            return original_forward(*args, **kwargs)     # the blocks see no step: all compute
         branch = self._branches_named.branch()
         count = self._counts.get(branch, 0)
         step = count % self.profile.steps

@@ -17,12 +17,12 @@ tensor returned by ``get`` are detected (torch's version counter) and re-copied 
 
 import itertools
 import threading
-import warnings
 from dataclasses import dataclass
 from typing import Hashable, Iterable, Optional
 
 import torch
 
+from cachekern._warnings import warn
 from cachekern.store import _native
 from cachekern.store.errors import CapacityError
 from cachekern.store.native_engine import NativeEngine
@@ -44,9 +44,9 @@ def _make_engine(device_budget: int, host_budget: int, engine: str):
         return NativeEngine(device_budget, host_budget)
     if engine == "auto" and not _fallback_warned:
         _fallback_warned = True
-        warnings.warn(f"cachekern: the native extension cachekern.store._C could not be loaded "
-                      f"({_native.load_error}); BlockCache uses the pure-Python engine (same API)",
-                      RuntimeWarning, stacklevel=3)
+        warn(f"cachekern: the native extension cachekern.store._C could not be loaded "
+             f"({_native.load_error}); BlockCache uses the pure-Python engine (same API)",
+             RuntimeWarning)
     return PythonEngine(device_budget, host_budget)
 
 

@@ -6,10 +6,14 @@ The branch is the name a diffusers pipeline gives through ``model.cache_context(
 one, calls are assigned to branches by order (``TeaCache(calls_per_step=...)``).
 """
 
+import weakref
+
 import torch
 from torch import nn
 
+from cachekern._warnings import warn
 from cachekern.models.branches import BranchNames
+from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
 from cachekern.teacache.runtime import BranchState, TeaCacheRuntime
 from cachekern.teacache.shell_memo import MemoizedModule
 
@@ -55,6 +59,9 @@ class TeaCacheHandle:
         self._capturing = None     # (run_if or None, DeviceDecision, prelude) in a capture
         self._log = None           # cachekern.teacache.graphs.DecisionLog of graphed calls
         self._stats = self._zero_stats()
+        self._warned_gradients = False
+        self._warned_step_count = False
+        self._pipeline = None      # a weak reference, when patched through a pipeline
 
     @staticmethod
     def _zero_stats():
@@ -111,14 +118,18 @@ class TeaCacheHandle:
         return self._branches_named.cache_context(original, name, **kwargs)
 
     def forward(self, original_forward, args, kwargs):
+        if builds_graph(self.model, args, kwargs):
+            if not self._warned_gradients:
+                self._warned_gradients = True
+                warn_uncached_with_gradients("TeaCache")
+            self._stats["uncached_calls"] += 1
+            return original_forward(*args, **kwargs)
         if any(kwargs.get(name) is not None for name in self.adapter.uncacheable_args):
             self._stats["uncached_calls"] += 1
             return original_forward(*args, **kwargs)
         timestep = kwargs.get(self.adapter.timestep_arg)
-        steps = self.policy.num_inference_steps
+        steps = self._step_count()
         branch = self._branches_named.branch()
-        if self._branches_named.context is not None:
-            steps = self._branches_named.context[1].get("num_inference_steps") or steps
         self._call = (branch, timestep, steps)
         if self.policy.cuda_graphs:
             out = self._graphed(original_forward, args, kwargs)
@@ -126,6 +137,34 @@ class TeaCacheHandle:
                 return out
             self._to_host(branch)
         return self._eager(original_forward, args, kwargs)
+
+    def follow_pipeline(self, pipeline):
+        """Takes the step count from `pipeline`'s scheduler (patch does this when given a
+        pipeline): the generation in progress sets its timesteps before the first call."""
+        try:
+            self._pipeline = weakref.ref(pipeline)
+        except TypeError:            # an object without weak references: hold it
+            self._pipeline = lambda: pipeline
+
+    def _step_count(self):
+        """Model calls per branch in this generation: from the pipeline's cache_context (Wan's
+        pipelines pass it), else the patched pipeline's scheduler (its timesteps: one call
+        each, two-call solvers included), else the policy's num_inference_steps."""
+        context = self._branches_named.context
+        if context is not None and context[1].get("num_inference_steps"):
+            return int(context[1]["num_inference_steps"])
+        pipeline = self._pipeline() if self._pipeline is not None else None
+        timesteps = getattr(getattr(pipeline, "scheduler", None), "timesteps", None)
+        if timesteps is not None and len(timesteps):
+            return len(timesteps)
+        steps = self.policy.num_inference_steps
+        if steps is None and self.policy.compute_last_step and not self._warned_step_count:
+            self._warned_step_count = True
+            warn("TeaCache: the step count is unknown (a bare model, no num_inference_steps "
+                 "from the policy or the pipeline's cache_context), so compute_last_step cannot "
+                 "force the last step; pass TeaCache(num_inference_steps=...) or patch the "
+                 "pipeline instead of its model")
+        return steps
 
     def _graphed(self, original_forward, args, kwargs):
         """The call through cachekern.teacache.graphs: its output, or None when the call must take

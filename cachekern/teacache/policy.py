@@ -9,10 +9,10 @@ last step when the step count is known, a new generation, and any NaN or Inf in 
 """
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+from cachekern._warnings import warn
 from cachekern.teacache import coefficients as published
 
 DECISIONS = ("global", "per_sample")
@@ -191,9 +191,9 @@ class TeaCache:
         (None: the raw distance)."""
         if self.coefficients == "auto":
             if key not in published.PUBLISHED:
-                warnings.warn(f"TeaCache: no published coefficients for '{key}'; "
-                              f"using the raw relative L1 distance (pass coefficients=[...] from "
-                              f"your own fit, or None to silence this)", stacklevel=3)
+                warn(f"TeaCache: no published coefficients for '{key}'; using the raw relative "
+                     f"L1 distance (pass coefficients=[...] from your own fit, or None to "
+                     f"silence this)")
                 return None
             return published.PUBLISHED[key]
         return self.coefficients
