@@ -1,5 +1,6 @@
 """cachekern.calibrate_teacache on a real diffusers class: the flux-photos reference model's
-FluxTransformer2DModel (untrained), sampled with CFG as FluxPipeline does (two branches)."""
+recipe (FluxTransformer2DModel, sampled with CFG as FluxPipeline does: two branches), untrained
+and narrowed so that the Triton interpreter runs it in seconds."""
 
 import numpy as np
 import pytest
@@ -13,9 +14,19 @@ pytest.importorskip("diffusers")
 STEPS = 6
 
 
+NARROW = dict(num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+              joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=[4, 6, 6])
+
+
 @pytest.fixture(scope="module")
 def ref():
-    return reference_models.create("flux-photos", seed=2)
+    from cachekern.reference_models import flux_photos
+
+    torch.manual_seed(2)
+    config = dict(flux_photos.CONFIG, **NARROW)
+    conditioner = flux_photos.Conditioner(config=config)
+    return reference_models.ReferenceModel("flux-photos", flux_photos.build_model(config=config)
+                                           .eval(), conditioner, dict(config=config))
 
 
 def generate(ref):
