@@ -3,7 +3,8 @@ FluxTransformer2DModel; prints steps computed, time and PSNR against the uncache
 
 When the reference model flux-photos has been trained (benchmarks/zoo/train.py; found in
 $CACHEKERN_ZOO or ~/.cache/cachekern/zoo), the demo samples it: 64×64 photographs, one class per
-seed, 28 steps with CFG, and PSNR on real images (`--save` writes them). Otherwise the model is
+seed, 28 steps with CFG, and PSNR on real images (`--save` writes them). On a CPU torch's
+threads are pinned (--threads), and the header says what the times were measured on. Otherwise the model is
 small with random weights (CPU or GPU, well under a minute on a CPU), which exercises speed and
 the mechanics, not image quality. `--full` builds FLUX.1-dev's dimensions (19 double + 38 single
 blocks, hidden 3072, 1024² = 4096 image tokens, 512 text tokens) with random weights in bf16 on a
@@ -11,6 +12,7 @@ GPU.
 """
 
 import argparse
+import os
 import time
 
 import torch
@@ -83,6 +85,13 @@ def timed(fn, device):
     return out, time.perf_counter() - start
 
 
+def where(device):
+    """What the times were measured on: the GPU, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
 def reference_model_demo(args, device):
     """flux-photos, uncached and with TeaCache, one class per seed."""
     import cachekern
@@ -94,9 +103,9 @@ def reference_model_demo(args, device):
     threshold = 0.4 if args.threshold is None else args.threshold
     classes = ref.recipe.PHOTOS
     print(f"flux-photos (FluxTransformer2DModel trained by cachekern, {ref.meta['iterations']} "
-          f"iterations), {steps} steps with CFG, {device}; TeaCache threshold {threshold}")
+          f"iterations), {steps} steps with CFG, {where(device)}; TeaCache threshold {threshold}")
     ref.sample([0], [0], steps=2)     # warm-up: Triton's JIT, the allocator
-    with cachekern.patched(ref.model, cachekern.TeaCache(threshold=1e9)):
+    with cachekern.patched(ref.model, cachekern.TeaCache(threshold=1e9, num_inference_steps=3)):
         ref.sample([0], [0], steps=3)
     rows, images = [], []
     for seed in range(args.seeds):
@@ -145,8 +154,11 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=2, help="how many seeds to sample")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: min(4, the CPU count)); pinned "
+                             "because torch's default swings CPU timings widely")
     args = parser.parse_args(argv)
-    for name in ("seeds", "steps"):
+    for name in ("seeds", "steps", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name}: expected a positive number, got {value}")
@@ -160,6 +172,8 @@ def main(argv=None):
                          "no GPU); use --device cpu")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or min(4, os.cpu_count() or 1))
     if not (args.full or args.random) and reference_models.is_trained("flux-photos"):
         return reference_model_demo(args, device)
     if args.save:
@@ -171,10 +185,11 @@ def main(argv=None):
     steps = args.steps or preset["steps"]
     model = build_model(preset, device)
     print(f"FluxTransformer2DModel ({'FLUX.1-dev dimensions' if args.full else 'small'}, random "
-          f"weights), {steps} steps, {preset['dtype']}, {device}")
+          f"weights), {steps} steps, {preset['dtype']}, {where(device)}")
     warm = make_inputs(preset, model, 0, device)  # warm-up: Triton's JIT, the allocator
     generate(model, warm, 3)
-    with cachekern.patched(model, cachekern.TeaCache(threshold=1e9)):  # compute, then skip
+    with cachekern.patched(model, cachekern.TeaCache(threshold=1e9,          # compute, then skip
+                                                     num_inference_steps=3)):
         generate(model, warm, 3)
 
     rows = []

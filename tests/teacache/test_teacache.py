@@ -431,10 +431,13 @@ def test_demo_runs_and_reports(tmp_path):
     # An empty zoo: the random-weights demo, whatever the machine has trained.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CACHEKERN_ZOO"] = str(tmp_path / "empty-zoo")
-    out = subprocess.run([sys.executable, "-m", "cachekern", "demo", "--seeds", "1", "--steps",
-                          "6", "--device", "cpu"], check=True, capture_output=True, text=True,
-                         env=env, cwd=tmp_path).stdout
+    done = subprocess.run([sys.executable, "-m", "cachekern", "demo", "--seeds", "1", "--steps",
+                           "6", "--device", "cpu", "--threads", "3"], check=True,
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    out = done.stdout
     assert "random weights" in out and "steps computed" in out and "PSNR dB" in out
+    assert "CPU, 3 threads, torch" in out          # what the times were measured on
+    assert "Warning" not in done.stderr, done.stderr
     row = out.strip().splitlines()[-1].split()
     assert row[0] == "0" and row[2:4] == ["/", "6"] and 1 <= int(row[1]) <= 6
 
