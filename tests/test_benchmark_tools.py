@@ -55,8 +55,7 @@ def test_the_photo_and_digit_data_are_in_range():
 
 
 def flux_call(ref):
-    from benchmarks.quality import one_sample_call
-    return one_sample_call(ref, torch.device("cpu"))
+    return ref.example_call(torch.device("cpu"))
 
 
 def test_block_work_counts_steps_exactly_and_leaves_no_wrapper_behind():

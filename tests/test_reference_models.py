@@ -160,3 +160,20 @@ def test_flow_models_are_called_with_the_shifted_timesteps_their_samplers_give(n
 def test_loading_from_an_empty_zoo_says_how_to_train_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="benchmarks.zoo.train unet-digits"):
         reference_models.load("unet-digits", cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(reference_models.RECIPES))
+def test_the_example_call_is_one_model_call_on_one_sample(name):
+    ref = reference_models.create(name, seed=0)
+    batches = []
+
+    def note(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        batches.append(x.shape[0])
+    hook = ref.model.register_forward_pre_hook(note, with_kwargs=True)
+    try:
+        out = ref.example_call(torch.device("cpu"))()
+    finally:
+        hook.remove()
+    assert batches == [1]
+    assert out[0].isfinite().all()
