@@ -506,12 +506,12 @@ class DataJudge:
     def __call__(self, images, labels):
         if self.net is None:
             return dict(class_accuracy=float("nan"), fd=float("nan"))
+        features = self.features(images)       # one pass: the logits are the head's
         with torch.no_grad():
-            predicted = torch.cat([self.net(images[lo:lo + 256]).argmax(1)
-                                   for lo in range(0, len(images), 256)])
+            predicted = self.net.head(features).argmax(1)
         labels = torch.as_tensor(labels, device=predicted.device)
         return dict(class_accuracy=(predicted == labels).float().mean().item(),
-                    fd=frechet_distance(self.features(images), self.real_features))
+                    fd=frechet_distance(features, self.real_features))
 
 
 def write_csv(rows, stem):

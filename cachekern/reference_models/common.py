@@ -77,3 +77,31 @@ def flow_sample(guided_velocity, x, steps, scheduler, shift):
 def check_seeds(seeds, labels):
     if len(seeds) != len(labels):
         raise ValueError(f"seeds: expected one per label ({len(labels)}), got {len(seeds)}")
+
+
+def two_call_guidance(model, velocity, conditioner, labels, guidance_scale):
+    """guided_velocity(x, level) for flow_sample, with CFG as FluxPipeline and WanPipeline run it:
+    a "cond" and an "uncond" call per step, each in its cache_context. `velocity(model,
+    conditioner, x, sigma, labels)` is the recipe's model call."""
+    empty = torch.full_like(labels, conditioner.num_classes)
+
+    def guided_velocity(x, level):
+        sigma = level.expand(len(labels))
+        with branch(model, "cond"):
+            v = velocity(model, conditioner, x, sigma, labels)
+        if guidance_scale == 1.0:
+            return v
+        with branch(model, "uncond"):
+            v_empty = velocity(model, conditioner, x, sigma, empty)
+        return v_empty + guidance_scale * (v - v_empty)
+    return guided_velocity
+
+
+def one_sample_call(velocity, model, conditioner, shape, device):
+    """A callable making one model call on one sample of `shape` at noise level 0.5, class 0, as
+    a flow recipe's sampler makes it (what BlockWork counts)."""
+    dtype = next(model.parameters()).dtype
+    x = torch.randn(1, *shape, device=device, dtype=dtype)
+    sigma = torch.full((1,), 0.5, device=device)
+    label = torch.zeros(1, dtype=torch.long, device=device)
+    return lambda: velocity(model, conditioner, x, sigma, label)

@@ -11,9 +11,9 @@ vector; the last class index is the empty condition (trained with 10% dropout), 
 import torch
 from torch import nn
 
-from cachekern.reference_models.common import (FLOW_SCHEDULERS, branch, build, check_labels,
+from cachekern.reference_models.common import (FLOW_SCHEDULERS, build, check_labels,
                                                check_seeds, flow_sample, flow_scheduler,
-                                               seeded_noise)
+                                               one_sample_call, seeded_noise, two_call_guidance)
 
 NAME = "flux-photos"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
@@ -85,11 +85,8 @@ def velocity(model, conditioner, tokens, sigma, labels):
 
 def example_call(model, conditioner, device):
     """One model call on one sample, as the sampler makes it."""
-    dtype = next(model.parameters()).dtype
-    x = torch.randn(1, GRID * GRID, model.config.in_channels, device=device, dtype=dtype)
-    sigma = torch.full((1,), 0.5, device=device)
-    label = torch.zeros(1, dtype=torch.long, device=device)
-    return lambda: velocity(model, conditioner, x, sigma, label)
+    return one_sample_call(velocity, model, conditioner, (GRID * GRID, model.config.in_channels),
+                           device)
 
 
 def make_scheduler(name, shift=SAMPLING["shift"]):
@@ -104,17 +101,6 @@ def sample(model, conditioner, labels, seeds, steps=SAMPLING["steps"],
     param = next(model.parameters())
     labels = check_labels(labels, conditioner.num_classes).to(param.device)
     check_seeds(seeds, labels)
-    empty = torch.full_like(labels, conditioner.num_classes)
-
-    def guided_velocity(x, level):
-        sigma = level.expand(len(labels))
-        with branch(model, "cond"):
-            v = velocity(model, conditioner, x, sigma, labels)
-        if guidance_scale == 1.0:
-            return v
-        with branch(model, "uncond"):
-            v_empty = velocity(model, conditioner, x, sigma, empty)
-        return v_empty + guidance_scale * (v - v_empty)
-
+    guided_velocity = two_call_guidance(model, velocity, conditioner, labels, guidance_scale)
     x = pack(seeded_noise(seeds, (CHANNELS, IMAGE_SIZE, IMAGE_SIZE), param.device, param.dtype))
     return unpack(flow_sample(guided_velocity, x, steps, scheduler, shift)).float().clamp(-1, 1)

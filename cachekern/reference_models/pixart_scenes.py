@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cachekern.reference_models.common import (FLOW_SCHEDULERS, build, check_labels, check_seeds,
-                                               flow_sample, seeded_noise)
+                                               flow_sample, one_sample_call, seeded_noise)
 
 NAME = "pixart-scenes"
 NUM_CLASSES = 20
@@ -60,11 +60,8 @@ def velocity(model, conditioner, images, sigma, labels):
 
 def example_call(model, conditioner, device):
     """One model call on one sample, as the sampler makes it."""
-    dtype = next(model.parameters()).dtype
-    x = torch.randn(1, CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=device, dtype=dtype)
-    sigma = torch.full((1,), 0.5, device=device)
-    label = torch.zeros(1, dtype=torch.long, device=device)
-    return lambda: velocity(model, conditioner, x, sigma, label)
+    return one_sample_call(velocity, model, conditioner, (CHANNELS, IMAGE_SIZE, IMAGE_SIZE),
+                           device)
 
 
 @torch.no_grad()
