@@ -3,6 +3,7 @@ against the memory-bandwidth floor (bytes that must be read and written once / c
 measured in the same run).
 
     python benchmarks/bench_kernels.py --out benchmarks/results_kernels.md     # the table
+    python -m benchmarks.bench_kernels --only residual_forecast                # some kernels
     pytest benchmarks/bench_kernels.py --benchmark-only                        # pytest-benchmark
 
 Sizes: FLUX 1024² image stream (1×4096×3072), the same with batched CFG (2×4096×3072) and
@@ -127,7 +128,7 @@ def build_cases(size_name, shape, dtype=torch.bfloat16):
     ]
 
 
-def run_table(out_path=None):
+def run_table(out_path=None, only=None):
     from benchmarks.harness import (copy_bandwidth_gbs, environment, markdown_table, median_graph_us,
                         median_us, report, warm_up_gpu)
 
@@ -136,6 +137,8 @@ def run_table(out_path=None):
     rows = []
     for size_name, shape in SIZES.items():
         for case in build_cases(size_name, shape):
+            if only and only not in case.kernel:
+                continue
             ours = median_graph_us(case.ours)
             ours_launch = median_us(case.ours[0])
             eager = median_us(case.eager[0]) if case.eager_syncs else median_graph_us(case.eager)
@@ -189,4 +192,6 @@ def test_kernel_speed(benchmark, all_cases, key, impl):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", help="also write the table (markdown) here")
-    run_table(parser.parse_args().out)
+    parser.add_argument("--only", help="only the kernels whose name contains this")
+    args = parser.parse_args()
+    run_table(args.out, args.only)

@@ -114,10 +114,40 @@ def block_caching(steps, profile, prepare, targets, scale_shifts=(None, "fit", "
             for ss in scale_shifts for t in targets]
 
 
+def enable_diffusers_cache(model, config):
+    """model.enable_cache(config); returns the function that disables it. A class without
+    diffusers' CacheMixin (PixArtTransformer2DModel in 0.42) gets the same hook applied the way
+    enable_cache applies it, each call in one cache context (what cache_context would give a
+    pipeline that batches CFG into one call), and removed by CacheMixin's own disable_cache."""
+    if hasattr(model, "enable_cache"):
+        model.enable_cache(config)
+        return model.disable_cache
+    from diffusers import hooks
+    from diffusers.models.cache_utils import CacheMixin
+
+    appliers = {hooks.FirstBlockCacheConfig: hooks.apply_first_block_cache,
+                hooks.MagCacheConfig: hooks.apply_mag_cache,
+                hooks.TaylorSeerCacheConfig: hooks.apply_taylorseer_cache}
+    if type(config) not in appliers:
+        raise TypeError(f"no hook for {type(config).__name__} on {type(model).__name__}")
+    from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+    appliers[type(config)](model, config)
+    hooks.HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
+    model._cache_config = config
+    enter = model.register_forward_pre_hook(
+        lambda module, args: _set_cache_context(module, CacheContext("cond")))
+    leave = model.register_forward_hook(lambda module, args, out: _set_cache_context(module, None))
+
+    def disable():
+        enter.remove(), leave.remove()
+        CacheMixin.disable_cache(model)
+    return disable
+
+
 def _diffusers_cache(config_factory):
     def apply(model):
-        model.enable_cache(config_factory())
-        return model.disable_cache
+        return enable_diffusers_cache(model, config_factory())
     return apply
 
 
@@ -155,13 +185,14 @@ def calibrate_magcache(model, generate, steps):
     generation): the mean over the branches printed."""
     from diffusers.hooks import MagCacheConfig
 
-    model.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=steps))
+    disable = enable_diffusers_cache(model, MagCacheConfig(calibrate=True,
+                                                           num_inference_steps=steps))
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
             generate()
     finally:
-        model.disable_cache()
+        disable()
     runs = [ast.literal_eval(line) for line in printed.getvalue().splitlines()
             if line.startswith("[") and not line.startswith("[MagCache]")]
     if not runs or any(len(r) != steps for r in runs):

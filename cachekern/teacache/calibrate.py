@@ -43,7 +43,9 @@ def observe_uncached(target, run, runs, on_call, who):
     if is_patched(model):
         raise RuntimeError(f"{who}: the model is patched; unpatch it first (it observes the "
                            f"uncached model)")
-    handle = TeaCacheHandle(model, adapter_for(model), TeaCache(threshold=0.0, coefficients=None))
+    # Threshold 0 computes every step, the last too: no step count needed (nor warned about).
+    handle = TeaCacheHandle(model, adapter_for(model), TeaCache(threshold=0.0, coefficients=None,
+                                                                compute_last_step=False))
     attach(model, handle)
     seen, generation = [0], [0]
 
