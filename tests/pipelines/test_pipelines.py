@@ -1,0 +1,82 @@
+"""Real diffusers pipelines (tiny components, random weights), called as users call them and
+patched with cachekern.patch(pipe, ...): CFG as each pipeline runs it, num_images_per_prompt > 1,
+a second call with another step count, unpatch."""
+
+import pytest
+import torch
+
+import cachekern
+
+tiny_pipelines = pytest.importorskip("tiny_pipelines")
+
+STEPS = 4
+
+
+def generate(pipe, call, steps=STEPS, seed=0):
+    """One call as a user makes it: two images (or videos) per prompt."""
+    per_prompt = "num_videos_per_prompt" if "num_frames" in call else "num_images_per_prompt"
+    return pipe(**call, num_inference_steps=steps, **{per_prompt: 2},
+                generator=tiny_pipelines.seeded(seed), output_type="pt", return_dict=False)[0]
+
+
+@pytest.fixture(scope="module", params=sorted(tiny_pipelines.TRANSFORMER_PIPELINES))
+def transformer_pipeline(request):
+    pipe, call = tiny_pipelines.TRANSFORMER_PIPELINES[request.param]()
+    pipe.set_progress_bar_config(disable=True)
+    return request.param, pipe, call
+
+
+def steps_of(handle):
+    """{branch: [(step, computed), ...]} from TeaCache's records, in call order."""
+    out = {}
+    for record in handle.history:
+        out.setdefault(record["branch"], []).append((record["step"], record["computed"]))
+    return out
+
+
+def test_teacache_on_a_pipeline(transformer_pipeline):
+    name, pipe, call = transformer_pipeline
+    uncached = generate(pipe, call)
+    assert uncached.shape[0] == 2 and torch.isfinite(uncached).all()
+
+    # Never skipping: bitwise the unpatched pipeline, at two step counts in a row.
+    with cachekern.patched(pipe, cachekern.TeaCache(threshold=0.0)) as handle:
+        assert torch.equal(generate(pipe, call), uncached)
+        generate(pipe, call, steps=STEPS + 1)
+        assert handle.stats()["skipped"] == 0
+
+    # Skipping everything it may: the first and the last step of each generation still run,
+    # the step count taken from the pipeline's own scheduler, per generation.
+    with cachekern.patched(pipe, cachekern.TeaCache(threshold=1e9)) as handle:
+        for steps in (STEPS, STEPS + 2):
+            handle.reset()
+            cached = generate(pipe, call, steps=steps)
+            assert cached.shape == uncached.shape and torch.isfinite(cached).all()
+            branches = steps_of(handle)
+            expected_branches = 2 if name in ("flux", "wan") else 1   # CFG as two calls, or batched
+            assert len(branches) == expected_branches, branches
+            for records in branches.values():
+                assert [s for s, _ in records] == list(range(steps))
+                assert [c for _, c in records] == [True] + [False] * (steps - 2) + [True]
+
+    # Unpatched: as before, bit for bit.
+    assert torch.equal(generate(pipe, call), uncached)
+
+
+def test_block_caching_on_a_unet_pipeline():
+    pipe, call = tiny_pipelines.stable_diffusion()
+    pipe.set_progress_bar_config(disable=True)
+    uncached = generate(pipe, call)
+    profile = cachekern.profile(pipe, lambda: generate(pipe, call, seed=7), resnets=True)
+    assert profile.steps == STEPS and len(profile.units) > 0
+
+    with cachekern.patched(pipe, cachekern.BlockCaching(profile, delta=0.0, scale_shift=None)):
+        assert torch.equal(generate(pipe, call), uncached)
+    with cachekern.patched(pipe, cachekern.BlockCaching(profile, target_compute=0.5,
+                                                        scale_shift=None)) as handle:
+        cached = generate(pipe, call)
+        again = generate(pipe, call)       # a second generation starts afresh
+        reused = handle.stats()["blocks_reused"]
+    assert torch.equal(cached, again) and reused > 0
+    assert not torch.equal(cached, uncached) and torch.isfinite(cached).all()
+    assert torch.equal(generate(pipe, call), uncached)
