@@ -137,5 +137,65 @@ def stable_diffusion():
                       height=8, width=8)
 
 
-TRANSFORMER_PIPELINES = {"flux": flux, "sd3": sd3, "pixart_sigma": pixart_sigma, "wan": wan}
-UNET_PIPELINES = {"stable_diffusion": stable_diffusion}
+def cogvideox():
+    torch.manual_seed(0)
+    transformer = diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+        time_embed_dim=2, text_embed_dim=32, num_layers=2, sample_width=2, sample_height=2,
+        sample_frames=9, patch_size=2, temporal_compression_ratio=4,
+        max_text_seq_length=8).eval()
+    cog_vae = diffusers.AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(4, 4, 4, 4),
+        latent_channels=4, layers_per_block=1, norm_num_groups=2,
+        temporal_compression_ratio=4).eval()
+    pipe = diffusers.CogVideoXPipeline(
+        tokenizer=tokenizer(), text_encoder=t5(), vae=cog_vae, transformer=transformer,
+        scheduler=diffusers.CogVideoXDDIMScheduler())
+    return pipe, dict(prompt="a cat", negative_prompt="a dog", guidance_scale=3.0, height=16,
+                      width=16, num_frames=9, max_sequence_length=8)
+
+
+def ltx_video():
+    torch.manual_seed(0)
+    transformer = diffusers.LTXVideoTransformer3DModel(
+        in_channels=4, out_channels=4, patch_size=1, patch_size_t=1, num_attention_heads=2,
+        attention_head_dim=8, cross_attention_dim=16, num_layers=2, caption_channels=32).eval()
+    ltx_vae = diffusers.AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 4, 4, 4),
+        decoder_block_out_channels=(4, 4, 4, 4), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False, False, False, False, False),
+        upsample_residual=(False, False, False, False), upsample_factor=(1, 1, 1, 1),
+        timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True,
+        decoder_causal=False).eval()
+    pipe = diffusers.LTXPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=ltx_vae, text_encoder=t5(),
+        tokenizer=tokenizer(), transformer=transformer)
+    return pipe, dict(prompt="a dog", negative_prompt="a cat", guidance_scale=3.0, height=32,
+                      width=32, num_frames=9, max_sequence_length=8)
+
+
+def stable_diffusion_xl():
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+        norm_num_groups=4, attention_head_dim=(2, 4), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32, transformer_layers_per_block=(1, 2)
+    ).eval()
+    pipe = diffusers.StableDiffusionXLPipeline(
+        vae=vae(4), text_encoder=clip(), text_encoder_2=clip(projection=32),
+        tokenizer=tokenizer(), tokenizer_2=tokenizer(), unet=unet,
+        scheduler=diffusers.EulerDiscreteScheduler(steps_offset=1))
+    return pipe, dict(prompt="a photo of a dog", negative_prompt="a cat", guidance_scale=3.0,
+                      height=8, width=8)
+
+
+TRANSFORMER_PIPELINES = {"flux": flux, "sd3": sd3, "pixart_sigma": pixart_sigma, "wan": wan,
+                         "cogvideox": cogvideox, "ltx_video": ltx_video}
+UNET_PIPELINES = {"stable_diffusion": stable_diffusion, "stable_diffusion_xl": stable_diffusion_xl}

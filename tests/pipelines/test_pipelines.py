@@ -37,7 +37,9 @@ def steps_of(handle):
 def test_teacache_on_a_pipeline(transformer_pipeline):
     name, pipe, call = transformer_pipeline
     uncached = generate(pipe, call)
-    assert uncached.shape[0] == 2 and torch.isfinite(uncached).all()
+    # CogVideoXPipeline (diffusers 0.42) sets num_videos_per_prompt = 1 whatever it is given.
+    assert uncached.shape[0] == (1 if name == "cogvideox" else 2)
+    assert torch.isfinite(uncached).all()
 
     # Never skipping: bitwise the unpatched pipeline, at two step counts in a row.
     with cachekern.patched(pipe, cachekern.TeaCache(threshold=0.0)) as handle:
@@ -53,7 +55,8 @@ def test_teacache_on_a_pipeline(transformer_pipeline):
             cached = generate(pipe, call, steps=steps)
             assert cached.shape == uncached.shape and torch.isfinite(cached).all()
             branches = steps_of(handle)
-            expected_branches = 2 if name in ("flux", "wan") else 1   # CFG as two calls, or batched
+            # CFG as two calls (each in its cache_context), or batched into one
+            expected_branches = 2 if name in ("flux", "wan") else 1
             assert len(branches) == expected_branches, branches
             for records in branches.values():
                 assert [s for s, _ in records] == list(range(steps))
@@ -63,8 +66,9 @@ def test_teacache_on_a_pipeline(transformer_pipeline):
     assert torch.equal(generate(pipe, call), uncached)
 
 
-def test_block_caching_on_a_unet_pipeline():
-    pipe, call = tiny_pipelines.stable_diffusion()
+@pytest.mark.parametrize("name", sorted(tiny_pipelines.UNET_PIPELINES))
+def test_block_caching_on_a_unet_pipeline(name):
+    pipe, call = tiny_pipelines.UNET_PIPELINES[name]()
     pipe.set_progress_bar_config(disable=True)
     uncached = generate(pipe, call)
     profile = cachekern.profile(pipe, lambda: generate(pipe, call, seed=7), resnets=True)
