@@ -104,20 +104,28 @@ def pixart_sigma():
                       use_resolution_binning=False)
 
 
-def wan():
-    torch.manual_seed(0)
-    transformer = diffusers.WanTransformer3DModel(
+def wan_transformer(seed=0):
+    torch.manual_seed(seed)
+    return diffusers.WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
         out_channels=4, text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2,
         rope_max_seq_len=32).eval()
+
+
+def wan(two_experts=False):
+    """Wan 2.1; two_experts: Wan 2.2's two-stage form (transformer for the high-noise steps,
+    transformer_2 below the boundary)."""
+    transformer = wan_transformer()
     wan_vae = diffusers.AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1],
                                          num_res_blocks=1, temperal_downsample=[False, True, True],
                                          latents_mean=[0.1, -0.1, 0.0, 0.2],
                                          latents_std=[1.5, 2.0, 1.0, 2.5]).eval()
+    experts = dict(transformer_2=wan_transformer(1), boundary_ratio=0.875) if two_experts else {}
     pipe = diffusers.WanPipeline(
         tokenizer=tokenizer(), text_encoder=t5(umt5=True), transformer=transformer, vae=wan_vae,
         scheduler=diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction",
-                                                    use_flow_sigmas=True, flow_shift=3.0))
+                                                    use_flow_sigmas=True, flow_shift=3.0),
+        **experts)
     return pipe, dict(prompt="a dog", negative_prompt="a cat", guidance_scale=3.0, height=32,
                       width=32, num_frames=5, max_sequence_length=8)
 

@@ -12,6 +12,11 @@ def resolve_model(target):
     """The denoiser of a diffusers pipeline (its transformer or unet), or the model itself."""
     import torch
 
+    if hasattr(target, "components") and getattr(target, "transformer_2", None) is not None:
+        raise ValueError(f"target: this {type(target).__name__} has two denoisers (transformer "
+                         f"and transformer_2, as Wan 2.2's experts): patch each one, "
+                         f"cachekern.patch(pipe.transformer, policy) and "
+                         f"cachekern.patch(pipe.transformer_2, policy); each keeps its own state")
     for name in ("transformer", "unet"):
         model = getattr(target, name, None)
         if model is not None and hasattr(target, "components"):

@@ -128,8 +128,8 @@ class TeaCacheHandle:
             self._stats["uncached_calls"] += 1
             return original_forward(*args, **kwargs)
         timestep = kwargs.get(self.adapter.timestep_arg)
-        steps = self._step_count()
         branch = self._branches_named.branch()
+        steps = self._steps_as_counted(branch, self._step_count())
         self._call = (branch, timestep, steps)
         if self.policy.cuda_graphs:
             out = self._graphed(original_forward, args, kwargs)
@@ -145,6 +145,19 @@ class TeaCacheHandle:
             self._pipeline = weakref.ref(pipeline)
         except TypeError:            # an object without weak references: hold it
             self._pipeline = lambda: pipeline
+
+    def _steps_as_counted(self, branch, steps):
+        """The step count in this model's own count of its calls. A model that joins a
+        generation late (Wan 2.2's low-noise expert takes over at the boundary) counts from 0
+        where the pipeline's step_index (from cache_context) is k: its last step is then its
+        (steps − k − 1)-th call, and the count is shifted to match."""
+        context = self._branches_named.context
+        index = context[1].get("step_index") if context is not None else None
+        if index is None or steps is None:
+            return steps
+        state = self._branches.get(branch)
+        counted = state.step + 1 if state is not None else 0
+        return steps - int(index) + counted
 
     def _step_count(self):
         """Model calls per branch in this generation: from the pipeline's cache_context (Wan's

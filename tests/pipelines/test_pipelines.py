@@ -84,3 +84,28 @@ def test_block_caching_on_a_unet_pipeline(name):
     assert torch.equal(cached, again) and reused > 0
     assert not torch.equal(cached, uncached) and torch.isfinite(cached).all()
     assert torch.equal(generate(pipe, call), uncached)
+
+
+def test_wan22_experts_are_patched_each_with_its_own_state():
+    pipe, call = tiny_pipelines.wan(two_experts=True)
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="transformer_2"):
+        cachekern.patch(pipe, cachekern.TeaCache())
+    steps = 6
+    uncached = generate(pipe, call, steps=steps)
+    with cachekern.patched(pipe.transformer, cachekern.TeaCache(threshold=0.0)), \
+            cachekern.patched(pipe.transformer_2, cachekern.TeaCache(threshold=0.0)):
+        assert torch.equal(generate(pipe, call, steps=steps), uncached)
+    with cachekern.patched(pipe.transformer, cachekern.TeaCache(threshold=1e9)) as high, \
+            cachekern.patched(pipe.transformer_2, cachekern.TeaCache(threshold=1e9)) as low:
+        cached = generate(pipe, call, steps=steps)
+        high_steps, low_steps = steps_of(high), steps_of(low)
+    assert torch.isfinite(cached).all()
+    assert sorted(high_steps) == sorted(low_steps) == ["cond", "uncond"]
+    for branch in ("cond", "uncond"):
+        first, second = high_steps[branch], low_steps[branch]
+        assert 1 < len(first) < steps - 2 and len(first) + len(second) == steps
+        # Each expert computes its first call (it has nothing cached); the low-noise expert
+        # computes the generation's last step, which it counts as its own last call.
+        assert first[0][1] and second[0][1] and second[-1][1]
+        assert not any(c for _, c in first[1:]) and not any(c for _, c in second[1:-1])
