@@ -182,7 +182,37 @@ def mochi():
     return model, inputs, 1000.0
 
 
-FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi]
+def sana():
+    torch.manual_seed(0)
+    model = diffusers.SanaTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+        num_layers=3, num_cross_attention_heads=2, cross_attention_head_dim=8,
+        cross_attention_dim=16, caption_channels=16, mlp_ratio=2.0, sample_size=8,
+        patch_size=1, norm_elementwise_affine=False).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g))
+    return model, inputs, 1000.0
+
+
+def skyreels_v2():
+    torch.manual_seed(0)
+    model = diffusers.SkyReelsV2Transformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
+        rope_max_seq_len=32).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 7, 16, generator=g))
+    return model, inputs, 1000.0
+
+
+FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
+            skyreels_v2]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

@@ -10,9 +10,10 @@ from cachekern.models.flux import FluxAdapter
 from cachekern.models.hunyuan_video import HunyuanVideoAdapter
 from cachekern.models.registry import ADAPTERS, adapter_for
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
+from cachekern.models.sana import SanaAdapter
 from cachekern.models.sd3 import SD3Adapter
-from cachekern.models.wan import WanAdapter
+from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
 __all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "DiTAdapter", "FluxAdapter",
-           "HunyuanVideoAdapter", "LTXVideoAdapter", "MochiAdapter", "PixArtAdapter", "SD3Adapter",
-           "StackCall", "WanAdapter", "adapter_for"]
+           "HunyuanVideoAdapter", "LTXVideoAdapter", "MochiAdapter", "PixArtAdapter", "SanaAdapter",
+           "SD3Adapter", "SkyReelsV2Adapter", "StackCall", "WanAdapter", "adapter_for"]

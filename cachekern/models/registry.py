@@ -7,13 +7,15 @@ from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.flux import FluxAdapter
 from cachekern.models.hunyuan_video import HunyuanVideoAdapter
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
+from cachekern.models.sana import SanaAdapter
 from cachekern.models.sd3 import SD3Adapter
-from cachekern.models.wan import WanAdapter
+from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
 ADAPTERS = {adapter.model_class: adapter
             for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter(), CogVideoXAdapter(),
                             HunyuanVideoAdapter(), PixArtAdapter(), DiTAdapter(),
-                            LTXVideoAdapter(), MochiAdapter())}
+                            LTXVideoAdapter(), MochiAdapter(), SanaAdapter(),
+                            SkyReelsV2Adapter())}
 
 
 def adapter_for(model) -> Adapter:

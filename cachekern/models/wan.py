@@ -21,3 +21,16 @@ class WanAdapter(TimestepEmbeddingIndicator, Adapter):
     def coefficient_key(self, model):
         hidden = model.config.num_attention_heads * model.config.attention_head_dim
         return {1536: "wan_t2v_1.3b_e0", 5120: "wan_t2v_14b_e0"}.get(hidden, "wan")
+
+
+class SkyReelsV2Adapter(WanAdapter):
+    """SkyReelsV2Transformer3DModel: Wan's blocks, called with a causal mask as a fifth
+    argument (diffusion forcing); its timestep projection can carry one embedding per frame,
+    which the indicator compares as it is. No published coefficients."""
+    family = "skyreels_v2"
+    model_class = "SkyReelsV2Transformer3DModel"
+    block_args = ("hidden_states", "encoder_hidden_states", "temb", "rotary_emb",
+                  "attention_mask")
+
+    def coefficient_key(self, model):
+        return self.family

@@ -12,7 +12,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from tiny_models import FAMILIES, FAMILY_STEPS as STEPS  # noqa: E402
 from tiny_models import (cogvideox, dit, flux, hunyuan_video, ltx_video, mochi,  # noqa: E402,F401
-                         pixart, sd3, wan)
+                         pixart, sana, sd3, wan)
 from tiny_models import sample_family as sample  # noqa: E402
 
 
@@ -80,6 +80,20 @@ def test_calls_the_stack_cannot_serve_run_uncached():
         with cachekern.patched(model, policy(threshold=10.0)) as handle:
             got = model(timestep=torch.tensor([500.0, 500.0]), skip_layers=[1],
                         return_dict=False, **inp)[0]
+            assert handle.stats()["uncached_calls"] == 1 and handle.stats()["calls"] == 0
+    assert torch.equal(got, expected)
+
+
+def test_sana_calls_with_controlnet_residuals_run_uncached():
+    model, inputs, _ = sana()
+    inp = inputs(6)
+    residuals = tuple(torch.randn(2, 64, 16) for _ in range(2))
+    with torch.no_grad():
+        expected = model(timestep=torch.tensor([500.0, 500.0]),
+                         controlnet_block_samples=residuals, return_dict=False, **inp)[0]
+        with cachekern.patched(model, policy(threshold=10.0)) as handle:
+            got = model(timestep=torch.tensor([500.0, 500.0]),
+                        controlnet_block_samples=residuals, return_dict=False, **inp)[0]
             assert handle.stats()["uncached_calls"] == 1 and handle.stats()["calls"] == 0
     assert torch.equal(got, expected)
 
