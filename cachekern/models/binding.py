@@ -32,11 +32,33 @@ def is_patched(model) -> bool:
     return model.__dict__.get(_MARK) is not None
 
 
+# diffusers' PeftAdapterMixin methods that change the weights a call runs with (a pipeline's
+# load_lora_weights, fuse_lora, set_adapters, unload_lora_weights... reach the model through
+# them). Cached state (residuals, CUDA graphs that baked in the old modules) is dropped after each.
+WEIGHT_CHANGING_METHODS = ("load_lora_adapter", "add_adapter", "set_adapter", "set_adapters",
+                           "fuse_lora", "unfuse_lora", "unload_lora", "delete_adapters",
+                           "enable_lora", "disable_lora", "enable_adapters", "disable_adapters")
+BOUND = ("forward", "cache_context") + WEIGHT_CHANGING_METHODS
+
+
+def _resetting(method, handle):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        result = method(*args, **kwargs)
+        handle.reset()
+        return result
+    return wrapper
+
+
 def attach(model, handle) -> None:
     """Binds handle.forward(original_forward, args, kwargs) as the instance's forward, and
-    handle.cache_context(original, name, **kwargs) as its cache_context where it has one."""
-    saved = {name: model.__dict__[name] for name in ("forward", "cache_context")
-             if name in model.__dict__}
+    handle.cache_context(original, name, **kwargs) as its cache_context where it has one; each
+    LoRA method the model has resets the handle after it runs."""
+    saved = {name: model.__dict__[name] for name in BOUND if name in model.__dict__}
+    for name in WEIGHT_CHANGING_METHODS:
+        method = getattr(model, name, None)
+        if callable(method):
+            model.__dict__[name] = _resetting(method, handle)
     original_forward = model.forward
 
     @functools.wraps(original_forward)
@@ -53,7 +75,7 @@ def attach(model, handle) -> None:
 def detach(model):
     """Undoes `attach` exactly; returns the handle."""
     handle, saved = model.__dict__.pop(_MARK)
-    for name in ("forward", "cache_context"):
+    for name in BOUND:
         model.__dict__.pop(name, None)
         if name in saved:
             model.__dict__[name] = saved[name]
