@@ -35,7 +35,10 @@ class _CachedStack(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._handle._blocks[0], name)
+            blocks = self._handle._blocks
+            if not blocks:          # outside a call (e.g. torch.compile probing attributes)
+                raise
+            return getattr(blocks[0], name)
 
 
 class TeaCacheHandle:
