@@ -6,7 +6,7 @@ data-dependent control flow: the step index is the call count of the CFG branch.
 import torch
 
 from cachekern.store.block_cache import BlockCache
-from cachekern.models.blocks import cached_units, timestep_of, wrap_forwards
+from cachekern.models.blocks import cached_units, timestep_of, wrap_calls
 from cachekern.models.branches import BranchNames
 from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
 
@@ -80,7 +80,9 @@ class BlockCachingHandle:
         self._stats = dict(calls=0, block_calls=0, blocks_computed=0, blocks_reused=0,
                            uncached_calls=0)
         self._warned_gradients = False
-        self._restore_forwards = wrap_forwards(
+        # Around each block's whole call, not its forward: a compiled block (regional
+        # compilation, before or after patch) stays compiled, the schedule outside it.
+        self._restore_forwards = wrap_calls(
             [unit.module for unit in self.units],
             lambda index, module, forward: self._wrap(index, self.units[index], forward))
 

@@ -13,7 +13,7 @@ import torch
 
 from cachekern.block_caching.profile import Profile
 from cachekern.models.binding import attach, detach, is_patched, resolve_model
-from cachekern.models.blocks import cached_units, timestep_of, wrap_forwards
+from cachekern.models.blocks import cached_units, timestep_of, wrap_calls
 from cachekern.models.branches import BranchNames
 
 
@@ -65,14 +65,15 @@ class CallTracker:
 
 @contextlib.contextmanager
 def observing(units, observe):
-    """Wraps each unit's forward: observe(index, unit, args, kwargs, result) after each call."""
+    """Wraps each unit's call (a compiled block stays compiled): observe(index, unit, args,
+    kwargs, result) after each call."""
     def wrap(index, module, forward):
         def observed(*args, **kwargs):
             result = forward(*args, **kwargs)
             observe(index, units[index], args, kwargs, result)
             return result
         return observed
-    restore = wrap_forwards([unit.module for unit in units], wrap)
+    restore = wrap_calls([unit.module for unit in units], wrap)
     try:
         yield
     finally:

@@ -119,17 +119,48 @@ def cached_units(model, resnets=False) -> List[Unit]:
             for i, block in enumerate(model._modules[name])]
 
 
-def wrap_forwards(modules, make_wrapper):
-    """Binds make_wrapper(index, module, forward) as each module instance's `forward`; returns
-    the function that restores exactly what each instance held before (another tool's wrapper,
-    or nothing)."""
-    previous = [module.__dict__.get("forward") for module in modules]
+_WRAPPER = "_cachekern_call"
+_CALL_WRAPPED = {}     # a block class -> its subclass whose calls go through the instance's wrapper
+
+
+def _call_wrapped_class(cls):
+    """A subclass of `cls`, named as it is (diffusers' compile_repeated_blocks finds blocks by
+    class name), whose __call__ goes through the wrapper the instance holds."""
+    sub = _CALL_WRAPPED.get(cls)
+    if sub is None:
+        def __call__(self, *args, **kwargs):
+            wrapper = self.__dict__.get(_WRAPPER)
+            if wrapper is None:
+                return cls.__call__(self, *args, **kwargs)
+            return wrapper(*args, **kwargs)
+        sub = type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__,
+                                          "__qualname__": cls.__qualname__})
+        _CALL_WRAPPED[cls] = sub
+        _CALL_WRAPPED[sub] = sub
+    return sub
+
+
+def wrap_calls(modules, make_wrapper):
+    """Binds make_wrapper(index, module, call) around each module instance's whole call, where
+    `call` is the module's own __call__ (its hooks, and its compiled form once the module is
+    compiled, e.g. by compile_repeated_blocks before or after patch): what the wrapper decides
+    stays outside any compiled region. Returns the function that restores each instance's class
+    and wrapper exactly."""
+    before = [(module.__class__, module.__dict__.get(_WRAPPER)) for module in modules]
     for index, module in enumerate(modules):
-        module.forward = make_wrapper(index, module, module.forward)
+        cls, previous = module.__class__, module.__dict__.get(_WRAPPER)
+        if previous is not None:
+            inner = previous
+        else:
+            def inner(*args, _module=module, _cls=cls, **kwargs):
+                return _cls.__call__(_module, *args, **kwargs)
+        module.__dict__[_WRAPPER] = make_wrapper(index, module, inner)
+        module.__class__ = _call_wrapped_class(cls)
 
     def restore():
-        for module, before in zip(modules, previous):
-            module.__dict__.pop("forward", None)
-            if before is not None:
-                module.forward = before
+        for module, (cls, previous) in zip(modules, before):
+            module.__class__ = cls
+            module.__dict__.pop(_WRAPPER, None)
+            if previous is not None:
+                module.__dict__[_WRAPPER] = previous
     return restore

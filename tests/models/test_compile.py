@@ -56,11 +56,11 @@ def test_regional_compilation_compiles_each_block_once(method, order, backend):
     with cachekern.patched(model, make()):
         eager = [sample_family(model, inputs(s), timestep_scale=scale) for s in (1, 2, 3)]
     if order == "compile_then_patch":
-        model.compile_repeated_blocks(backend=backend)
+        model.compile_repeated_blocks(backend=backend, fullgraph=True)
         handle = cachekern.patch(model, make())
     else:
         handle = cachekern.patch(model, make())
-        model.compile_repeated_blocks(backend=backend)
+        model.compile_repeated_blocks(backend=backend, fullgraph=True)
     runs = generations(model, inputs, scale)
     cachekern.unpatch(model)
     reused = handle.stats()["skipped" if method == "teacache" else "blocks_reused"]
