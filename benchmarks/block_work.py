@@ -16,7 +16,7 @@ import functools
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cachekern.models.blocks import cached_units, is_unet, wrap_forwards
+from cachekern.models.blocks import cached_units, is_unet
 
 def _own_flops(module, name, inclusive):
     """The module's FLOPs minus those of the nearest submodules that do FLOPs (looking through
@@ -30,6 +30,23 @@ def _own_flops(module, name, inclusive):
                 yield from counted_children(child, full)
     return inclusive.get(name, 0) - sum(inclusive[c] for c in counted_children(module, name))
 
+
+
+def wrap_forwards(modules, make_wrapper):
+    """Binds make_wrapper(index, module, forward) as each module instance's `forward`, inside
+    its call: a cache that serves a block without running it (diffusers' hooks replace forward
+    too, Block Caching wraps the whole call) leaves it uncounted. Returns the function that
+    restores exactly what each instance held before."""
+    previous = [module.__dict__.get("forward") for module in modules]
+    for index, module in enumerate(modules):
+        module.forward = make_wrapper(index, module, module.forward)
+
+    def restore():
+        for module, before in zip(modules, previous):
+            module.__dict__.pop("forward", None)
+            if before is not None:
+                module.forward = before
+    return restore
 
 class BlockWork:
     """with BlockWork(model, one_sample_call) as work: ...; work.flops is the executed total."""
