@@ -31,7 +31,6 @@ def _own_flops(module, name, inclusive):
     return inclusive.get(name, 0) - sum(inclusive[c] for c in counted_children(module, name))
 
 
-
 def wrap_forwards(modules, make_wrapper):
     """Binds make_wrapper(index, module, forward) as each module instance's `forward`, inside
     its call: a cache that serves a block without running it (diffusers' hooks replace forward
@@ -47,6 +46,7 @@ def wrap_forwards(modules, make_wrapper):
             if before is not None:
                 module.forward = before
     return restore
+
 
 class BlockWork:
     """with BlockWork(model, one_sample_call) as work: ...; work.flops is the executed total."""

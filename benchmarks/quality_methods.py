@@ -123,6 +123,7 @@ def enable_diffusers_cache(model, config):
         model.enable_cache(config)
         return model.disable_cache
     from diffusers import hooks
+    from diffusers.hooks.hooks import CacheContext, _set_cache_context
     from diffusers.models.cache_utils import CacheMixin
 
     appliers = {hooks.FirstBlockCacheConfig: hooks.apply_first_block_cache,
@@ -130,8 +131,6 @@ def enable_diffusers_cache(model, config):
                 hooks.TaylorSeerCacheConfig: hooks.apply_taylorseer_cache}
     if type(config) not in appliers:
         raise TypeError(f"no hook for {type(config).__name__} on {type(model).__name__}")
-    from diffusers.hooks.hooks import CacheContext, _set_cache_context
-
     appliers[type(config)](model, config)
     hooks.HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
     model._cache_config = config

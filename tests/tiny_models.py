@@ -75,18 +75,22 @@ def sd3():
     return model, inputs, 1000.0
 
 
-def wan():
+def _wan_like(cls):
+    """Wan's tiny config for cls (Wan, SkyReels-V2: the same constructor and call)."""
     torch.manual_seed(0)
-    model = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
-        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
-        rope_max_seq_len=32).eval()
+    model = cls(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
+                rope_max_seq_len=32).eval()
 
     def inputs(seed, batch=2):
         g = torch.Generator().manual_seed(seed)
         return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
                     encoder_hidden_states=torch.randn(batch, 7, 16, generator=g))
     return model, inputs, 1000.0
+
+
+def wan():
+    return _wan_like(diffusers.WanTransformer3DModel)
 
 
 def cogvideox():
@@ -198,17 +202,7 @@ def sana():
 
 
 def skyreels_v2():
-    torch.manual_seed(0)
-    model = diffusers.SkyReelsV2Transformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
-        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
-        rope_max_seq_len=32).eval()
-
-    def inputs(seed, batch=2):
-        g = torch.Generator().manual_seed(seed)
-        return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
-                    encoder_hidden_states=torch.randn(batch, 7, 16, generator=g))
-    return model, inputs, 1000.0
+    return _wan_like(diffusers.SkyReelsV2Transformer3DModel)
 
 
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,

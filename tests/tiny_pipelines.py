@@ -130,17 +130,22 @@ def wan(two_experts=False):
                       width=32, num_frames=5, max_sequence_length=8)
 
 
+def unet(**config):
+    """A tiny UNet2DConditionModel: SD's layout, `config` overriding it (SDXL's)."""
+    layout = dict(block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+                  out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                  norm_num_groups=4, attention_head_dim=4)
+    return diffusers.UNet2DConditionModel(**{**layout, **config}).eval()
+
+
 def stable_diffusion():
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
-        out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-        norm_num_groups=4, attention_head_dim=4).eval()
+    sd_unet = unet()
     pipe = diffusers.StableDiffusionPipeline(
-        vae=vae(4), text_encoder=clip(), tokenizer=tokenizer(), unet=unet,
-        scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+        vae=vae(4), text_encoder=clip(), tokenizer=tokenizer(), unet=sd_unet,
+        scheduler=diffusers.DDIMScheduler(steps_offset=1, clip_sample=False),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return pipe, dict(prompt="a photo of a cat", negative_prompt="a dog", guidance_scale=3.0,
                       height=8, width=8)
 
@@ -187,18 +192,18 @@ def ltx_video():
 
 
 def stable_diffusion_xl():
+    # SDXL's UNet: attention in the second stage only, both text encoders' width, and the added
+    # time/size embedding fed by the second encoder's projection (6 size ids × 8 + 32).
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
-        norm_num_groups=4, attention_head_dim=(2, 4), use_linear_projection=True,
-        addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32, transformer_layers_per_block=(1, 2)
-    ).eval()
+    sdxl_unet = unet(down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+                     attention_head_dim=(2, 4), use_linear_projection=True,
+                     addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=6 * 8 + 32,
+                     transformer_layers_per_block=(1, 2))
     pipe = diffusers.StableDiffusionXLPipeline(
         vae=vae(4), text_encoder=clip(), text_encoder_2=clip(projection=32),
-        tokenizer=tokenizer(), tokenizer_2=tokenizer(), unet=unet,
+        tokenizer=tokenizer(), tokenizer_2=tokenizer(), unet=sdxl_unet,
         scheduler=diffusers.EulerDiscreteScheduler(steps_offset=1))
     return pipe, dict(prompt="a photo of a dog", negative_prompt="a cat", guidance_scale=3.0,
                       height=8, width=8)

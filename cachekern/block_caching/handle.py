@@ -82,9 +82,9 @@ class BlockCachingHandle:
         self._warned_gradients = False
         # Around each block's whole call, not its forward: a compiled block (regional
         # compilation, before or after patch) stays compiled, the schedule outside it.
-        self._restore_forwards = wrap_calls(
+        self._restore_calls = wrap_calls(
             [unit.module for unit in self.units],
-            lambda index, module, forward: self._wrap(index, self.units[index], forward))
+            lambda index, module, call: self._wrap(index, self.units[index], call))
 
     # -- public ---------------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -110,7 +110,7 @@ class BlockCachingHandle:
         self._branches_named.restart()
 
     def close(self):
-        self._restore_forwards()
+        self._restore_calls()
         self._residuals.clear()
 
     # -- plumbing used by patching ----------------------------------------------------------------

@@ -6,6 +6,16 @@ block 0's modulated norm1 output; the stack is the model's transformer_blocks.""
 from cachekern.models.base import Adapter, Indicator
 
 
+def ada_norm_single_shift_scale(block, call):
+    """Block's norm1 shift and scale [B, C] under "ada_norm_single" (PixArt, Sana): its learned
+    table plus the embedded timestep the blocks receive, six chunks of which these are the first
+    two."""
+    batch = call.hidden.shape[0]
+    table = block.scale_shift_table[None] + call.extras["timestep"].reshape(batch, 6, -1)
+    shift, scale = table.chunk(6, dim=1)[:2]
+    return shift.squeeze(1), scale.squeeze(1)
+
+
 class BasicBlockAdapter(Adapter):
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "attention_mask", "encoder_hidden_states",
@@ -16,10 +26,7 @@ class BasicBlockAdapter(Adapter):
 
     def _shift_scale(self, block, call):
         if block.norm_type == "ada_norm_single":
-            batch = call.hidden.shape[0]
-            table = block.scale_shift_table[None] + call.extras["timestep"].reshape(batch, 6, -1)
-            shift, scale = table.chunk(6, dim=1)[:2]
-            return shift.squeeze(1), scale.squeeze(1)
+            return ada_norm_single_shift_scale(block, call)
         if block.norm_type == "ada_norm_zero":
             norm1 = block.norm1
             emb = norm1.emb(call.extras["timestep"], call.extras.get("class_labels"),

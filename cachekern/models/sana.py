@@ -4,6 +4,7 @@ indicator is block 0's modulated norm1 output; ControlNet residuals, added betwe
 a call uncacheable."""
 
 from cachekern.models.base import Adapter, Indicator
+from cachekern.models.basic_block import ada_norm_single_shift_scale
 
 
 class SanaAdapter(Adapter):
@@ -18,20 +19,13 @@ class SanaAdapter(Adapter):
     returns = ("hidden_states",)
     uncacheable_args = ("controlnet_block_samples",)
 
-    @staticmethod
-    def _shift_scale(block, call):
-        batch = call.hidden.shape[0]
-        table = block.scale_shift_table[None] + call.extras["timestep"].reshape(batch, 6, -1)
-        shift, scale = table.chunk(6, dim=1)[:2]
-        return shift.squeeze(1), scale.squeeze(1)
-
     def indicator(self, blocks, call):
         if blocks[0].norm1.weight is not None:
             raise TypeError("cachekern: Sana block 0's norm1 has an elementwise affine, which "
                             "the fused indicator does not apply")
-        shift, scale = self._shift_scale(blocks[0], call)
+        shift, scale = ada_norm_single_shift_scale(blocks[0], call)
         return Indicator(scale, shift, "layer", blocks[0].norm1.eps)
 
     def reference_modulated_input(self, blocks, call):
-        shift, scale = self._shift_scale(blocks[0], call)
+        shift, scale = ada_norm_single_shift_scale(blocks[0], call)
         return blocks[0].norm1(call.hidden) * (1 + scale[:, None]) + shift[:, None]
