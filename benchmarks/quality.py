@@ -51,6 +51,7 @@ REAL_SAMPLES = 2048            # data drawn for the Fréchet distance's referenc
 
 
 METHOD_KEYS = {"fewer": methods.FEWER_STEPS, "teacache": methods.TEACACHE,
+               "static": methods.TEACACHE_STATIC,
                "blockcaching": methods.BLOCK_CACHING, "fbc": methods.FIRST_BLOCK_CACHE,
                "taylorseer": methods.TAYLORSEER, "magcache": methods.MAGCACHE,
                "dbcache": methods.DBCACHE}
@@ -91,6 +92,7 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=
                                       forecast_order=order)
         found += methods.teacache(steps, thresholds, {"auto": ("auto", False)},
                                   forecast_order=1, forecast_time="step")
+    if methods.TEACACHE_STATIC in wanted:
         found += methods.static_schedules(steps, static_candidates(ref.model, calibration_run,
                                                                    steps, quick))
     if methods.FIRST_BLOCK_CACHE in wanted:

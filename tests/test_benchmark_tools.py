@@ -91,3 +91,34 @@ def test_block_work_counts_less_under_a_cache_that_skips():
     block0 = sum(own for module, own in work.units
                  if any(module is m for m in ref.model.transformer_blocks[0].modules()))
     assert work.flops == full / 6 + 5 * block0      # one full step, then block 0 alone
+
+
+def quality_row(method, setting, psnr, model="wan-motion"):
+    return dict(model=model, scheduler="unipc", method=method, setting=setting, steps=30,
+                compute=0.5, speedup_compute=2.0, wall_s=None, speedup_wall=float("nan"),
+                psnr_db=psnr, ssim=0.9, rel_l2=0.1, psnr_converged_db=psnr - 1.0,
+                class_accuracy=0.25, fd=14.0, error="")
+
+
+def test_quality_merge_keeps_the_first_runs_row_once_and_refuses_other_models(tmp_path):
+    from benchmarks import quality, quality_merge
+
+    uncached = quality_row("uncached", "30 steps", 100.0)
+    first = [uncached, quality_row("fewer steps", "15 steps", 44.84)]
+    second = [uncached, quality_row("fewer steps", "15 steps", 1.0),
+              quality_row("diffusers MagCache", "threshold=0.1", 35.15)]
+    quality.write_csv(first, tmp_path / "a")
+    quality.write_csv(second, tmp_path / "b")
+    rows = quality_merge.main([str(tmp_path / "m"), str(tmp_path / "a.csv"),
+                               str(tmp_path / "b.csv"), "--title", "t", "--environment", "e",
+                               "--command", "run a", "--command", "run b"])
+    assert [(r["method"], r["psnr_db"]) for r in rows] == [
+        ("uncached", 100.0), ("fewer steps", 44.84), ("diffusers MagCache", 35.15)]
+    table = (tmp_path / "m.md").read_text()
+    assert "`run a` and `run b`" in table and "| 0.5 | fewer steps | 15 steps |" in table
+    assert quality_merge.read_rows(tmp_path / "m.csv")[1]["psnr_db"] == 44.84
+
+    quality.write_csv([quality_row("uncached", "28 steps", 100.0, model="pixart-scenes")],
+                      tmp_path / "c")
+    with pytest.raises(ValueError, match="different models"):
+        quality_merge.merge([quality_merge.read_rows(tmp_path / p) for p in ("a.csv", "c.csv")])
