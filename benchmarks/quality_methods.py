@@ -18,12 +18,13 @@ FIRST_BLOCK_CACHE = "diffusers FirstBlockCache"
 TAYLORSEER = "diffusers TaylorSeer"
 MAGCACHE = "diffusers MagCache"
 DBCACHE = "cache-dit DBCache F1B0"
+DBCACHE_TAYLORSEER = "cache-dit DBCache F1B0 + TaylorSeer"
 BLOCK_CACHING = "cachekern BlockCaching"
 BLOCK_CACHING_FORECAST = "cachekern BlockCaching forecast"
 BLOCK_CACHING_FITTED = "cachekern BlockCaching fitted forecast"
 CACHEKERN_METHODS = (TEACACHE, TEACACHE_FORECAST, TEACACHE_STATIC, BLOCK_CACHING,
                      BLOCK_CACHING_FORECAST, BLOCK_CACHING_FITTED)
-PEERS = (FIRST_BLOCK_CACHE, TAYLORSEER, MAGCACHE, DBCACHE)
+PEERS = (FIRST_BLOCK_CACHE, TAYLORSEER, MAGCACHE, DBCACHE, DBCACHE_TAYLORSEER)
 SOLVER_NAMES = {"euler": "Euler", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "unipc": "UniPC"}
 
 
@@ -216,28 +217,36 @@ def _quiet_cache_dit():
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def dbcache(steps, thresholds, warmups=(2,)):
+def dbcache(steps, thresholds, warmups=(2,), calibrator_orders=(None, 1)):
     """cache-dit's DBCache with one front block computed and none at the back (F1B0, its
-    First-Block-Cache configuration), transformer-only mode, CFG branches cached separately."""
+    First-Block-Cache configuration), transformer-only mode, CFG branches cached separately;
+    without a calibrator (reuse) and with its TaylorSeer calibrator (forecast; order 1, its
+    default: order 2 came out identical on pixart-scenes)."""
     try:
         import cache_dit
     except ImportError:
         return []
     _quiet_cache_dit()
 
-    def applier(threshold, warmup):
+    def applier(threshold, warmup, order):
         def apply(model):
+            calibrator = (None if order is None else
+                          cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=order))
             cache_dit.enable_cache(model, cache_config=cache_dit.DBCacheConfig(
                 Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
-                max_warmup_steps=warmup, num_inference_steps=steps, enable_separate_cfg=True))
+                max_warmup_steps=warmup, num_inference_steps=steps, enable_separate_cfg=True),
+                calibrator_config=calibrator)
             _quiet_cache_dit()
             return lambda: cache_dit.disable_cache(model)
         return apply
+
     def refresh(model):
         # Transformer-only mode, as cache-dit documents it per request: without a refresh, its
         # state runs on from one generation into the next (seen here: the fifth generation of a
         # setting came out different from the first).
         cache_dit.refresh_context(model, num_inference_steps=steps)
-    return [Setting(DBCACHE, f"threshold={t} max_warmup_steps={w}", steps, applier(t, w),
-                    refresh)
-            for w in warmups for t in thresholds]
+    return [Setting(DBCACHE if order is None else DBCACHE_TAYLORSEER,
+                    f"threshold={t} max_warmup_steps={w}" +
+                    ("" if order is None else f" taylorseer_order={order}"), steps,
+                    applier(t, w, order), refresh)
+            for order in calibrator_orders for w in warmups for t in thresholds]
