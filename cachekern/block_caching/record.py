@@ -67,9 +67,9 @@ class CallTracker:
 def observing(units, observe):
     """Wraps each unit's call (a compiled block stays compiled): observe(index, unit, args,
     kwargs, result) after each call."""
-    def wrap(index, module, forward):
+    def wrap(index, module, call):
         def observed(*args, **kwargs):
-            result = forward(*args, **kwargs)
+            result = call(*args, **kwargs)
             observe(index, units[index], args, kwargs, result)
             return result
         return observed
