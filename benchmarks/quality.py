@@ -76,25 +76,25 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=
         for resnets in ((False, True) if is_unet(ref) else (False,)):
             found += block_caching_settings(ref, steps, calibration, sample_kwargs,
                                             resnets, quick, distill)
-    if is_unet(ref):
-        # UNet2DConditionModel: TeaCache has no UNet family, and the diffusers hooks and
-        # cache-dit need transformer blocks.
-        return found
     if methods.TEACACHE in wanted:
         calibrated = cachekern.calibrate_teacache(ref.model, calibration_run)
         print(f"TeaCache coefficients fitted by cachekern.calibrate_teacache: {calibrated}")
-        found += methods.teacache(steps, thresholds, {"auto": ("auto", False),
-                                                      "None": (None, False),
+        # A UNet has no published polynomial ("auto" would be the raw distance again).
+        default = {"None": (None, False)} if is_unet(ref) else {"auto": ("auto", False)}
+        found += methods.teacache(steps, thresholds, {**default, "None": (None, False),
                                                       "calibrated": (calibrated, True)})
         for order in FORECAST_ORDERS:
-            found += methods.teacache(steps, thresholds, {"auto": ("auto", False),
+            found += methods.teacache(steps, thresholds, {**default,
                                                           "calibrated": (calibrated, True)},
                                       forecast_order=order)
-        found += methods.teacache(steps, thresholds, {"auto": ("auto", False)},
-                                  forecast_order=1, forecast_time="step")
+        found += methods.teacache(steps, thresholds, default, forecast_order=1,
+                                  forecast_time="step")
     if methods.TEACACHE_STATIC in wanted:
         found += methods.static_schedules(steps, static_candidates(ref.model, calibration_run,
                                                                    steps, quick))
+    if is_unet(ref):
+        # UNet2DConditionModel: the diffusers hooks and cache-dit need transformer blocks.
+        return found
     if methods.FIRST_BLOCK_CACHE in wanted:
         found += methods.first_block_cache(steps, thresholds)
     if methods.TAYLORSEER in wanted:

@@ -205,18 +205,41 @@ def skyreels_v2():
     return _wan_like(diffusers.SkyReelsV2Transformer3DModel)
 
 
+def unet():
+    # SDXL's layout (no cross-attention in the first stage) on a 9×9 latent, whose odd size
+    # makes the forward pass the skips' sizes to the upsampler.
+    torch.manual_seed(0)
+    model = diffusers.UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=9, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+        norm_num_groups=4, attention_head_dim=4).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(sample=torch.randn(batch, 4, 9, 9, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 16, generator=g))
+    return model, inputs, 1000.0
+
+
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
-            skyreels_v2]
+            skyreels_v2, unet]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
-    """A flow-matching Euler loop over a family's inputs; returns every step's model output."""
-    latents, outputs = inp["hidden_states"].clone(), []
-    rest = {k: v for k, v in inp.items() if k != "hidden_states"}
+    """A flow-matching Euler loop over a family's inputs; returns every step's model output. A
+    UNet (inputs with a `sample`) is called as pipelines call it: unet(latents, t, ...)."""
+    name = "sample" if "sample" in inp else "hidden_states"
+    latents, outputs = inp[name].clone(), []
+    rest = {k: v for k, v in inp.items() if k != name}
     with torch.no_grad():
         for t in torch.linspace(1.0, 0.05, steps):
             timestep = t.expand(latents.shape[0]) * timestep_scale
-            out = model(hidden_states=latents, timestep=timestep, return_dict=False, **rest)[0]
+            if name == "sample":
+                out = model(latents, timestep, return_dict=False, **rest)[0]
+            else:
+                out = model(hidden_states=latents, timestep=timestep, return_dict=False,
+                            **rest)[0]
             latents = latents - (1.0 / steps) * out
             outputs.append(out)
     return torch.stack(outputs)

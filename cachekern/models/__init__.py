@@ -12,8 +12,10 @@ from cachekern.models.registry import ADAPTERS, adapter_for
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
 from cachekern.models.sana import SanaAdapter
 from cachekern.models.sd3 import SD3Adapter
+from cachekern.models.unet import UNet2DConditionAdapter
 from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
 __all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "DiTAdapter", "FluxAdapter",
            "HunyuanVideoAdapter", "LTXVideoAdapter", "MochiAdapter", "PixArtAdapter", "SanaAdapter",
-           "SD3Adapter", "SkyReelsV2Adapter", "StackCall", "WanAdapter", "adapter_for"]
+           "SD3Adapter", "SkyReelsV2Adapter", "StackCall", "UNet2DConditionAdapter", "WanAdapter",
+           "adapter_for"]

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -66,6 +67,21 @@ class Adapter:
 
     def block_lists(self, model) -> List[str]:
         return list(self.lists)
+
+    def model_blocks(self, model) -> list:
+        """The model's blocks, in the order its forward runs them (block 0 first)."""
+        return [block for name in self.block_lists(model) for block in model._modules[name]]
+
+    def stand_ins(self, lists, stack) -> dict:
+        """{attribute: module} the model sees in place of its blocks while a cached call runs:
+        the stack, called once where block 0 was, and nothing else to run."""
+        stand_ins = {name: nn.ModuleList() for name in lists}
+        stand_ins[lists[0]].append(stack)
+        return stand_ins
+
+    def timestep_of(self, args, kwargs):
+        """The timestep the model was called with, as it was given (None when absent)."""
+        return kwargs.get(self.timestep_arg)
 
     def coefficient_key(self, model) -> str:
         """Which published polynomial fits this model (cachekern.teacache.coefficients.PUBLISHED)."""

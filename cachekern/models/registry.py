@@ -9,13 +9,14 @@ from cachekern.models.hunyuan_video import HunyuanVideoAdapter
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
 from cachekern.models.sana import SanaAdapter
 from cachekern.models.sd3 import SD3Adapter
+from cachekern.models.unet import UNet2DConditionAdapter
 from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
 ADAPTERS = {adapter.model_class: adapter
             for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter(), CogVideoXAdapter(),
                             HunyuanVideoAdapter(), PixArtAdapter(), DiTAdapter(),
                             LTXVideoAdapter(), MochiAdapter(), SanaAdapter(),
-                            SkyReelsV2Adapter())}
+                            SkyReelsV2Adapter(), UNet2DConditionAdapter())}
 
 
 def adapter_for(model) -> Adapter:

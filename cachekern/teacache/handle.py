@@ -73,8 +73,7 @@ class TeaCacheHandle:
 
     def _model_blocks(self):
         """The model's own blocks, in stack order (outside a call, when no stand-in is set)."""
-        return [block for name in self.adapter.block_lists(self.model)
-                for block in self.model._modules[name]]
+        return self.adapter.model_blocks(self.model)
 
     # -- public ---------------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -130,7 +129,7 @@ class TeaCacheHandle:
         if any(kwargs.get(name) is not None for name in self.adapter.uncacheable_args):
             self._stats["uncached_calls"] += 1
             return original_forward(*args, **kwargs)
-        timestep = kwargs.get(self.adapter.timestep_arg)
+        timestep = self.adapter.timestep_of(args, kwargs)
         branch = self._branches_named.branch()
         steps = self._steps_as_counted(branch, self._step_count())
         self._call = (branch, timestep, steps)
@@ -174,7 +173,8 @@ class TeaCacheHandle:
         if timesteps is not None and len(timesteps):
             return len(timesteps)
         steps = self.policy.num_inference_steps
-        if steps is None and self.policy.compute_last_step and not self._warned_step_count:
+        if steps is None and self.policy.compute_last_step and \
+                self.policy.compute_steps is None and not self._warned_step_count:
             self._warned_step_count = True
             warn("TeaCache: the step count is unknown (a bare model, no num_inference_steps "
                  "from the policy or the pipeline's cache_context), so compute_last_step cannot "
@@ -291,7 +291,7 @@ class TeaCacheHandle:
         ({module name: stand-in}, cuda_graphs' capture) replaces the memoized modules."""
         lists = tuple(self.adapter.block_lists(self.model))
         saved = {name: self.model._modules[name] for name in lists}
-        self._blocks = [block for name in lists for block in saved[name]]
+        self._blocks = self.adapter.model_blocks(self.model)
         stand_ins = dict(self._stand_ins(lists))
         for name, module in (replaced or {}).items():
             saved[name] = self.model._modules[name]
@@ -320,9 +320,8 @@ class TeaCacheHandle:
         skipped step would pay in full)."""
         stand_ins = self._stand_in_lists.get(lists)
         if stand_ins is None:
-            stand_ins = {name: nn.ModuleList() for name in lists}
-            stand_ins[lists[0]].append(_CachedStack(self))
-            self._stand_in_lists[lists] = stand_ins
+            stand_ins = self._stand_in_lists[lists] = self.adapter.stand_ins(lists,
+                                                                             _CachedStack(self))
         return stand_ins
 
     def _run_stack(self, args, kwargs):

@@ -188,7 +188,9 @@ class TeaCache:
 
     def polynomial_for(self, key: str):
         """The coefficient list in force for a model whose published fit would be `key`
-        (None: the raw distance)."""
+        (None: the raw distance). A static schedule reads no indicator, so needs none."""
+        if self.compute_steps is not None:
+            return None
         if self.coefficients == "auto":
             if key not in published.PUBLISHED:
                 warn(f"TeaCache: no published coefficients for '{key}'; using the raw relative "

@@ -12,7 +12,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from tiny_models import FAMILIES, FAMILY_STEPS as STEPS  # noqa: E402
 from tiny_models import (cogvideox, dit, flux, hunyuan_video, ltx_video, mochi,  # noqa: E402,F401
-                         pixart, sana, sd3, wan)
+                         pixart, sana, sd3, unet, wan)
 from tiny_models import sample_family as sample  # noqa: E402
 
 
@@ -47,6 +47,10 @@ def test_high_threshold_skips_and_generations_do_not_share_state(family, parity)
     assert torch.equal(second, fresh)
 
 
+# The UNet's time embedding moves far more per step (about 0.7 relative L1 on these six steps).
+PER_SAMPLE_THRESHOLD = {"unet": 1.5}
+
+
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
 def test_per_sample_decisions_do_not_leak(family):
     model, inputs, scale = family()
@@ -55,8 +59,10 @@ def test_per_sample_decisions_do_not_leak(family):
                  and k not in ("img_ids", "txt_ids") else v)
              for k, v in a.items()}  # sample 0 from b, sample 1 from a
     results = []
+    threshold = PER_SAMPLE_THRESHOLD.get(family.__name__, 0.3)
     for inp in (a, mixed):
-        with cachekern.patched(model, policy(threshold=0.3, decision="per_sample")) as handle:
+        with cachekern.patched(model, policy(threshold=threshold,
+                                             decision="per_sample")) as handle:
             out = sample(model, inp, timestep_scale=scale)
             results.append((out[:, 1], [r["computed"][1] for r in handle.history]))
     assert results[0][1] == results[1][1] and not all(results[0][1])

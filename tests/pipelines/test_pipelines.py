@@ -86,6 +86,26 @@ def test_block_caching_on_a_unet_pipeline(name):
     assert torch.equal(generate(pipe, call), uncached)
 
 
+@pytest.mark.parametrize("name", sorted(tiny_pipelines.UNET_PIPELINES))
+def test_teacache_on_a_unet_pipeline(name):
+    pipe, call = tiny_pipelines.UNET_PIPELINES[name]()
+    pipe.set_progress_bar_config(disable=True)
+    uncached = generate(pipe, call)
+    with cachekern.patched(pipe, cachekern.TeaCache(threshold=0.0, coefficients=None)) as handle:
+        assert torch.equal(generate(pipe, call), uncached)
+        assert handle.stats()["skipped"] == 0
+    # CFG batched into one call a step; the step count from the pipeline's scheduler.
+    policy = cachekern.TeaCache(threshold=1e9, coefficients=None, forecast_order=1)
+    with cachekern.patched(pipe, policy) as handle:
+        cached = generate(pipe, call, steps=STEPS + 1)
+        branches = steps_of(handle)
+    assert len(branches) == 1
+    [records] = branches.values()
+    assert records == [(s, s in (0, STEPS)) for s in range(STEPS + 1)]
+    assert torch.isfinite(cached).all()
+    assert torch.equal(generate(pipe, call), uncached)
+
+
 def test_wan22_experts_are_patched_each_with_its_own_state():
     pipe, call = tiny_pipelines.wan(two_experts=True)
     pipe.set_progress_bar_config(disable=True)
