@@ -284,6 +284,11 @@ def wall_speedup(row):
     return "—" if value != value else f"{value:.2f}×"     # NaN: not timed
 
 
+def _measured(value, digits):
+    """A figure, or a dash where it was not measured (NaN)."""
+    return "—" if value != value else f"{value:.{digits}f}"
+
+
 def markdown(rows, title, environment, command):
     lines = [f"### {title}", "", f"`{command}`", "", environment, "",
              "| budget | method | best setting | compute | PSNR dB | SSIM | rel L2 | PSNR vs "
@@ -296,14 +301,16 @@ def markdown(rows, title, environment, command):
     for row in rows:       # the reference: its class accuracy and FD are the ones to keep
         if row["method"] == methods.UNCACHED:
             lines.append(f"| 1 | uncached | {row['setting']} | 1.000 | — | — | — | "
-                         f"{row['psnr_converged_db']:.2f} | {row['class_accuracy']:.3f} | "
-                         f"{row['fd']:.2f} | — |")
+                         f"{row['psnr_converged_db']:.2f} | "
+                         f"{_measured(row['class_accuracy'], 3)} | "
+                         f"{_measured(row['fd'], 2)} | — |")
     for budget, best in best_at_budgets(rows).items():
         for method, row in sorted(best.items(), key=lambda kv: -kv[1]["psnr_db"]):
             lines.append(f"| {budget} | {method} | {row['setting']} | {row['compute']:.3f} | "
                          f"{row['psnr_db']:.2f} | {row['ssim']:.4f} | {row['rel_l2']:.4f} | "
-                         f"{row['psnr_converged_db']:.2f} | {row['class_accuracy']:.3f} | "
-                         f"{row['fd']:.2f} | {wall_speedup(row)} |")
+                         f"{row['psnr_converged_db']:.2f} | "
+                         f"{_measured(row['class_accuracy'], 3)} | {_measured(row['fd'], 2)} | "
+                         f"{wall_speedup(row)} |")
         for method in sorted(lowest.keys() - best.keys()):
             lines.append(f"| {budget} | {method} | none: its lowest compute was "
                          f"{lowest[method]:.3f} | | | | | | | | |")

@@ -11,20 +11,24 @@ from pathlib import Path
 from benchmarks import quality
 
 TEXT_FIELDS = ("model", "scheduler", "method", "setting", "error")
+# Columns added after the first tables were made: an older CSV has them as not measured.
+LATER_FIELDS = ("class_accuracy", "fd")
 
 
 def read_rows(path):
     """The rows of one run's CSV, numbers as floats (steps as int), as quality.main made them."""
     rows = []
     with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            missing = set(quality.FIELDS) - raw.keys()
-            if missing:
-                raise ValueError(f"{path}: not a benchmarks.quality CSV (no {sorted(missing)})")
+        reader = csv.DictReader(f)
+        missing = set(quality.FIELDS) - set(reader.fieldnames or ()) - set(LATER_FIELDS)
+        if missing:
+            raise ValueError(f"{path}: not a benchmarks.quality CSV (no {sorted(missing)})")
+        for raw in reader:
             row = {k: raw[k] for k in TEXT_FIELDS}
             row["steps"] = int(raw["steps"])
             for key in set(quality.FIELDS) - set(TEXT_FIELDS) - {"steps"}:
-                row[key] = float(raw[key]) if raw[key] not in ("", "None") else float("nan")
+                value = raw.get(key, "")
+                row[key] = float(value) if value not in ("", "None") else float("nan")
             rows.append(row)
     return rows
 

@@ -122,3 +122,24 @@ def test_quality_merge_keeps_the_first_runs_row_once_and_refuses_other_models(tm
                       tmp_path / "c")
     with pytest.raises(ValueError, match="different models"):
         quality_merge.merge([quality_merge.read_rows(tmp_path / p) for p in ("a.csv", "c.csv")])
+
+
+def test_quality_merge_reads_a_csv_from_before_the_data_columns(tmp_path):
+    import csv
+
+    from benchmarks import quality, quality_merge
+
+    quality.write_csv([quality_row("uncached", "30 steps", 100.0)], tmp_path / "a")
+    with open(tmp_path / "a.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    older = [k for k in rows[0] if k not in ("class_accuracy", "fd")]
+    with open(tmp_path / "old.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=older, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    [row] = quality_merge.read_rows(tmp_path / "old.csv")
+    assert row["psnr_db"] == 100.0 and row["fd"] != row["fd"]     # NaN: not measured
+    with open(tmp_path / "bad.csv", "w", newline="") as f:
+        csv.DictWriter(f, fieldnames=older[:3]).writeheader()
+    with pytest.raises(ValueError, match="not a benchmarks.quality CSV"):
+        quality_merge.read_rows(tmp_path / "bad.csv")
