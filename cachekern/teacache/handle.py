@@ -13,9 +13,14 @@ from torch import nn
 
 from cachekern._warnings import warn
 from cachekern.models.branches import BranchNames
+from cachekern.models.context_parallel import is_context_parallel, stack_shard
 from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
 from cachekern.teacache.runtime import BranchState, TeaCacheRuntime
 from cachekern.teacache.shell_memo import MemoizedModule
+
+GRAPHS_UNDER_CONTEXT_PARALLELISM = (
+    "TeaCache: cuda_graphs=True does not run under context parallelism (the decision's "
+    "collective is not captured); use cuda_graphs=False")
 
 
 class _CachedStack(nn.Module):
@@ -48,6 +53,8 @@ class TeaCacheHandle:
         self.policy = policy
         self.runtime = TeaCacheRuntime(policy, adapter, model)
         self.runtime.check_model(self._model_blocks())
+        if policy.cuda_graphs and is_context_parallel(model):
+            raise ValueError(GRAPHS_UNDER_CONTEXT_PARALLELISM)
         if policy.cuda_graphs and not adapter.graph_capturable:
             raise ValueError(f"TeaCache: cuda_graphs=True needs a family whose forward is "
                              f"captured as one CUDA graph (flux); {adapter.family} is not one")
@@ -134,6 +141,8 @@ class TeaCacheHandle:
         steps = self._steps_as_counted(branch, self._step_count())
         self._call = (branch, timestep, steps)
         if self.policy.cuda_graphs:
+            if is_context_parallel(self.model):     # enabled after patch
+                raise ValueError(GRAPHS_UNDER_CONTEXT_PARALLELISM)
             out = self._graphed(original_forward, args, kwargs)
             if out is not None:
                 return out
@@ -339,6 +348,7 @@ class TeaCacheHandle:
                                                      decision, timestep, run_if, prelude)
             else:
                 out, decision = self.runtime.run(self.model, call, self._blocks, state,
-                                                 timestep, steps)
+                                                 timestep, steps,
+                                                 stack_shard(self.model, self._blocks[0]))
                 self._record(decision, branch)
         return self.adapter.stack_output(out)

@@ -109,16 +109,27 @@ class TeaCacheRuntime:
         return sums
 
     # -- one call -----------------------------------------------------------------------------
-    def run(self, model, call: StackCall, blocks, state: BranchState, timestep, num_steps):
+    def run(self, model, call: StackCall, blocks, state: BranchState, timestep, num_steps,
+            shard=None):
         """One eager call: decides, then runs or skips the stack. Returns (the stack's output,
         the decision record: step, timestep, compute (per sample), rel_l1, accumulated, and
-        seconds, the host time spent deciding)."""
+        seconds, the host time spent deciding). Under context parallelism (`shard`, a
+        cachekern.models.context_parallel.StackShard) the rank decides from the sums of every
+        rank's slice and keeps the residual of its own."""
         start = time.perf_counter()
         dense = self.begin(call, state)
+        if shard is not None:
+            if self.policy.parity:
+                raise ValueError("TeaCache(parity=True) reproduces the published one-GPU "
+                                 "arithmetic; under context parallelism use parity=False")
+            dense = StackCall(shard.local(dense.hidden).contiguous(), dense.extras)
         if self.policy.compute_steps is not None:     # a static schedule needs no indicator
             self.indicator, sums = None, None
         else:
             sums = self._sums(blocks, dense, state)
+            if shard is not None and sums is not None:     # one collective a call
+                total = shard.sum_across_ranks(torch.cat([sums[0].float(), sums[1].float()]))
+                sums = (total[:len(sums[0])], total[len(sums[0]):])
         read = self.decision_inputs(timestep, sums, call.hidden.device)
         values = read.tolist() if read is not None else []     # the one host transfer
         decision = self.decide(state, values, sums is not None, timestep,

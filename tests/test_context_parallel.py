@@ -1,0 +1,132 @@
+"""TeaCache under diffusers' context parallelism (Ulysses over the sequence), on CPU with the gloo
+backend and several processes: every rank takes the same decisions, those of a one-process run;
+the outputs equal the one-process run's within tolerance; a NaN one rank sees makes every rank
+compute. Two tiny real models: FLUX (its plan splits the tokens before the stack) and Wan (its
+plan splits them at block 0's input)."""
+
+import datetime
+import os
+import socket
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is needed", allow_module_level=True)
+
+WORLD = 2
+STEPS = 6
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def family(name):
+    """(model, inputs) of a tiny model whose token counts split evenly over WORLD ranks."""
+    from tiny_models import flux, wan
+
+    if name == "wan":
+        model, inputs, scale = wan()
+        return model, inputs(1), scale
+    model, _, scale = flux()
+    g = torch.Generator().manual_seed(1)
+    return model, dict(hidden_states=torch.randn(2, 16, 8, generator=g),
+                       encoder_hidden_states=torch.randn(2, 6, 32, generator=g),
+                       pooled_projections=torch.randn(2, 16, generator=g),
+                       img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(6, 3)), scale
+
+
+def generate(model, inp, scale, policy=None, nan_at=None):
+    """(outputs of every step, decisions) of one generation, patched with `policy` if given;
+    `nan_at`: the call at which this rank's indicator sums become NaN."""
+    import cachekern
+    from tiny_models import sample_family
+
+    if policy is None:
+        return sample_family(model, inp, steps=STEPS, timestep_scale=scale), None
+    with cachekern.patched(model, policy) as handle:
+        if nan_at is not None:
+            sums, calls = handle.runtime._sums, []
+
+            def poisoned(*args):
+                out = sums(*args)
+                calls.append(None)
+                if out is not None and len(calls) - 1 == nan_at:
+                    out = (torch.full_like(out[0], float("nan")), out[1])
+                return out
+            handle.runtime._sums = poisoned
+        out = sample_family(model, inp, steps=STEPS, timestep_scale=scale)
+        return out, [r["computed"] for r in handle.history]
+
+
+def errors(model):
+    """The messages of what context parallelism refuses: the published one-GPU arithmetic, and
+    CUDA graphs (whose capture would hold the decision's collective)."""
+    import cachekern
+    from cachekern import TeaCache
+
+    found = []
+    for policy in (TeaCache(parity=True, num_inference_steps=STEPS),
+                   TeaCache(cuda_graphs=True)):
+        try:
+            with cachekern.patched(model, policy), torch.no_grad():
+                model(**family_inputs(model), timestep=torch.ones(2), return_dict=False)
+        except ValueError as error:
+            found.append(str(error))
+    return found
+
+
+def family_inputs(model):
+    return family("wan" if type(model).__name__.startswith("Wan") else "flux")[1]
+
+
+def worker(rank, port, name, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # Ranks that decided differently would wait for each other's collectives: fail instead.
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD,
+                                         timeout=datetime.timedelta(seconds=120))
+    try:
+        from cachekern import TeaCache
+
+        model, inp, scale = family(name)
+        policy = TeaCache(threshold=0.3, coefficients=None, num_inference_steps=STEPS,
+                          forecast_order=1)
+        skip_all = TeaCache(threshold=1e9, coefficients=None, num_inference_steps=STEPS)
+        results = dict(one=generate(model, inp, scale, policy),
+                       one_uncached=generate(model, inp, scale)[0])
+        # diffusers 0.42 builds its device mesh on an accelerator; on a CPU-only machine one
+        # "device" stands for it.
+        torch.accelerator.device_count = lambda: 1
+        model.enable_parallelism(config=diffusers.ContextParallelConfig(ulysses_degree=WORLD))
+        results["uncached"] = generate(model, inp, scale)[0]
+        results["cached"] = generate(model, inp, scale, policy)
+        results["skip_all"] = generate(model, inp, scale, skip_all)[1]
+        results["nan"] = generate(model, inp, scale, skip_all, nan_at=3 if rank == 1 else None)[1]
+        results["errors"] = errors(model)
+        torch.save(results, os.path.join(folder, f"{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["flux", "wan"])
+def test_teacache_decides_alike_on_every_rank(name, tmp_path):
+    torch.multiprocessing.spawn(worker, args=(free_port(), name, str(tmp_path)), nprocs=WORLD)
+    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in range(WORLD)]
+    one_out, one_decisions = ranks[0]["one"]
+    assert 1 < one_decisions.count(True) < STEPS          # the setting skips some steps
+    for results in ranks:
+        torch.testing.assert_close(results["uncached"], results["one_uncached"],
+                                   rtol=1e-4, atol=1e-5)
+        out, decisions = results["cached"]
+        assert decisions == one_decisions
+        torch.testing.assert_close(out, one_out, rtol=1e-4, atol=1e-5)
+        assert results["skip_all"] == [True] + [False] * (STEPS - 2) + [True]
+        # rank 1 saw a NaN at the fourth call: every rank computed it
+        assert results["nan"] == [True, False, False, True, False, True]
+        parity, graphs = results["errors"]
+        assert "parity=True" in parity and "context parallelism" in parity
+        assert "cuda_graphs=True" in graphs and "context parallelism" in graphs
