@@ -25,6 +25,7 @@ table at compute budgets 0.5, 0.4 and 0.3: each method's best PSNR within the bu
 import argparse
 import contextlib
 import csv
+import re
 import statistics
 import sys
 import time
@@ -410,7 +411,15 @@ def main(argv=None):
     parser.add_argument("--cache-dir", default=None, help="zoo directory")
     parser.add_argument("--untrained", action="store_true", help="random weights (smoke runs)")
     parser.add_argument("--quick", action="store_true", help="a few settings (smoke runs)")
+    parser.add_argument("--only", default=None, metavar="REGEX",
+                        help="run only the settings whose 'method setting' text matches REGEX "
+                             "(re.search; the uncached run always): e.g. to time a table's "
+                             "best rows")
     args = parser.parse_args(argv)
+    try:
+        only = re.compile(args.only) if args.only is not None else None
+    except re.error as error:
+        parser.error(f"--only: not a regular expression ({error})")
     unknown = set(args.methods.split(",")) - set(METHOD_KEYS)
     if unknown:
         parser.error(f"--methods: unknown {sorted(unknown)}; choose from {list(METHOD_KEYS)}")
@@ -445,6 +454,9 @@ def main(argv=None):
     wanted = {METHOD_KEYS[key] for key in args.methods.split(",")}
     for setting in settings_for(ref, steps, sample_kwargs, calibration, args.quick, wanted,
                                 args.distill):
+        if args.only is not None and setting.method != methods.UNCACHED and \
+                not only.search(f"{setting.method} {setting.label}"):
+            continue
         try:
             images, flops, wall = generate(ref, setting, labels, seeds, args.batch,
                                            sample_kwargs, work, device, args.timing_passes)

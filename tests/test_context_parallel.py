@@ -130,3 +130,67 @@ def test_teacache_decides_alike_on_every_rank(name, tmp_path):
         parity, graphs = results["errors"]
         assert "parity=True" in parity and "context parallelism" in parity
         assert "cuda_graphs=True" in graphs and "context parallelism" in graphs
+
+
+def block_caching_worker(rank, port, name, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD,
+                                         timeout=datetime.timedelta(seconds=120))
+    try:
+        import cachekern
+        from cachekern import BlockCaching
+
+        model, inp, scale = family(name)
+
+        def run():
+            return generate(model, inp, scale)[0]
+
+        def recorded():
+            profile = cachekern.profile(model, run)
+            cachekern.fit_scale_shift(profile, model, run, target_compute=0.5)
+            schedule = profile.schedule(target_compute=0.5)
+            return profile, profile.scale_shift_for(schedule, "fit")
+
+        def cached(profile):
+            with cachekern.patched(model, BlockCaching(profile, target_compute=0.5)) as handle:
+                out = run()
+                return out, handle.stats()["blocks_reused"]
+
+        one_profile, one_fit = recorded()
+        results = dict(one=cached(one_profile), one_change=one_profile.change, one_fit=one_fit)
+        torch.accelerator.device_count = lambda: 1
+        model.enable_parallelism(config=diffusers.ContextParallelConfig(ulysses_degree=WORLD))
+        profile, fit = recorded()
+        results.update(change=profile.change, fit=fit, cached=cached(profile),
+                       cached_one_profile=cached(one_profile)[0])
+        try:
+            cachekern.train_scale_shift(profile, model, run, target_compute=0.5)
+        except RuntimeError as error:
+            results["train_error"] = str(error)
+        torch.save(results, os.path.join(folder, f"{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["flux", "wan"])
+def test_block_caching_profiles_fits_and_runs_on_every_rank(name, tmp_path):
+    torch.multiprocessing.spawn(block_caching_worker, args=(free_port(), name, str(tmp_path)),
+                                nprocs=WORLD)
+    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in range(WORLD)]
+    one_out, one_reused = ranks[0]["one"]
+    assert one_reused > 0
+    for results in ranks:
+        # recorded from every rank's slice: the one-process profile and fit
+        torch.testing.assert_close(torch.tensor(results["change"]),
+                                   torch.tensor(results["one_change"]), rtol=1e-4, atol=1e-6,
+                                   equal_nan=True)
+        assert results["fit"].keys() == results["one_fit"].keys()
+        for cell, (scale, shift) in results["fit"].items():
+            torch.testing.assert_close(scale, results["one_fit"][cell][0], rtol=1e-3, atol=1e-4)
+            torch.testing.assert_close(shift, results["one_fit"][cell][1], rtol=1e-3, atol=1e-4)
+        out, reused = results["cached"]
+        assert reused == one_reused
+        torch.testing.assert_close(out, one_out, rtol=1e-4, atol=1e-5)
+        # a profile recorded on one process serves the ranks as well
+        torch.testing.assert_close(results["cached_one_profile"], one_out, rtol=1e-4, atol=1e-5)
+        assert "context parallelism" in results["train_error"]

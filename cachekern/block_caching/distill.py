@@ -21,6 +21,7 @@ from cachekern.block_caching.handle import BlockCachingHandle
 from cachekern.block_caching.policy import BlockCaching
 from cachekern.block_caching.record import check_run
 from cachekern.models.binding import attach, detach, is_patched, resolve_model
+from cachekern.models.context_parallel import is_context_parallel
 
 INITS = ("fit", "identity")
 
@@ -175,6 +176,11 @@ def train_scale_shift(profile, target, run, *, delta=0.5, target_compute=None, r
     model = resolve_model(target)
     if is_patched(model):
         raise RuntimeError("train_scale_shift: the model is patched; unpatch it first")
+    if is_context_parallel(model):
+        raise RuntimeError("train_scale_shift: distillation does not run under context "
+                           "parallelism (its gradients would cross the ranks' collectives); "
+                           "train on one GPU (the profile and its parameters load on any rank "
+                           "count), or use scale_shift='fit', which does")
     policy = BlockCaching(profile, delta=delta, target_compute=target_compute, scale_shift=None)
     initial = {}
     if init == "fit":

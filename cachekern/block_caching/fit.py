@@ -13,7 +13,8 @@ import torch
 
 from cachekern.block_caching.record import CallTracker, check_run, generations
 from cachekern.models.binding import resolve_model
-from cachekern.models.blocks import cached_units
+from cachekern.models.blocks import cached_units, unit_inputs
+from cachekern.models.context_parallel import process_group, sum_across_ranks
 
 
 def _residual(out, x):
@@ -37,6 +38,12 @@ class ChannelFit:
         self.sums = list(terms) if self.sums is None else \
             [a + b for a, b in zip(self.sums, terms)]
         self.n += x.shape[0]
+
+    def reduce(self, group):
+        """Sums every rank's rows in (context parallelism: each rank saw its own tokens)."""
+        self.sums = [sum_across_ranks(t, group) for t in self.sums]
+        self.n = int(sum_across_ranks(torch.tensor([float(self.n)], dtype=torch.float64,
+                                                   device=self.sums[0].device), group).item())
 
     def solve(self):
         sx, sy, sxx, sxy = self.sums
@@ -63,6 +70,11 @@ class MultiChannelFit:
         cross = torch.einsum("rci,rc->ci", features, y.double())
         self.gram = gram if self.gram is None else self.gram + gram
         self.cross = cross if self.cross is None else self.cross + cross
+
+    def reduce(self, group):
+        """Sums every rank's rows in (context parallelism: each rank saw its own tokens)."""
+        self.gram = sum_across_ranks(self.gram, group)
+        self.cross = sum_across_ranks(self.cross, group)
 
     def solve(self):
         """(weights [K, C], shift [C])."""
@@ -98,7 +110,7 @@ def fit_scale_shift(profile, target, run, *, delta=0.5, target_compute=None, run
         if step >= profile.steps:
             raise ValueError(profile.steps_error(step + 1))
         dim = unit.io.channel_dim
-        for k, (x, out) in enumerate(zip(unit.io.inputs(args, kwargs),
+        for k, (x, out) in enumerate(zip(unit_inputs(unit, args, kwargs),
                                          unit.io.outputs(result))):
             if out is None or x is None:
                 continue
@@ -121,6 +133,10 @@ def fit_scale_shift(profile, target, run, *, delta=0.5, target_compute=None, run
             raise ValueError(profile.steps_error(steps))
 
     generations(tracker, units, observe, run, runs, after)
+    group = process_group(model)
+    if group is not None:      # every rank the same cells, reduced in the same order
+        for cell in sorted(stats):
+            stats[cell].reduce(group)
     params = {cell: tuple(t.float().cpu() for t in fit.solve())
               for cell, fit in stats.items()}
     mode = "fit" if forecast_order == 0 else f"fit-order{forecast_order}"

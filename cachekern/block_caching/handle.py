@@ -6,7 +6,7 @@ data-dependent control flow: the step index is the call count of the CFG branch.
 import torch
 
 from cachekern.store.block_cache import BlockCache
-from cachekern.models.blocks import cached_units, timestep_of, wrap_calls
+from cachekern.models.blocks import cached_units, timestep_of, unit_inputs, wrap_calls
 from cachekern.models.branches import BranchNames
 from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
 
@@ -197,7 +197,7 @@ class BlockCachingHandle:
             if self._current is None:          # called outside the model's forward
                 return forward(*args, **kwargs)
             branch, step = self._current
-            inputs = unit.io.inputs(args, kwargs)
+            inputs = unit_inputs(unit, args, kwargs)
             keys = [(branch, index, k) for k in range(len(inputs))]
             self._stats["block_calls"] += 1
             if not compute_at[step] and all(

@@ -13,7 +13,8 @@ import torch
 
 from cachekern.block_caching.profile import Profile
 from cachekern.models.binding import attach, detach, is_patched, resolve_model
-from cachekern.models.blocks import cached_units, timestep_of, wrap_calls
+from cachekern.models.blocks import cached_units, timestep_of, unit_inputs, wrap_calls
+from cachekern.models.context_parallel import process_group, sum_across_ranks
 from cachekern.models.branches import BranchNames
 
 
@@ -123,6 +124,7 @@ def profile(target, run, *, runs=1, resnets=False):
     from cachekern import kernels    # Triton loads with the first profile, not with cachekern
     units = cached_units(model, resnets)
     tracker = CallTracker(model)
+    group = process_group(model)
     sums, counts, prev = {}, {}, {}
     timesteps = None
     steps = None
@@ -131,7 +133,7 @@ def profile(target, run, *, runs=1, resnets=False):
         if tracker.current is None:
             return
         branch, step = tracker.current
-        x = unit.io.inputs(args, kwargs)[unit.io.primary]
+        x = unit_inputs(unit, args, kwargs)[unit.io.primary]
         out = unit.io.outputs(result)[unit.io.primary]
         key = (branch, index)
         last = prev.get(key)
@@ -146,7 +148,10 @@ def profile(target, run, *, runs=1, resnets=False):
         prev[key] = residual
         if diff is not None:
             cell = (index, step)
-            sums[cell] = sums.get(cell, 0.0) + (diff.sum() / cur.sum()).item()
+            pair = torch.stack([diff.sum().float(), cur.sum().float()])
+            if group is not None:      # context parallelism: every rank's slice counts
+                pair = sum_across_ranks(pair, group)
+            sums[cell] = sums.get(cell, 0.0) + (pair[0] / pair[1]).item()
             counts[cell] = counts.get(cell, 0) + 1
 
     def after(n):

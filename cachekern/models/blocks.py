@@ -9,6 +9,7 @@ from typing import Any, List
 import torch
 from torch import nn
 
+from cachekern.models.context_parallel import local_inputs
 from cachekern.models.registry import adapter_for
 
 UNET_STAGES = ("down_blocks", "mid_block", "up_blocks")
@@ -81,6 +82,14 @@ class Unit:
     name: str
     module: nn.Module
     io: Any
+
+
+def unit_inputs(unit, args, kwargs) -> List[torch.Tensor]:
+    """A unit call's stream inputs as its block will see them: under context parallelism, the
+    rank's slice of those the block's own split hook cuts (Wan's plan splits at block 0)."""
+    inputs = unit.io.inputs(args, kwargs)
+    split = local_inputs(unit.module)
+    return inputs if split is None else [split(name, x) for name, x in zip(unit.io.names, inputs)]
 
 
 def timestep_of(args, kwargs):

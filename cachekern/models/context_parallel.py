@@ -16,56 +16,68 @@ import torch
 SPLIT_HOOK = "ContextParallelSplitHook"   # diffusers.hooks.context_parallel, found by name
 
 
+def sum_across_ranks(vector: torch.Tensor, group) -> torch.Tensor:
+    """The sum over the group's ranks of a small tensor, the same bits on every rank: gathered,
+    then added in rank order (an all-reduce may add in an order that differs between ranks). A
+    NaN on any rank is a NaN on every rank."""
+    vector = vector.contiguous()
+    gathered = [torch.empty_like(vector)
+                for _ in range(torch.distributed.get_world_size(group))]
+    torch.distributed.all_gather(gathered, vector, group=group)
+    total = gathered[0].clone()
+    for part in gathered[1:]:
+        total += part
+    return total
+
+
+def process_group(model):
+    """The process group of the model's context parallelism, or None where it has none."""
+    parallel = getattr(model, "_parallel_config", None)
+    config = getattr(parallel, "context_parallel_config", None)
+    return None if config is None else config._flattened_mesh.get_group()
+
+
+def is_context_parallel(model) -> bool:
+    return process_group(model) is not None
+
+
+def local_inputs(module):
+    """split(name, tensor): the rank's slice of the module's argument `name` as the module's
+    own split hook will cut it (the tensor itself for an argument the plan does not split), or
+    None where the plan splits nothing at this module's input."""
+    registry = getattr(module, "_diffusers_hook", None)
+    hooks = [hook for hook in (registry.hooks.values() if registry is not None else ())
+             if type(hook).__name__ == SPLIT_HOOK]
+    if not hooks:
+        return None
+
+    def split(name, tensor):
+        for hook in hooks:
+            plan = hook.metadata.get(name)
+            if isinstance(tensor, torch.Tensor) and plan is not None and \
+                    not isinstance(plan, (list, tuple)) and not plan.split_output:
+                tensor = hook._prepare_cp_input(tensor, plan)
+        return tensor
+    return split
+
+
 class StackShard:
     """The rank's view of a stack under context parallelism."""
 
     def __init__(self, group, split=None):
         self.group = group
-        self._split = split        # block 0's own split of hidden_states, or None
-
-    @property
-    def world_size(self) -> int:
-        return torch.distributed.get_world_size(self.group)
+        self._split = split        # block 0's own split of its arguments, or None
 
     def local(self, hidden: torch.Tensor) -> torch.Tensor:
         """The rank's slice of the stack's input, cut as block 0's split hook cuts it (the
         input itself where the plan split the tokens before the stack)."""
-        return hidden if self._split is None else self._split(hidden)
+        return hidden if self._split is None else self._split("hidden_states", hidden)
 
     def sum_across_ranks(self, vector: torch.Tensor) -> torch.Tensor:
-        """The sum over ranks of a small vector, the same bits on every rank: gathered, then
-        added in rank order (an all-reduce may add in an order that differs between ranks).
-        A NaN on any rank is a NaN on every rank."""
-        vector = vector.contiguous()
-        gathered = [torch.empty_like(vector) for _ in range(self.world_size)]
-        torch.distributed.all_gather(gathered, vector, group=self.group)
-        total = gathered[0].clone()
-        for part in gathered[1:]:
-            total += part
-        return total
-
-
-def _config(model):
-    parallel = getattr(model, "_parallel_config", None)
-    return getattr(parallel, "context_parallel_config", None)
-
-
-def is_context_parallel(model) -> bool:
-    return _config(model) is not None
+        return sum_across_ranks(vector, self.group)
 
 
 def stack_shard(model, block0) -> Optional[StackShard]:
     """The StackShard of a model whose context parallelism is enabled, else None."""
-    config = _config(model)
-    if config is None:
-        return None
-    split = None
-    registry = getattr(block0, "_diffusers_hook", None)
-    for hook in (registry.hooks.values() if registry is not None else ()):
-        if type(hook).__name__ != SPLIT_HOOK:
-            continue
-        plan = hook.metadata.get("hidden_states")
-        if plan is not None and not getattr(plan, "split_output", False):
-            def split(hidden, _hook=hook, _plan=plan):
-                return _hook._prepare_cp_input(hidden, _plan)
-    return StackShard(config._flattened_mesh.get_group(), split)
+    group = process_group(model)
+    return None if group is None else StackShard(group, local_inputs(block0))

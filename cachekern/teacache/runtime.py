@@ -314,19 +314,24 @@ class TeaCacheRuntime:
             entries = entries[:self.policy.forecast_order + 1]
             # Each sample extrapolates through as many of its entries as it has, with distinct
             # times (per-sample decisions give samples different histories); zeros pad.
-            counts, rows = [], []
+            counts, rows, made = [], [], {}
             for ts in zip(*state.times[:len(entries)]):
-                n = next(n for n in range(len(ts), 0, -1)
-                         if None not in ts[:n] and len(set(ts[:n])) == n)
-                counts.append(n)
-                rows.append(self._basis(ts[:n], now) + [0.0] * (len(ts) - n))
+                if ts not in made:    # samples with one history (global decisions) share it
+                    n = next(n for n in range(len(ts), 0, -1)
+                             if None not in ts[:n] and len(set(ts[:n])) == n)
+                    made[ts] = (n, self._basis(ts[:n], now) + [0.0] * (len(ts) - n))
+                counts.append(made[ts][0])
+                rows.append(made[ts][1])
             if max(counts) == 1:
                 return state.residual.clone() if as_output else \
                     self.kernels.residual_reuse(x, state.residual)
             rows = [row[:max(counts)] for row in rows]
-        weights = torch.tensor(rows, dtype=torch.float32)
+        shared = all(row == rows[0] for row in rows)    # one row moves, expanded on the device
+        weights = torch.tensor(rows[:1] if shared else rows, dtype=torch.float32)
         if x.device.type == "cuda":     # no synchronisation: a pinned copy, in stream order
             weights = weights.pin_memory().to(x.device, non_blocking=True)
+        if shared:
+            weights = weights.expand(len(rows), -1)
         return self.kernels.residual_forecast(None if as_output else x, entries[:len(rows[0])],
                                               weights)
 
