@@ -15,7 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
     pytest.skip("torch.distributed with gloo is needed", allow_module_level=True)
 
-WORLD = 2
+WORLD = 2          # ranks of the Block Caching test
 STEPS = 6
 
 
@@ -26,11 +26,20 @@ def free_port():
 
 
 def family(name):
-    """(model, inputs) of a tiny model whose token counts split evenly over WORLD ranks."""
+    """(model, inputs) of a tiny model whose token counts (and, for Ulysses, heads) split evenly
+    over the ranks: two for "flux" and "wan", four for "wan4"."""
     from tiny_models import flux, wan
 
     if name == "wan":
         model, inputs, scale = wan()
+        return model, inputs(1), scale
+    if name == "wan4":
+        torch.manual_seed(0)
+        model = diffusers.WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=8, in_channels=4,
+            out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
+            rope_max_seq_len=32).eval()
+        _, inputs, scale = wan()
         return model, inputs(1), scale
     model, _, scale = flux()
     g = torch.Generator().manual_seed(1)
@@ -81,41 +90,48 @@ def errors(model):
 
 
 def family_inputs(model):
-    return family("wan" if type(model).__name__.startswith("Wan") else "flux")[1]
+    return family("wan" if type(model).__name__.startswith("Wan") else "flux")[1]  # same shapes
 
 
-def worker(rank, port, name, folder):
+def worker(rank, port, name, folder, world):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # Ranks that decided differently would wait for each other's collectives: fail instead.
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD,
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world,
                                          timeout=datetime.timedelta(seconds=120))
     try:
+        import cachekern
         from cachekern import TeaCache
 
         model, inp, scale = family(name)
-        policy = TeaCache(threshold=0.3, coefficients=None, num_inference_steps=STEPS,
-                          forecast_order=1)
+        # a threshold that skips some steps of this model's six (its indicator's change)
+        policy = TeaCache(threshold=0.8 if name == "wan4" else 0.3, coefficients=None,
+                          num_inference_steps=STEPS, forecast_order=1)
         skip_all = TeaCache(threshold=1e9, coefficients=None, num_inference_steps=STEPS)
         results = dict(one=generate(model, inp, scale, policy),
                        one_uncached=generate(model, inp, scale)[0])
         # diffusers 0.42 builds its device mesh on an accelerator; on a CPU-only machine one
         # "device" stands for it.
         torch.accelerator.device_count = lambda: 1
-        model.enable_parallelism(config=diffusers.ContextParallelConfig(ulysses_degree=WORLD))
+        model.enable_parallelism(config=diffusers.ContextParallelConfig(ulysses_degree=world))
         results["uncached"] = generate(model, inp, scale)[0]
         results["cached"] = generate(model, inp, scale, policy)
         results["skip_all"] = generate(model, inp, scale, skip_all)[1]
         results["nan"] = generate(model, inp, scale, skip_all, nan_at=3 if rank == 1 else None)[1]
         results["errors"] = errors(model)
+        try:
+            cachekern.search_schedule(model, lambda: generate(model, inp, scale)[0], 0.5)
+        except RuntimeError as error:
+            results["errors"].append(str(error))
         torch.save(results, os.path.join(folder, f"{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("name", ["flux", "wan"])
-def test_teacache_decides_alike_on_every_rank(name, tmp_path):
-    torch.multiprocessing.spawn(worker, args=(free_port(), name, str(tmp_path)), nprocs=WORLD)
-    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in range(WORLD)]
+@pytest.mark.parametrize("name, world", [("flux", 2), ("wan", 2), ("wan4", 4)])
+def test_teacache_decides_alike_on_every_rank(name, world, tmp_path):
+    torch.multiprocessing.spawn(worker, args=(free_port(), name, str(tmp_path), world),
+                                nprocs=world)
+    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in range(world)]
     one_out, one_decisions = ranks[0]["one"]
     assert 1 < one_decisions.count(True) < STEPS          # the setting skips some steps
     for results in ranks:
@@ -125,11 +141,12 @@ def test_teacache_decides_alike_on_every_rank(name, tmp_path):
         assert decisions == one_decisions
         torch.testing.assert_close(out, one_out, rtol=1e-4, atol=1e-5)
         assert results["skip_all"] == [True] + [False] * (STEPS - 2) + [True]
-        # rank 1 saw a NaN at the fourth call: every rank computed it
+        # one rank saw a NaN at the fourth call: every rank computed it
         assert results["nan"] == [True, False, False, True, False, True]
-        parity, graphs = results["errors"]
+        parity, graphs, search = results["errors"]
         assert "parity=True" in parity and "context parallelism" in parity
         assert "cuda_graphs=True" in graphs and "context parallelism" in graphs
+        assert "search_schedule" in search and "context parallelism" in search
 
 
 def block_caching_worker(rank, port, name, folder):

@@ -17,6 +17,8 @@ is a plain list for TeaCache(compute_steps=...): no indicator, and no data-depen
                                              forecast_weights=weights))
 """
 
+from cachekern.models.binding import resolve_model
+from cachekern.models.context_parallel import is_context_parallel
 from cachekern.teacache.calibrate import observe_uncached
 from cachekern.teacache.policy import TeaCache
 
@@ -24,6 +26,11 @@ from cachekern.teacache.policy import TeaCache
 def record_stack_residuals(target, run, runs=1):
     """[(generation, branch, step, time, residual)] of every call of `runs` uncached
     generations."""
+    if is_context_parallel(resolve_model(target)):
+        # Each rank would search on its own slice and could choose another schedule.
+        raise RuntimeError("search_schedule / fit_forecast: not under context parallelism; "
+                           "search on one GPU: the schedule and its weights apply on any rank "
+                           "count")
     records = []
 
     def record(generation, handle, call, output):
