@@ -72,6 +72,12 @@ def test_warnings_point_at_the_users_line():
     said = [w for w in caught if "no published coefficients" in str(w.message)]
     assert said and all(w.filename == __file__ for w in said)
     cachekern.unpatch(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with cachekern.patched(model, TeaCache()):   # entered through contextlib
+            pass
+    said = [w for w in caught if "no published coefficients" in str(w.message)]
+    assert said and all(w.filename == __file__ for w in said)
 
 
 def run_steps(model, inp, steps):
