@@ -25,9 +25,10 @@ if triton is not None:
 
     @triton.jit
     def _decide_kernel(DIFF, PREV, TIMESTEP, STATE, PARAMS, COEF, RECORD, COMPUTE, SKIP,
-                       warmup_steps, num_steps, max_skips,
+                       SCHEDULE, warmup_steps, num_steps, max_skips, n_schedule,
                        BATCH: tl.constexpr, N_COEF: tl.constexpr,
-                       COMPUTE_LAST: tl.constexpr, CLAMP: tl.constexpr):
+                       COMPUTE_LAST: tl.constexpr, CLAMP: tl.constexpr,
+                       STATIC: tl.constexpr):
         # The timestep as the host reads it: rounded to float32, then exact in float64.
         t = tl.load(TIMESTEP).to(tl.float32).to(tl.float64)
         last_t = tl.load(STATE + 0)
@@ -44,66 +45,90 @@ if triton is not None:
         skips = tl.where(new_generation, 0.0, skips)
         has_residual = has_residual & (not new_generation)
 
-        # sum() of a Python list: left to right, from the first element.
-        diff = tl.load(DIFF).to(tl.float64)
-        prev = tl.load(PREV).to(tl.float64)
-        for b in tl.static_range(1, BATCH):
-            diff = diff + tl.load(DIFF + b).to(tl.float64)
-            prev = prev + tl.load(PREV + b).to(tl.float64)
         nan = float("nan")
-        rel = tl.where(prev != 0.0, diff / tl.where(prev != 0.0, prev, 1.0), nan)
-        rel = tl.where(new_generation, nan, rel)
+        if STATIC:     # a static schedule: no indicator, the schedule decides
+            index = step.to(tl.int32)
+            listed = index < n_schedule
+            scheduled = tl.load(SCHEDULE + index, mask=listed, other=1) != 0
+            skip = has_residual & listed & (not scheduled)
+            tl.store(STATE + 0, t)
+            tl.store(STATE + 1, step)
+            tl.store(STATE + 2, 0.0)
+            tl.store(STATE + 3, skips)
+            tl.store(STATE + 4, tl.where(has_residual | (not skip), 1.0, 0.0))
+            tl.store(STATE + 5, 1.0)
+            tl.store(RECORD + 0, step)
+            tl.store(RECORD + 1, t)
+            tl.store(RECORD + 2, nan)
+            tl.store(RECORD + 3, 0.0)
+            tl.store(RECORD + 4, tl.where(skip, 0.0, 1.0))
+            tl.store(COMPUTE, not skip)
+            tl.store(SKIP, skip)
+        else:
+            # sum() of a Python list: left to right, from the first element.
+            diff = tl.load(DIFF).to(tl.float64)
+            prev = tl.load(PREV).to(tl.float64)
+            for b in tl.static_range(1, BATCH):
+                diff = diff + tl.load(DIFF + b).to(tl.float64)
+                prev = prev + tl.load(PREV + b).to(tl.float64)
+            rel = tl.where(prev != 0.0, diff / tl.where(prev != 0.0, prev, 1.0), nan)
+            rel = tl.where(new_generation, nan, rel)
 
-        forced = new_generation | (not has_residual) | (step < warmup_steps)
-        if COMPUTE_LAST:
-            forced = forced | (step >= num_steps - 1)
-        rel_finite = (rel == rel) & (tl.abs(rel) != float("inf"))
+            forced = new_generation | (not has_residual) | (step < warmup_steps)
+            if COMPUTE_LAST:
+                forced = forced | (step >= num_steps - 1)
+            rel_finite = (rel == rel) & (tl.abs(rel) != float("inf"))
 
-        y = rel
-        if N_COEF > 0:
-            y = rel * 0.0
-            for i in tl.static_range(N_COEF):
-                y = y * rel + tl.load(COEF + i)
-        if CLAMP:
-            y = tl.where(y < 0.0, 0.0, y)
-        total = acc + y
-        limit_reached = (max_skips > 0) & (skips >= max_skips)
-        total_finite = (total == total) & (tl.abs(total) != float("inf"))
-        skip = (not forced) & rel_finite & (threshold > 0.0) & (total < threshold) & \
-            (not limit_reached) & total_finite
+            y = rel
+            if N_COEF > 0:
+                y = rel * 0.0
+                for i in tl.static_range(N_COEF):
+                    y = y * rel + tl.load(COEF + i)
+            if CLAMP:
+                y = tl.where(y < 0.0, 0.0, y)
+            total = acc + y
+            limit_reached = (max_skips > 0) & (skips >= max_skips)
+            total_finite = (total == total) & (tl.abs(total) != float("inf"))
+            skip = (not forced) & rel_finite & (threshold > 0.0) & (total < threshold) & \
+                (not limit_reached) & total_finite
 
-        acc = tl.where(skip, total, 0.0)
-        skips = tl.where(skip, skips + 1.0, 0.0)
-        tl.store(STATE + 0, t)
-        tl.store(STATE + 1, step)
-        tl.store(STATE + 2, acc)
-        tl.store(STATE + 3, skips)
-        tl.store(STATE + 4, tl.where(has_residual | (not skip), 1.0, 0.0))
-        tl.store(STATE + 5, 1.0)
-        tl.store(RECORD + 0, step)
-        tl.store(RECORD + 1, t)
-        tl.store(RECORD + 2, rel)
-        tl.store(RECORD + 3, acc)
-        tl.store(RECORD + 4, tl.where(skip, 0.0, 1.0))
-        tl.store(COMPUTE, not skip)
-        tl.store(SKIP, skip)
+            acc = tl.where(skip, total, 0.0)
+            skips = tl.where(skip, skips + 1.0, 0.0)
+            tl.store(STATE + 0, t)
+            tl.store(STATE + 1, step)
+            tl.store(STATE + 2, acc)
+            tl.store(STATE + 3, skips)
+            tl.store(STATE + 4, tl.where(has_residual | (not skip), 1.0, 0.0))
+            tl.store(STATE + 5, 1.0)
+            tl.store(RECORD + 0, step)
+            tl.store(RECORD + 1, t)
+            tl.store(RECORD + 2, rel)
+            tl.store(RECORD + 3, acc)
+            tl.store(RECORD + 4, tl.where(skip, 0.0, 1.0))
+            tl.store(COMPUTE, not skip)
+            tl.store(SKIP, skip)
 
 
 
 def teacache_decide(diff_sum, prev_sum, timestep, state, params, coefficients, n_coefficients,
                     record, compute, skip, *, warmup_steps, num_steps, max_skips, compute_last,
-                    clamp):
+                    clamp, schedule=None):
     """Decides one call from the per-sample sums (fp32 [B]) and the timestep tensor (element 0
     is read): updates `state` (STATE_SIZE float64), writes `record` (RECORD_FIELDS float64) and
     the bool scalars `compute` and `skip`. params = [threshold] (float64); the first
-    n_coefficients of `coefficients` (float64) are the polynomial, highest power first."""
+    n_coefficients of `coefficients` (float64) are the polynomial, highest power first.
+    schedule: a bool tensor (a static schedule, True: compute) decides instead of the sums,
+    which may then be None; steps past its end compute."""
     if triton is None:
         raise RuntimeError("TeaCache: the device decision needs Triton")
+    static = schedule is not None
+    timestep = timestep.reshape(-1)
     _decide_kernel[(1,)](
-        diff_sum, prev_sum, timestep.reshape(-1), state, params, coefficients, record, compute,
-        skip, warmup_steps, num_steps, max_skips,
-        BATCH=diff_sum.shape[0], N_COEF=n_coefficients, COMPUTE_LAST=compute_last, CLAMP=clamp,
-        enable_fp_fusion=False)
+        timestep if static else diff_sum, timestep if static else prev_sum, timestep, state,
+        params, coefficients, record, compute, skip, schedule if static else compute,
+        warmup_steps, num_steps, max_skips, schedule.shape[0] if static else 0,
+        BATCH=1 if static else diff_sum.shape[0], N_COEF=n_coefficients,
+        COMPUTE_LAST=compute_last, CLAMP=clamp, STATIC=static, enable_fp_fusion=False)
 
 
 __all__ = ["RECORD_FIELDS", "STATE_SIZE", "teacache_decide"]

@@ -27,10 +27,17 @@ class DeviceDecision:
         self.n_coefficients = len(coefficients)
         self.policy = policy
         self.num_steps = num_steps
+        # A static schedule (compute_steps) decides instead of the indicator.
+        self.schedule = None if policy.compute_steps is None else \
+            torch.tensor(policy.compute_steps, dtype=torch.int8, device=device)
+        # What a forecast reads and writes (cachekern.teacache.device_forecast); set by the
+        # graph that owns the decision.
+        self.forecast = None
 
     def __call__(self, diff_sum, prev_sum, timestep):
-        """Decides for this call from the per-sample sums (fp32 [B]) and the timestep tensor
-        (element 0 is read): updates `state`, writes `record`, `compute` and `skip`."""
+        """Decides for this call from the per-sample sums (fp32 [B]; None for a static
+        schedule) and the timestep tensor (element 0 is read): updates `state`, writes `record`,
+        `compute` and `skip`, then the forecast's plan."""
         policy = self.policy
         compute_last = policy.compute_last_step and self.num_steps is not None
         teacache_decide(diff_sum, prev_sum, timestep, self.state, self.params, self.coefficients,
@@ -38,7 +45,9 @@ class DeviceDecision:
                         warmup_steps=policy.warmup_steps,
                         num_steps=self.num_steps if compute_last else 0,
                         max_skips=policy.max_consecutive_skips or 0,
-                        compute_last=compute_last, clamp=policy.clamp)
+                        compute_last=compute_last, clamp=policy.clamp, schedule=self.schedule)
+        if self.forecast is not None:
+            self.forecast(self.record)
 
     # -- the host's view of the state -----------------------------------------------------------
     def load(self, branch_state):
@@ -53,6 +62,8 @@ class DeviceDecision:
         if self.state.is_cuda:
             host = host.pin_memory()
         self.state.copy_(host, non_blocking=True)
+        if self.forecast is not None:
+            self.forecast.load(branch_state)
 
     def store(self, branch_state):
         """Hands the state back to the host (a synchronisation: only when an eager call follows
@@ -65,6 +76,8 @@ class DeviceDecision:
         s.skips = int(values[d.SKIPS])
         if not values[d.HAS_RESIDUAL]:
             s.residual = None
+        if self.forecast is not None:
+            self.forecast.store(branch_state)
 
 
 def record_from_row(row, branch):

@@ -198,17 +198,23 @@ class TeaCacheHandle:
         branch, timestep, steps = self._call
         state = self._branches.get(branch)
         inputs = self.adapter.graphable_inputs(args, kwargs)
-        if inputs is None or state is None or state.prev is None or state.residual is None \
-                or not isinstance(timestep, torch.Tensor) or \
+        static = self.policy.compute_steps is not None
+        if inputs is None or state is None or state.residual is None or \
+                (state.prev is None and not static) or \
+                not isinstance(timestep, torch.Tensor) or \
                 inputs["hidden_states"].device.type != "cuda" or \
-                not self.adapter.graph_matches(inputs, state.prev):
+                not self.adapter.graph_matches(inputs, state.residual if static else state.prev):
             return None
         # The graph path is imported on first use: it loads Triton (the device decision), which
         # `import cachekern` does not.
-        from cachekern.teacache import graphs
+        from cachekern.teacache import device_forecast, graphs
 
-        key = (graphs.signature(kwargs), steps, state.prev.data_ptr(),
-               state.residual.data_ptr())
+        if device_forecast.forecasts(self.policy):
+            buffers = device_forecast.ensure_slots(state, self.policy.forecast_order + 1)
+        else:
+            buffers = [state.residual]
+        key = (graphs.signature(kwargs), steps, state.prev.data_ptr() if not static else 0) + \
+            tuple(t.data_ptr() for t in buffers)
         graph = self._graphs.get(branch)
         if graph is None or graph.key != key:
             if graph is not None:
@@ -220,18 +226,23 @@ class TeaCacheHandle:
             graph.decision.load(state)
             state.device_decision = graph.decision
         if self._log is None:
-            self._log = graphs.DecisionLog(state.prev.device)
+            self._log = graphs.DecisionLog(state.residual.device)
         output = graph.replay(kwargs)
-        self._add_records(self._log.append(graph.decision.record, branch, state.prev.shape[0]))
+        self._add_records(self._log.append(graph.decision.record, branch,
+                                                   state.residual.shape[0]))
         return self.adapter.model_output(output, kwargs)
 
     def _capture(self, original_forward, kwargs, key, state, steps):
         from cachekern.teacache import graphs
         from cachekern.teacache.device_decision import DeviceDecision
+        from cachekern.teacache.device_forecast import DeviceForecast, forecasts
 
         branch = self._call[0]
         decision, scratch = (DeviceDecision(self.policy, self.runtime.polynomial, steps,
-                                            state.prev.device) for _ in range(2))
+                                            state.residual.device) for _ in range(2))
+        if forecasts(self.policy):      # the slots are the ones _graphed keyed the graph on
+            decision.forecast = DeviceForecast(self.policy, state.slots)
+            scratch.forecast = DeviceForecast(self.policy, [s.clone() for s in state.slots])
         # What only the blocks read runs inside the compute branch (a skip does not pay it).
         deferred = {name: graphs.DeferredModule(self.model._modules[name])
                     for name in self.adapter.stack_only_modules

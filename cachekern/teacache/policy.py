@@ -56,13 +56,16 @@ class TeaCache:
             nodes (cachekern.teacache.graphs): no host synchronisation per call, and a skipped
             call costs one graph launch instead of the model's eager forward. Decisions,
             history and outputs are the eager path's bit for bit; history and stats are read
-            from the device when asked for. Families whose forward is captured whole (FLUX);
-            global decisions; not with parity or reuse_modulated. On the CPU it changes
-            nothing. Needs a CUDA 12.4+ driver.
+            from the device when asked for. Forecasts (any order, basis, time or fitted
+            weights) and static schedules (compute_steps) are graphed too: the history ring
+            and the forecast's weights live on the device (cachekern.teacache.device_forecast).
+            Families whose forward is captured whole (FLUX); global decisions; not with
+            parity, reuse_modulated or forecast_of="output". On the CPU it changes nothing.
+            Needs a CUDA 12.4+ driver.
         forecast_order: what a skipped call adds to its input: 0, the last computed residual
             (the published method); 1 or 2, the polynomial through the last 1 + order computed
             residuals, extrapolated to the call's time (fewer when fewer were computed yet in the
-            generation). Not with cuda_graphs=True yet.
+            generation).
         forecast_basis: how the forecast extrapolates: "lagrange" (the polynomial through the
             kept points) or "taylor" (TaylorSeer's Taylor series from recursive differences,
             which damps the curvature at order 2; the same at order 1).
@@ -152,8 +155,8 @@ class TeaCache:
             raise ValueError(f"TeaCache: forecast_of must be 'residual' or 'output', got "
                              f"{self.forecast_of!r}")
         if self.forecast_of == "output" and self.cuda_graphs:
-            raise ValueError("TeaCache: cuda_graphs=True replays the cached residual; "
-                             "forecast_of='output' runs eagerly for now")
+            raise ValueError("TeaCache: cuda_graphs=True forecasts residuals; "
+                             "forecast_of='output' runs eagerly: pass cuda_graphs=False")
         if self.compute_steps is not None:
             steps = self.compute_steps
             if isinstance(steps, (str, bytes)) or not hasattr(steps, "__len__") or \
@@ -161,12 +164,9 @@ class TeaCache:
                 raise ValueError(f"TeaCache: compute_steps must be None or a non-empty list of "
                                  f"bools (one per step, True: compute), got {steps!r}")
             self.compute_steps = list(steps)
-            if self.cuda_graphs or self.parity:
+            if self.parity:
                 raise ValueError("TeaCache: compute_steps replaces the indicator; it cannot be "
-                                 "combined with cuda_graphs=True or parity=True")
-        if self.cuda_graphs and self.forecast_order:
-            raise ValueError("TeaCache: cuda_graphs=True replays the cached residual as it is; "
-                             "forecast_order > 0 runs eagerly for now: use one or the other")
+                                 "combined with parity=True")
         if self.decision not in DECISIONS:
             raise ValueError(f"TeaCache: decision must be 'global' or 'per_sample', got "
                              f"{self.decision!r}")

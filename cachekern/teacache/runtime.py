@@ -36,6 +36,8 @@ class BranchState:
         # While CUDA graphs serve the branch, its step, accumulator, skips and last timestep
         # live on the device (cachekern.teacache.device_decision.DeviceDecision), not here.
         self.device_decision = None
+        # The ring of history slots a graph forecasts from (cachekern.teacache.device_forecast).
+        self.slots = None
         self.new_generation()
 
     def new_generation(self):
@@ -48,8 +50,9 @@ class BranchState:
         self.skips = None
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [self.prev, self.residual] + self.older
-                   if t is not None)
+        held = {id(t): t for t in [self.prev, self.residual] + self.older + (self.slots or [])
+                if t is not None}
+        return sum(t.numel() * t.element_size() for t in held.values())
 
 
 class TeaCacheRuntime:
@@ -341,46 +344,83 @@ class TeaCacheRuntime:
         Triton compiles them outside the capture: leaves the branch untouched and skips the
         blocks (the branch's first, eager call ran them at these shapes)."""
         dense = _last_dim_contiguous(call)
-        ind = self.adapter.indicator(blocks, dense)
-        prev, residual = state.prev.clone(), state.residual.clone()
-        diff_sum, prev_sum = self.kernels.modulated_distance(
-            dense.hidden, prev, ind.scale, ind.shift, norm=ind.norm, eps=ind.eps,
-            out_modulated=prev)
-        decision(diff_sum, prev_sum, timestep)
-        hidden = self.kernels.residual_reuse(dense.hidden, residual)
-        self.kernels.residual_capture(hidden, dense.hidden, out=residual)
+        sums = (None, None)
+        if self.policy.compute_steps is None:
+            ind = self.adapter.indicator(blocks, dense)
+            prev = state.prev.clone()
+            sums = self.kernels.modulated_distance(dense.hidden, prev, ind.scale, ind.shift,
+                                                   norm=ind.norm, eps=ind.eps,
+                                                   out_modulated=prev)
+        decision(sums[0], sums[1], timestep)
+        forecast = decision.forecast
+        slots = forecast.slots if forecast is not None else [state.residual.clone()]
+        hidden = self.kernels.residual_reuse(dense.hidden, slots[0])
+        self.kernels.residual_capture(hidden, dense.hidden, out=slots[0])
+        if forecast is not None:
+            batch = dense.hidden.shape[0]
+            for length in forecast.lengths:
+                self.kernels.residual_forecast(dense.hidden, slots[:length],
+                                               forecast.weights_for(length, batch), out=hidden)
         return StackCall(hidden, call.extras)
 
     def graph_capture(self, model, call: StackCall, blocks, state: BranchState, decision,
                       timestep, run_if, prelude=None):
-        """The stack as TeaCache(cuda_graphs=True) captures it: the indicator, the decision on
-        the device, then two conditional nodes through `run_if(flag, body)`: compute (the
-        blocks, the new residual) or skip (the cached residual). `prelude()` runs first in the
-        compute branch (work deferred there from outside the stack)."""
+        """The stack as TeaCache(cuda_graphs=True) captures it: the indicator (none for a
+        static schedule), the decision on the device, then conditional nodes through
+        `run_if(flag, body)`: compute (the blocks, the new residual) or skip (the cached
+        residual, or with a forecast one node per history slot and per forecast the plan can
+        choose; cachekern.teacache.device_forecast). `prelude()` runs first in the compute
+        branch (work deferred there from outside the stack)."""
         dense = _last_dim_contiguous(call)
-        ind = self.adapter.indicator(blocks, dense)
-        diff_sum, prev_sum = self.kernels.modulated_distance(
-            dense.hidden, state.prev, ind.scale, ind.shift, norm=ind.norm, eps=ind.eps,
-            out_modulated=state.prev)
-        decision(diff_sum, prev_sum, timestep)
+        ind = None
+        if self.policy.compute_steps is None:
+            ind = self.adapter.indicator(blocks, dense)
+            diff_sum, prev_sum = self.kernels.modulated_distance(
+                dense.hidden, state.prev, ind.scale, ind.shift, norm=ind.norm, eps=ind.eps,
+                out_modulated=state.prev)
+            decision(diff_sum, prev_sum, timestep)
+        else:
+            decision(None, None, timestep)
+        forecast = decision.forecast
 
         def compute():
             if prelude is not None:
                 prelude()
-            with self.adapter.serving_projection(blocks, ind):
+            if ind is None:
                 out = self.adapter.run_blocks(model, call, blocks)
-            self.kernels.residual_capture(out.hidden.contiguous(), dense.hidden,
-                                          out=state.residual)
+            else:
+                with self.adapter.serving_projection(blocks, ind):
+                    out = self.adapter.run_blocks(model, call, blocks)
+            if forecast is None:
+                self.kernels.residual_capture(out.hidden.contiguous(), dense.hidden,
+                                              out=state.residual)
             return out
 
-        def skip():
-            self.kernels.residual_reuse(dense.hidden, state.residual, out=out.hidden)
+        def restore_extras():
             for name, value in out.extras.items():   # what the blocks would have changed
                 given = call.extras.get(name)
                 if value is not given and isinstance(value, torch.Tensor) and \
                         isinstance(given, torch.Tensor):
                     value.copy_(given)
 
+        def skip():
+            self.kernels.residual_reuse(dense.hidden, state.residual, out=out.hidden)
+            restore_extras()
+
         out = run_if(decision.compute, compute)
-        run_if(decision.skip, skip)
+        if forecast is None:
+            run_if(decision.skip, skip)
+            return out
+        batch = dense.hidden.shape[0]
+        for j, slot in enumerate(forecast.slots):
+            run_if(forecast.capture[j], lambda slot=slot: self.kernels.residual_capture(
+                out.hidden.contiguous(), dense.hidden, out=slot))
+        run_if(decision.skip, restore_extras)
+        for j, slot in enumerate(forecast.slots):
+            run_if(forecast.reuse[j], lambda slot=slot: self.kernels.residual_reuse(
+                dense.hidden, slot, out=out.hidden))
+        for index, order in forecast.bodies():
+            run_if(forecast.flags[index], lambda order=order: self.kernels.residual_forecast(
+                dense.hidden, [forecast.slots[a] for a in order],
+                forecast.weights_for(len(order), batch), out=out.hidden))
         return out

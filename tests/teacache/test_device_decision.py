@@ -123,3 +123,54 @@ def test_state_round_trips_through_load_and_store():
     decision.store(back)
     assert (back.step, back.accumulated, back.skips, back.last_timestep) == (4, 0.125, 2, 0.5)
     assert back.residual is not None
+
+
+@pytest.mark.parametrize("schedule", [[True, False, False, True, False, True],
+                                      [True, True, False] * 5])
+def test_a_static_schedule_decides_on_the_device_as_on_the_host(schedule):
+    policy = TeaCache(compute_steps=schedule, forecast_order=1)
+    rng = random.Random(len(schedule))
+    calls = calls_of(rng, 1, 20)          # a new generation at call 10; steps past the list
+    runtime = SimpleNamespace(policy=policy, polynomial=None)
+    state, expected = BranchState(), []
+    decision = DeviceDecision(policy, None, None, DEVICE)
+    decision.load(BranchState())
+    got = []
+    for diff, prev, t in calls:
+        values = torch.tensor([t], dtype=torch.float32).tolist()
+        r = TeaCacheRuntime.decide(runtime, state, values, False, torch.tensor(t), 1, None)
+        if r["compute"][0]:
+            state.residual = torch.zeros(1)
+        expected.append((r["step"], r["compute"][0], bits(r["timestep"])))
+        decision(None, None, torch.tensor([t], dtype=torch.float32, device=DEVICE))
+        row = record_from_row(decision.record.tolist(), "b")
+        got.append((row["step"], row["computed"], bits(row["timestep"])))
+        assert math.isnan(row["rel_l1"]) and row["accumulated"] == 0.0
+    assert got == expected
+    assert 0 < sum(not c for _, c, _ in got) < len(got)
+
+
+def test_the_forecast_history_round_trips_through_load_and_store():
+    from cachekern.teacache.device_forecast import DeviceForecast, ensure_slots
+
+    policy = TeaCache(forecast_order=2)
+    state = BranchState()
+    older = torch.randn(2, 5, 3, device=DEVICE)
+    state.residual, state.older = torch.randn(2, 5, 3, device=DEVICE), [older]
+    state.times = [[0.5, 0.5], [0.75, 0.75]]
+    slots = ensure_slots(state, 3)
+    assert slots[0] is state.residual and slots[1] is older and slots[2].eq(0).all()
+    forecast = DeviceForecast(policy, slots)
+    # An eager call in between left a residual that is no slot: it is copied into a free one.
+    fresh = torch.randn(2, 5, 3, device=DEVICE)
+    state.residual, state.older = fresh, [slots[0], slots[1]]
+    state.times = [[0.25, 0.25], [0.5, 0.5], [0.75, 0.75]]
+    kept = [t.clone() for t in (fresh, slots[0], slots[1])]
+    forecast.load(state)
+    back = BranchState()
+    forecast.store(back)
+    assert back.residual is slots[2] and [id(t) for t in back.older] == [id(slots[0]),
+                                                                       id(slots[1])]
+    for got, want in zip([back.residual] + back.older, kept):
+        assert torch.equal(got, want)
+    assert back.times == state.times

@@ -62,6 +62,72 @@ def test_graphs_give_the_eager_decisions_and_outputs_bit_for_bit(threshold):
         assert torch.equal(graphed, uncached)
 
 
+FITTED = [None, None, [1.25, -0.25], None, [0.75, 0.5, -0.25], [1.0], None, None]
+FORECASTS = [
+    dict(threshold=0.3, forecast_order=1),
+    dict(threshold=0.3, forecast_order=2),
+    dict(threshold=0.3, forecast_order=2, forecast_basis="taylor", forecast_time="step"),
+    dict(compute_steps=[True, True, False, True, False, False, True, False]),
+    dict(compute_steps=[True, True, False, True, False, False, True, False], forecast_order=2),
+    dict(compute_steps=[True, True, False, True, False, False, True, False], forecast_order=2,
+         forecast_weights=FITTED),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("settings", FORECASTS)
+def test_graphed_forecasts_and_static_schedules_equal_eager_bit_for_bit(settings):
+    model = tiny_flux(device="cuda")
+    inp = make_inputs(2, device="cuda")
+    runs = {}
+    for graphs in (False, True):
+        p = TeaCache(coefficients=None, num_inference_steps=STEPS, cuda_graphs=graphs,
+                     **settings)
+        with cachekern.patched(model, p) as handle:
+            outputs, captured = branched(model, inp), len(handle._graphs)
+        runs[graphs] = (outputs, [dict(h) for h in handle.history], handle.stats(), captured)
+    (eager, eager_history, eager_stats, _), (graphed, history, stats, captured) = \
+        runs[False], runs[True]
+    assert captured == 2 and 0 < stats["skipped"] == eager_stats["skipped"]
+    assert repr(history) == repr(eager_history)
+    assert torch.equal(graphed, eager)
+
+
+@pytest.mark.gpu
+def test_a_graphed_forecast_hands_its_history_to_an_eager_call_and_back():
+    model = tiny_flux(device="cuda")
+    inp = make_inputs(1, device="cuda")
+
+    def run(graphs):
+        p = TeaCache(threshold=0.3, coefficients=None, num_inference_steps=STEPS,
+                     forecast_order=2, cuda_graphs=graphs)
+        with cachekern.patched(model, p) as handle:
+            outputs, latents = [], inp["x"].clone()
+            with torch.no_grad():
+                for i, t in enumerate(torch.linspace(1.0, 0.05, STEPS, device="cuda")):
+                    if i == 5:   # positional hidden_states: not graphable, runs eagerly
+                        out = model(latents, encoder_hidden_states=inp["enc"],
+                                    pooled_projections=inp["pooled"], timestep=t.expand(1),
+                                    img_ids=inp["img_ids"], txt_ids=inp["txt_ids"],
+                                    return_dict=False)[0]
+                    elif graphs and i >= 2:
+                        torch.cuda.set_sync_debug_mode("error")
+                        try:
+                            out = call(model, inp, latents, t)
+                        finally:
+                            torch.cuda.set_sync_debug_mode(0)
+                    else:
+                        out = call(model, inp, latents, t)
+                    latents = latents - (1.0 / STEPS) * out
+                    outputs.append(out)
+            return torch.stack(outputs), [dict(h) for h in handle.history]
+
+    eager, eager_history = run(False)
+    graphed, history = run(True)
+    assert torch.equal(graphed, eager) and repr(history) == repr(eager_history)
+    assert any(not h["computed"] for h in history[6:])     # forecasts after the hand-back
+
+
 @pytest.mark.gpu
 def test_graphed_calls_never_synchronise_and_an_eager_call_between_them_fits():
     model = tiny_flux(device="cuda")

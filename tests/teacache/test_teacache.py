@@ -402,7 +402,9 @@ def test_errors_name_what_is_wrong():
         (dict(forecast_of="input"), "forecast_of must be 'residual' or 'output'"),
         (dict(compute_steps=[True], forecast_weights=[[1, 2, 3, 4]]),
          "forecast_weights must be a list with one entry per step"),
-        (dict(forecast_order=1, cuda_graphs=True), "forecast_order > 0 runs eagerly"),
+        (dict(forecast_order=1, forecast_of="output", cuda_graphs=True),
+         "forecast_of='output' runs eagerly"),
+        (dict(compute_steps=[True, False], parity=True), "compute_steps replaces the indicator"),
         (dict(max_consecutive_skips=0), "max_consecutive_skips must be None or an int >= 1"),
         (dict(parity=True, decision="per_sample"), "parity=True reproduces the published"),
     ]:
