@@ -81,10 +81,11 @@ def ms(events):
     return [s.elapsed_time(e) for s, e in events]
 
 
-def never_skipping_pairs(model, kwargs, pairs):
+def never_skipping_pairs(model, kwargs, pairs, forecast_order=0):
     """(baseline graph events, patched events, host syncs of each) over interleaved pairs."""
     user_graph = UserGraph(model, kwargs())
-    handle = cachekern.patch(model, cachekern.TeaCache(threshold=0.0, cuda_graphs=True))
+    handle = cachekern.patch(model, cachekern.TeaCache(threshold=0.0, cuda_graphs=True,
+                                                       forecast_order=forecast_order))
     patched = lambda: model(**kwargs())[0]  # noqa: E731
     for _ in range(3):          # the first call runs eagerly, the second captures
         patched()
@@ -101,7 +102,7 @@ def never_skipping_pairs(model, kwargs, pairs):
 
 
 @torch.no_grad()
-def main(pairs, short_pairs, reps, out_path, preset):
+def main(pairs, short_pairs, reps, out_path, preset, forecast_order=0):
     from benchmarks.harness import environment, markdown_table, report, warm_up_gpu
 
     warm_up_gpu()
@@ -115,12 +116,18 @@ def main(pairs, short_pairs, reps, out_path, preset):
     for _ in range(2):
         eager()
     full_eager = [timed(eager) for _ in range(reps)]
-    base_t, cached_t, (syncs, baseline_syncs) = never_skipping_pairs(model, kwargs, pairs)
+    base_t, cached_t, (syncs, baseline_syncs) = never_skipping_pairs(model, kwargs, pairs,
+                                                                     forecast_order)
 
-    # Always skipping after the warm-up step.
-    handle = cachekern.patch(model, cachekern.TeaCache(threshold=1e9, cuda_graphs=True))
+    # Always skipping after the warm-up steps: reusing the residual (order 0), or forecasting
+    # it from the last 1 + order computed ones (a static schedule that computes them first).
+    computed = forecast_order + 1
+    policy = cachekern.TeaCache(threshold=1e9, cuda_graphs=True) if not forecast_order else \
+        cachekern.TeaCache(cuda_graphs=True, forecast_order=forecast_order,
+                           compute_steps=[True] * computed + [False] * (3 * reps + 8))
+    handle = cachekern.patch(model, policy)
     patched = lambda: model(**kwargs())[0]  # noqa: E731
-    for _ in range(3):
+    for _ in range(computed + 2):
         patched()
     skipped_ahead = [timed(patched) for _ in range(reps)]
     torch.cuda.synchronize()
@@ -140,7 +147,8 @@ def main(pairs, short_pairs, reps, out_path, preset):
     short = dict(config, config=dict(config["config"], num_layers=1, num_single_layers=1))
     model = build_model(short, device)
     short_kwargs = calls(model, make_inputs(short, model, 0, device), device)
-    short_base, short_cached, _ = never_skipping_pairs(model, short_kwargs, short_pairs)
+    short_base, short_cached, _ = never_skipping_pairs(model, short_kwargs, short_pairs,
+                                                       forecast_order)
 
     full, graph_full = statistics.median(ms(full_eager)), statistics.median(ms(base_t))
     median, q1, q3 = spread([c - b for c, b in zip(ms(cached_t), ms(base_t))], graph_full)
@@ -168,7 +176,8 @@ def main(pairs, short_pairs, reps, out_path, preset):
     ]
     text = "\n".join([
         environment(),
-        f"FLUX.1-dev dimensions (preset {preset}), bf16, random weights. Never skipping: "
+        f"FLUX.1-dev dimensions (preset {preset}), bf16, random weights, forecast order "
+        f"{forecast_order} (a skipped call {'reuses the residual' if not forecast_order else f'forecasts from {forecast_order + 1} computed residuals'}). Never skipping: "
         f"{pairs} interleaved pairs on the full model, {short_pairs} on the 1 + 1-block one; "
         f"{reps} calls otherwise; medians of CUDA-event times. Skipped calls counted by the "
         f"handle: {stats['skipped']} of {stats['calls']}.",
@@ -186,5 +195,6 @@ if __name__ == "__main__":
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--preset", default="full", choices=sorted(PRESETS),
                         help="small: a quick check of the script itself")
+    parser.add_argument("--forecast-order", type=int, default=0, choices=(0, 1, 2))
     args = parser.parse_args()
-    main(args.pairs, args.short_pairs, args.reps, args.out, args.preset)
+    main(args.pairs, args.short_pairs, args.reps, args.out, args.preset, args.forecast_order)
