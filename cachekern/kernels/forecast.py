@@ -111,9 +111,10 @@ if triton is not None:
         W, stride_wb, stride_wk, stride_wc,
         BIAS, stride_bb,
         OUT, stride_ob, stride_or,
+        SLOT_ORDER,
         R, C, tiles_c,
         K: tl.constexpr, HAS_X: tl.constexpr, HAS_BIAS: tl.constexpr,
-        CHANNEL_IS_ROW: tl.constexpr,
+        CHANNEL_IS_ROW: tl.constexpr, SLOTTED: tl.constexpr,
         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, EXPLICIT_BF16: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -128,6 +129,23 @@ if triton is not None:
             channel, channel_ok = rows, row_ok
         else:
             channel, channel_ok = cols, col_ok
+        if SLOTTED:
+            # H0..H2 are slots of one layout; SLOT_ORDER names the slot of each term, on the
+            # device (a CUDA graph's forecast reads the history in its age order without
+            # moving it).
+            s0 = tl.load(SLOT_ORDER + 0)
+            G0 = tl.where(s0 == 0, H0, tl.where(s0 == 1, H1, H2))
+            G1 = G0
+            G2 = G0
+            if K > 1:
+                s1 = tl.load(SLOT_ORDER + 1)
+                G1 = tl.where(s1 == 0, H0, tl.where(s1 == 1, H1, H2))
+            if K > 2:
+                s2 = tl.load(SLOT_ORDER + 2)
+                G2 = tl.where(s2 == 0, H0, tl.where(s2 == 1, H1, H2))
+            H0 = G0
+            H1 = G1
+            H2 = G2
         h0 = _load_tile(H0, b, stride_h0b, rows, stride_h0r, cols, mask)
         r = h0 * _channel_vector(W, b, stride_wb, channel * stride_wc, channel_ok, CHANNEL_IS_ROW)
         if K > 1:
@@ -146,9 +164,10 @@ if triton is not None:
                  cast_to(r, OUT.dtype.element_ty, EXPLICIT_BF16), mask=mask)
 
 
-def _launch(x3, h3, weights, bias, out3, channel_is_row):
+def _launch(x3, h3, weights, bias, out3, channel_is_row, slot_order=None, terms=None):
     has_x = x3 is not None
     x3 = x3 if has_x else h3[0]       # unused pointer: never read
+    terms = len(h3) if terms is None else terms
     B, R, C = x3.shape
     block_r, block_c = tile_shape(R, C)
     tiles_c = cdiv(C, block_c)
@@ -162,8 +181,10 @@ def _launch(x3, h3, weights, bias, out3, channel_is_row):
         weights, weights.stride(0), weights.stride(1), w_c,
         bias if bias is not None else x3, v.batch_stride(bias),
         out3, out3.stride(0), out3.stride(1),
+        slot_order if slot_order is not None else weights,
         R, C, tiles_c,
-        K=len(h3), HAS_X=has_x, HAS_BIAS=bias is not None, CHANNEL_IS_ROW=channel_is_row,
+        K=terms, HAS_X=has_x, HAS_BIAS=bias is not None, CHANNEL_IS_ROW=channel_is_row,
+        SLOTTED=slot_order is not None,
         BLOCK_R=block_r, BLOCK_C=block_c, EXPLICIT_BF16=EXPLICIT_BF16_ROUNDING,
         num_warps=4 if block_r * block_c <= 2048 else 8,
     )
@@ -171,17 +192,20 @@ def _launch(x3, h3, weights, bias, out3, channel_is_row):
 
 # -- host functions ------------------------------------------------------------------------------
 
-def residual_forecast_into(x, history, weights, bias, channel_dim, out):
+def residual_forecast_into(x, history, weights, bias, channel_dim, out, slot_order=None):
     if out.numel() == 0:
         return
     dim = channel_dim % out.dim()
     if not use_triton(out):
+        if slot_order is not None:
+            history = [history[int(i)] for i in slot_order[:weights.shape[1]].tolist()]
         out.copy_(torch_residual_forecast(x, history, weights, bias, dim, out.dtype))
         return
     named = [(f"history[{k}]", h) for k, h in enumerate(history)] + [("out", out)]
     views, channel_is_row = _views(OP, dim, *([("x", x)] if x is not None else []), *named)
     x3 = views.pop(0) if x is not None else None
-    _launch(x3, views[:-1], weights, bias, views[-1], channel_is_row)
+    _launch(x3, views[:-1], weights, bias, views[-1], channel_is_row, slot_order,
+            weights.shape[1])
 
 
 def _check_weights(weights, batch, k, channels, device):
@@ -198,7 +222,8 @@ def _check_weights(weights, batch, k, channels, device):
 
 def residual_forecast(x: Optional[torch.Tensor], history: Sequence[torch.Tensor],
                       weights: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
-                      channel_dim: int = -1, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      channel_dim: int = -1, out: Optional[torch.Tensor] = None,
+                      slot_order: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x + sum_k weights[:, k] * history[k] (+ bias)``, per sample (and channel), in one pass.
 
     Args:
@@ -211,6 +236,11 @@ def residual_forecast(x: Optional[torch.Tensor], history: Sequence[torch.Tensor]
         bias: [B, C] or [C], or None.
         channel_dim: -1 for DiT tokens [B, N, C], 1 for UNet maps [B, C, H, W].
         out: where to write (x itself for in place); a new tensor of x's dtype by default.
+        slot_order: history as slots of one dtype and layout, and an int32 tensor on their
+            device naming the slot of each of the K terms (term k reads
+            history[slot_order[k]]): the order is read on the device, so a CUDA graph can
+            forecast from a ring whose age order changes from call to call. K may then be
+            fewer than len(history).
     """
     history = list(history) if isinstance(history, (list, tuple)) else history
     if not isinstance(history, list) or not 1 <= len(history) <= MAX_HISTORY:
@@ -230,7 +260,21 @@ def residual_forecast(x: Optional[torch.Tensor], history: Sequence[torch.Tensor]
         v.check_tensor(OP, "out", out)
         v.check_shape(OP, "out", out, x.shape)
     v.check_same_device(OP, "x", x, out=out, **{f"history_{k}": h for k, h in enumerate(history)})
-    _check_weights(weights, x.shape[0], len(history), x.shape[dim], x.device)
+    terms = len(history)
+    if slot_order is not None:
+        terms = weights.shape[1] if isinstance(weights, torch.Tensor) and weights.dim() >= 2 \
+            else 0
+        if not isinstance(slot_order, torch.Tensor) or slot_order.dtype != torch.int32 or \
+                slot_order.dim() != 1 or slot_order.device != x.device or \
+                not 1 <= terms <= min(len(history), slot_order.shape[0]):
+            raise ValueError(f"{OP}: slot_order must be an int32 vector on {x.device} with at "
+                             f"least one entry per term (weights' second dimension, at most "
+                             f"len(history)), got {slot_order!r}")
+        if any(h.dtype != history[0].dtype or h.stride() != history[0].stride()
+               for h in history):
+            raise ValueError(f"{OP}: with slot_order the history tensors are slots of one "
+                             f"dtype and layout")
+    _check_weights(weights, x.shape[0], terms, x.shape[dim], x.device)
     v.check_per_sample_channels(OP, "bias", bias, x.shape[0], x.shape[dim], x.device)
     named = [("x", x)] + [(f"history[{k}]", h) for k, h in enumerate(history)]
     _views(OP, dim, *named, ("out", out if out is not None else x))
@@ -238,7 +282,7 @@ def residual_forecast(x: Optional[torch.Tensor], history: Sequence[torch.Tensor]
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
     x = x if given_x else None
     if torch.compiler.is_compiling():
-        torch.ops.cachekern.residual_forecast_(x, history, weights, bias, dim, out)
+        torch.ops.cachekern.residual_forecast_(x, history, weights, bias, dim, out, slot_order)
     else:
-        residual_forecast_into(x, history, weights, bias, dim, out)
+        residual_forecast_into(x, history, weights, bias, dim, out, slot_order)
     return out

@@ -1,6 +1,6 @@
 """A forecast's bookkeeping as one single-program kernel, so that a CUDA graph can forecast with
-no host read: which history slot a computed value goes to, and for a skipped call which slots
-to read, in which order, with which weights.
+no host read: which history slot a computed value goes to, and for a skipped call how many
+slots to read, in which order (residual_forecast's slot_order), with which weights.
 
 The history is a ring of S = order + 1 slot tensors that never move. The kernel keeps, in a
 float64 state vector, how many slots hold values (count), the slots newest first (age order,
@@ -14,13 +14,11 @@ was computed at. Per call it reads the decision's record (step, time, computed) 
 - skipped, else: the longest run of newest values with distinct times, at most order + 1 of
   them, gives the extrapolation weights (Lagrange or TaylorSeer's basis, in float64, each
   operation rounded as the host's cachekern.kernels.forecast functions round it); one value
-  means plain reuse (`reuse` flags its slot).
+  means plain reuse (weight 1: bit for bit residual_reuse).
 
-A forecast from m slots in a given age order is one of the graph's conditional bodies; its flag
-is `forecast[body_index(S, slots)]`. Step 0 starts an empty ring (a new generation).
+A forecast from m slots is one of the graph's conditional bodies; its flag is forecast[m - 1].
+Step 0 starts an empty ring (a new generation).
 """
-
-from itertools import permutations
 
 from cachekern.kernels._backend import next_power_of_2, tl, triton
 
@@ -31,30 +29,12 @@ def state_size(slots: int) -> int:
     return 1 + 2 * slots
 
 
-def flag_count(slots: int) -> int:
-    return 2 * slots * slots + slots
-
-
-def body_index(slots: int, order) -> int:
-    """The flag of a forecast from the slots `order` (newest first, 1 to 3 of them)."""
-    if len(order) == 1:
-        return 2 * slots * slots + order[0]
-    return (0 if len(order) == 2 else slots * slots) + order[0] * slots + order[1]
-
-
-def bodies(slots: int):
-    """Every age order a forecast can read: (flag index, slots newest first)."""
-    return [(body_index(slots, order), order) for m in range(1, slots + 1)
-            for order in permutations(range(slots), m)]
-
-
 if triton is not None:
 
     @triton.jit
-    def _plan_kernel(RECORD, STATE, FITTED, FITTED_LEN, n_fitted, WEIGHTS, CAPTURE, REUSE,
+    def _plan_kernel(RECORD, STATE, FITTED, FITTED_LEN, n_fitted, WEIGHTS, SLOT_ORDER, CAPTURE,
                      FORECAST, S: tl.constexpr, ORDER: tl.constexpr, TAYLOR: tl.constexpr,
-                     STEP_TIME: tl.constexpr, N_FLAGS: tl.constexpr, FLAGS_P2: tl.constexpr,
-                     S_P2: tl.constexpr):
+                     STEP_TIME: tl.constexpr, S_P2: tl.constexpr):
         step = tl.load(RECORD + 0)
         computed = tl.load(RECORD + 4) != 0.0
         if STEP_TIME:
@@ -115,23 +95,22 @@ if triton is not None:
             q0 = 1.0 + d / h0 + c / h0
             q1 = -d / h0 - c / h0 - c / h1
             q2 = c / h1
-        w0 = tl.where(use_fit, f0, tl.where(three, q0, l0))
+        w0 = tl.where(use_fit, f0, tl.where(three, q0, tl.where(two, l0, 1.0)))
         w1 = tl.where(use_fit, f1, tl.where(three, q1, l1))
         w2 = tl.where(use_fit, f2, q2)
         m = tl.where(use_fit, m_fit, n)
 
-        skip = not computed
-        reuse = skip & (not use_fit) & (n == 1.0)
-        forecast = skip & (not reuse)
-        s = a0 * S + a1
-        body = tl.where(m == 1.0, 2 * S * S + a0, tl.where(m == 2.0, s, S * S + s))
-
+        forecast = not computed
         # Each vector of flags has at most one set: the index chosen, or -1 for none.
-        flags = tl.arange(0, FLAGS_P2)
-        tl.store(FORECAST + flags, flags == tl.where(forecast, body, -1), mask=flags < N_FLAGS)
         slots = tl.arange(0, S_P2)
-        tl.store(REUSE + slots, slots == tl.where(reuse, a0, -1), mask=slots < S)
+        chosen = tl.where(forecast, m.to(tl.int32) - 1, -1)
+        tl.store(FORECAST + slots, slots == chosen, mask=slots < S)
         tl.store(CAPTURE + slots, slots == tl.where(computed, new, -1), mask=slots < S)
+        tl.store(SLOT_ORDER + 0, a0)
+        if S > 1:
+            tl.store(SLOT_ORDER + 1, a1)
+        if S > 2:
+            tl.store(SLOT_ORDER + 2, a2)
         tl.store(WEIGHTS + 0, tl.where(forecast, w0, 0.0).to(tl.float32))
         if S > 1:
             tl.store(WEIGHTS + 1, tl.where(forecast & (m >= 2.0), w1, 0.0).to(tl.float32))
@@ -147,13 +126,15 @@ if triton is not None:
         tl.store(STATE + 1 + S + new, now, mask=computed)
 
 
-def forecast_plan(record, state, fitted, fitted_len, weights, capture, reuse, forecast, *,
+def forecast_plan(record, state, fitted, fitted_len, weights, slot_order, capture, forecast, *,
                   order, taylor, step_time):
     """One call's plan from the decision's `record` (float64: step, time, ..., computed at
     index 4). state: float64 [state_size(S)], updated; fitted: float64 [steps, S] and
     fitted_len: float64 [steps] (0: no fitted weights for that step; at least one row, S =
-    fitted.shape[1]); writes weights (fp32 [S], newest first), and the bool flags capture [S],
-    reuse [S] and forecast [flag_count(S)]."""
+    fitted.shape[1]). Writes weights (fp32 [S], newest first; zeros past the forecast's
+    length), slot_order (int32 [S]: the slots newest first) and the bool flags capture [S]
+    (the slot a computed value goes to) and forecast [S] (forecast[m - 1]: a skipped call
+    forecasts from the m newest slots)."""
     if triton is None:
         raise RuntimeError("forecast_plan: needs Triton")
     slots = fitted.shape[1]
@@ -161,10 +142,9 @@ def forecast_plan(record, state, fitted, fitted_len, weights, capture, reuse, fo
         raise ValueError(f"forecast_plan: 1 to 3 slots and order < slots, got {slots} slots, "
                          f"order {order}")
     _plan_kernel[(1,)](
-        record, state, fitted, fitted_len, fitted_len.shape[0], weights, capture, reuse,
+        record, state, fitted, fitted_len, fitted_len.shape[0], weights, slot_order, capture,
         forecast, S=slots, ORDER=order, TAYLOR=taylor, STEP_TIME=step_time,
-        N_FLAGS=flag_count(slots), FLAGS_P2=next_power_of_2(flag_count(slots)),
         S_P2=next_power_of_2(slots), enable_fp_fusion=False)
 
 
-__all__ = ["COUNT", "body_index", "bodies", "flag_count", "forecast_plan", "state_size"]
+__all__ = ["COUNT", "forecast_plan", "state_size"]

@@ -67,10 +67,11 @@ def _(output, x, prev_residual, deterministic, out):
 @torch.library.custom_op("cachekern::residual_forecast_", mutates_args=("out",))
 def residual_forecast_op(x: Optional[torch.Tensor], history: List[torch.Tensor],
                          weights: torch.Tensor,
-                         bias: Optional[torch.Tensor], channel_dim: int, out: torch.Tensor) -> None:
-    residual_forecast_into(x, history, weights, bias, channel_dim, out)
+                         bias: Optional[torch.Tensor], channel_dim: int, out: torch.Tensor,
+                         slot_order: Optional[torch.Tensor] = None) -> None:
+    residual_forecast_into(x, history, weights, bias, channel_dim, out, slot_order)
 
 
 @residual_forecast_op.register_fake
-def _(x, history, weights, bias, channel_dim, out):
+def _(x, history, weights, bias, channel_dim, out, slot_order=None):
     return None

@@ -4,9 +4,10 @@ buffers (cachekern.kernels.forecast_plan), and the hand-over of the branch's his
 the host (eager calls: BranchState.residual, .older, .times) and the device (graphed calls).
 
 The slots are the eager history's own tensors where it has them, so a graph takes over a
-branch without copying; the graph's conditional bodies are captured per slot (capture, reuse)
-and per age order a forecast can read (forecast_plan.bodies), each the very kernel call the
-eager path makes, so both give the same bits.
+branch without copying. The graph's conditional bodies are one capture per slot and one
+forecast per length (residual_forecast reading the slots in the plan's age order on the
+device): the eager path's kernels, in its order of terms, so both give the same bits (a reuse
+is a forecast of weight 1, bit for bit residual_reuse).
 """
 
 import torch
@@ -49,24 +50,20 @@ class DeviceForecast:
                 self.fitted[i, :len(row)] = torch.tensor(row, dtype=torch.float64)
                 self.fitted_len[i] = len(row)
                 lengths.add(len(row))
-        # The forecast lengths that can occur: the basis's (2 .. order + 1) and the fitted rows'.
-        self.lengths = sorted(lengths | set(range(2, policy.forecast_order + 2)))
+        # The forecast lengths that can occur: reuse (1), the basis's (up to order + 1) and the
+        # fitted rows'.
+        self.lengths = sorted(lengths | set(range(1, policy.forecast_order + 2)))
         self.weights = torch.zeros((1, n), dtype=torch.float32, device=device)
+        self.slot_order = torch.zeros(n, dtype=torch.int32, device=device)
         self.capture = torch.zeros(n, dtype=torch.bool, device=device)
-        self.reuse = torch.zeros(n, dtype=torch.bool, device=device)
-        self.flags = torch.zeros(plan.flag_count(n), dtype=torch.bool, device=device)
+        self.forecast = torch.zeros(n, dtype=torch.bool, device=device)
 
     def __call__(self, record):
         plan.forecast_plan(record, self.state, self.fitted, self.fitted_len, self.weights,
-                           self.capture, self.reuse, self.flags,
+                           self.slot_order, self.capture, self.forecast,
                            order=self.policy.forecast_order,
                            taylor=self.policy.forecast_basis == "taylor",
                            step_time=self.policy.forecast_time == "step")
-
-    def bodies(self):
-        """(flag, slots newest first) of every forecast the plan can choose."""
-        return [(index, order) for index, order in plan.bodies(len(self.slots))
-                if len(order) in self.lengths]
 
     def weights_for(self, length, batch):
         """The plan's weights as the eager path passes them: one row, expanded per sample."""

@@ -359,8 +359,9 @@ class TeaCacheRuntime:
         if forecast is not None:
             batch = dense.hidden.shape[0]
             for length in forecast.lengths:
-                self.kernels.residual_forecast(dense.hidden, slots[:length],
-                                               forecast.weights_for(length, batch), out=hidden)
+                self.kernels.residual_forecast(dense.hidden, slots,
+                                               forecast.weights_for(length, batch), out=hidden,
+                                               slot_order=forecast.slot_order)
         return StackCall(hidden, call.extras)
 
     def graph_capture(self, model, call: StackCall, blocks, state: BranchState, decision,
@@ -368,8 +369,8 @@ class TeaCacheRuntime:
         """The stack as TeaCache(cuda_graphs=True) captures it: the indicator (none for a
         static schedule), the decision on the device, then conditional nodes through
         `run_if(flag, body)`: compute (the blocks, the new residual) or skip (the cached
-        residual, or with a forecast one node per history slot and per forecast the plan can
-        choose; cachekern.teacache.device_forecast). `prelude()` runs first in the compute
+        residual, or with a forecast one capture per history slot and one forecast per length
+        the plan can choose; cachekern.teacache.device_forecast). `prelude()` runs first in the compute
         branch (work deferred there from outside the stack)."""
         dense = _last_dim_contiguous(call)
         ind = None
@@ -416,11 +417,9 @@ class TeaCacheRuntime:
             run_if(forecast.capture[j], lambda slot=slot: self.kernels.residual_capture(
                 out.hidden.contiguous(), dense.hidden, out=slot))
         run_if(decision.skip, restore_extras)
-        for j, slot in enumerate(forecast.slots):
-            run_if(forecast.reuse[j], lambda slot=slot: self.kernels.residual_reuse(
-                dense.hidden, slot, out=out.hidden))
-        for index, order in forecast.bodies():
-            run_if(forecast.flags[index], lambda order=order: self.kernels.residual_forecast(
-                dense.hidden, [forecast.slots[a] for a in order],
-                forecast.weights_for(len(order), batch), out=out.hidden))
+        for length in forecast.lengths:
+            run_if(forecast.forecast[length - 1], lambda length=length:
+                   self.kernels.residual_forecast(
+                       dense.hidden, forecast.slots, forecast.weights_for(length, batch),
+                       out=out.hidden, slot_order=forecast.slot_order))
         return out

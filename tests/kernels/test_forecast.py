@@ -163,3 +163,23 @@ def test_bad_arguments_are_named():
         lagrange_weights([1.0, 1.0], 0.0)
     with pytest.raises(ValueError, match="times: expected distinct"):
         lagrange_weights([], 0.0)
+
+
+@pytest.mark.parametrize("device", DEVS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("order", [(2,), (1, 0), (0, 2), (2, 0, 1), (1, 2, 0)])
+def test_slot_order_reads_the_history_on_the_device_in_the_order_it_names(device, dtype, order):
+    x = torch.randn(3, 41, 37, device=device).to(dtype)
+    slots = [torch.randn(3, 41, 37, device=device).to(dtype) for _ in range(3)]
+    weights = torch.randn(3, len(order), device=device)
+    ring = torch.tensor(list(order) + [7] * (3 - len(order)), dtype=torch.int32, device=device)
+    got = residual_forecast(x, slots, weights, slot_order=ring)
+    # the very terms, in the very order: the same bits as the history passed in that order
+    assert torch.equal(got, residual_forecast(x, [slots[i] for i in order], weights))
+    assert not torch.equal(got, residual_forecast(x, slots[:len(order)], weights)) or \
+        list(order) == list(range(len(order)))
+    with pytest.raises(ValueError, match="slot_order must be an int32 vector"):
+        residual_forecast(x, slots, weights, slot_order=ring.long())
+    with pytest.raises(ValueError, match="slots of one dtype and layout"):
+        other = slots[2].half() if dtype != torch.float16 else slots[2].float()
+        residual_forecast(x, slots[:2] + [other], weights[:, :1], slot_order=ring)
