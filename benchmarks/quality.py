@@ -55,6 +55,7 @@ METHOD_KEYS = {"fewer": methods.FEWER_STEPS, "teacache": methods.TEACACHE,
                "static": methods.TEACACHE_STATIC,
                "blockcaching": methods.BLOCK_CACHING, "fbc": methods.FIRST_BLOCK_CACHE,
                "taylorseer": methods.TAYLORSEER, "magcache": methods.MAGCACHE,
+               "seacache": methods.SEACACHE,
                "dbcache": methods.DBCACHE}
 BLOCK_CACHING_TARGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 FORECAST_ORDERS = (1, 2)
@@ -104,6 +105,13 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=
     if methods.MAGCACHE in wanted:
         ratios = methods.calibrate_magcache(ref.model, calibration_run, steps)
         found += methods.magcache(steps, thresholds, ratios)
+    if methods.SEACACHE in wanted and ref.name == "wan-motion":   # its one adapter here: Wan T2V
+        from cachekern.reference_models.common import flow_scheduler
+        from cachekern.reference_models.wan_motion import SAMPLING
+
+        solver = flow_scheduler(sample_kwargs["scheduler"], SAMPLING["shift"])
+        solver.set_timesteps(steps)
+        found += methods.seacache(steps, solver.sigmas[:steps].tolist(), thresholds)
     if methods.DBCACHE in wanted:
         found += methods.dbcache(steps, thresholds)
     return found

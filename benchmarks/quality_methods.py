@@ -17,6 +17,7 @@ TEACACHE_STATIC = "cachekern TeaCache static schedule"
 FIRST_BLOCK_CACHE = "diffusers FirstBlockCache"
 TAYLORSEER = "diffusers TaylorSeer"
 MAGCACHE = "diffusers MagCache"
+SEACACHE = "diffusers SeaCache"
 DBCACHE = "cache-dit DBCache F1B0"
 DBCACHE_TAYLORSEER = "cache-dit DBCache F1B0 + TaylorSeer"
 BLOCK_CACHING = "cachekern BlockCaching"
@@ -24,7 +25,7 @@ BLOCK_CACHING_FORECAST = "cachekern BlockCaching forecast"
 BLOCK_CACHING_FITTED = "cachekern BlockCaching fitted forecast"
 CACHEKERN_METHODS = (TEACACHE, TEACACHE_FORECAST, TEACACHE_STATIC, BLOCK_CACHING,
                      BLOCK_CACHING_FORECAST, BLOCK_CACHING_FITTED)
-PEERS = (FIRST_BLOCK_CACHE, TAYLORSEER, MAGCACHE, DBCACHE, DBCACHE_TAYLORSEER)
+PEERS = (FIRST_BLOCK_CACHE, TAYLORSEER, MAGCACHE, SEACACHE, DBCACHE, DBCACHE_TAYLORSEER)
 SOLVER_NAMES = {"euler": "Euler", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "unipc": "UniPC"}
 
 
@@ -209,6 +210,38 @@ def magcache(steps, thresholds, mag_ratios, max_skip_steps=(3,)):
                         threshold=t, max_skip_steps=k, num_inference_steps=steps,
                         mag_ratios=list(mag_ratios))))
             for k in max_skip_steps for t in thresholds]
+
+
+def seacache(steps, sigmas, thresholds, orders=(0, 1), max_cached=(2, 4)):
+    """diffusers' SeaCache (Wan T2V has its adapter in 0.42), residual order 0 (reuse) and 1
+    (linear extrapolation). It reads the scheduler's step, sigma and step count from each
+    cache_context, as WanPipeline passes them; the reference sampler names only the branch, so
+    the setting wraps the model's cache_context to add them (per branch, counting its calls)."""
+    from diffusers.hooks import SeaCacheConfig
+
+    def applier(threshold, order, k):
+        def apply(model):
+            disable = enable_diffusers_cache(model, SeaCacheConfig(
+                threshold=threshold, residual_order=order, max_consecutive_cached=k))
+            original, calls = model.cache_context, {}
+
+            def cache_context(name, **kwargs):
+                i = calls.get(name, 0) % steps
+                calls[name] = i + 1
+                return original(name, step_index=i, sigma=float(sigmas[i]),
+                                num_inference_steps=steps)
+
+            model.cache_context = cache_context
+
+            def remove():
+                del model.cache_context
+                disable()
+            return remove
+        return apply
+
+    return [Setting(SEACACHE, f"threshold={t} residual_order={o} max_consecutive_cached={k}",
+                    steps, applier(t, o, k))
+            for o in orders for k in max_cached for t in thresholds]
 
 
 def _quiet_cache_dit():
