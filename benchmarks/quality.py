@@ -61,7 +61,8 @@ BLOCK_CACHING_TARGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 FORECAST_ORDERS = (1, 2)
 
 
-def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=False):
+def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=False,
+                 schedules=()):
     thresholds = QUICK_THRESHOLDS if quick else THRESHOLDS
     found = methods.uncached(steps)
     if methods.FEWER_STEPS in wanted:
@@ -93,7 +94,7 @@ def settings_for(ref, steps, sample_kwargs, calibration, quick, wanted, distill=
                                   forecast_time="step")
     if methods.TEACACHE_STATIC in wanted:
         found += methods.static_schedules(steps, static_candidates(ref.model, calibration_run,
-                                                                   steps, quick))
+                                                                   steps, quick, schedules))
     if is_unet(ref):
         # UNet2DConditionModel: the diffusers hooks and cache-dit need transformer blocks.
         return found
@@ -129,10 +130,12 @@ def regular_schedule(steps, interval, warmup):
     return [s < warmup or (s - warmup - 1) % interval == 0 for s in range(steps)]
 
 
-def static_candidates(model, calibration_run, steps, quick):
+def static_candidates(model, calibration_run, steps, quick, given=()):
     """{label: TeaCache options} of static schedules: TaylorSeer's regular patterns with the
     Taylor or Lagrange basis or weights fitted on the calibration seeds, and the schedules
-    cachekern.search_schedule finds there for fitted forecasts (one recording serves all)."""
+    cachekern.search_schedule finds there for fitted forecasts (one recording serves all);
+    `given`: patterns ("C" computes, "." forecasts) from --schedule, e.g. the steps a peer
+    computed (benchmarks.peer_schedule), with every forecast form."""
     from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
                                                     record_stack_residuals)
 
@@ -153,6 +156,17 @@ def static_candidates(model, calibration_run, steps, quick):
                 found[f"{text(compute)} fitted order {order}"] = dict(
                     compute_steps=compute, forecast_order=order,
                     forecast_weights=errors.fitted_weights(compute))
+    for pattern in given:
+        compute = [c == "C" for c in pattern]
+        found[f"{pattern} given, taylor order 2"] = dict(
+            compute_steps=compute, forecast_order=2, forecast_basis="taylor")
+        for time in ("timestep", "step"):
+            found[f"{pattern} given, lagrange order 1 in {time}"] = dict(
+                compute_steps=compute, forecast_order=1, forecast_time=time)
+        for order, errors in fitted.items():
+            found[f"{pattern} given, fitted order {order}"] = dict(
+                compute_steps=compute, forecast_order=order,
+                forecast_weights=errors.fitted_weights(compute))
     for target in ((0.5, 0.3) if quick else SEARCH_TARGETS):
         for order, errors in fitted.items():
             compute = greedy_schedule(errors, target)
@@ -419,6 +433,9 @@ def main(argv=None):
     parser.add_argument("--cache-dir", default=None, help="zoo directory")
     parser.add_argument("--untrained", action="store_true", help="random weights (smoke runs)")
     parser.add_argument("--quick", action="store_true", help="a few settings (smoke runs)")
+    parser.add_argument("--schedule", action="append", default=[], metavar="PATTERN",
+                        help="a static schedule to measure too, one character a step: C "
+                             "computes, . forecasts (repeat)")
     parser.add_argument("--only", default=None, metavar="REGEX",
                         help="run only the settings whose 'method setting' text matches REGEX "
                              "(re.search; the uncached run always): e.g. to time a table's "
@@ -460,8 +477,12 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"quality_{args.name}_{scheduler}"
     wanted = {METHOD_KEYS[key] for key in args.methods.split(",")}
+    for pattern in args.schedule:
+        if len(pattern) != steps or set(pattern) - {"C", "."} or pattern[0] != "C":
+            parser.error(f"--schedule: expected {steps} characters of C and ., the first C, "
+                         f"got {pattern!r}")
     for setting in settings_for(ref, steps, sample_kwargs, calibration, args.quick, wanted,
-                                args.distill):
+                                args.distill, args.schedule):
         if args.only is not None and setting.method != methods.UNCACHED and \
                 not only.search(f"{setting.method} {setting.label}"):
             continue
