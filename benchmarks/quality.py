@@ -156,6 +156,19 @@ def static_candidates(model, calibration_run, steps, quick, given=()):
                 found[f"{text(compute)} fitted order {order}"] = dict(
                     compute_steps=compute, forecast_order=order,
                     forecast_weights=errors.fitted_weights(compute))
+            # The same with the last step computed, as TeaCache's compute_last_step and
+            # SeaCache's cache_end_steps do: the final step's error is not smoothed by any
+            # later step.
+            if not compute[-1]:
+                last = compute[:-1] + [True]
+                found[f"{text(last)} taylor order 2, last"] = dict(
+                    compute_steps=last, forecast_order=2, forecast_basis="taylor")
+                for time in ("timestep", "step"):
+                    found[f"{text(last)} lagrange order 1 in {time}, last"] = dict(
+                        compute_steps=last, forecast_order=1, forecast_time=time)
+                found[f"{text(last)} fitted order 2, last"] = dict(
+                    compute_steps=last, forecast_order=2,
+                    forecast_weights=fitted[2].fitted_weights(last))
     for pattern in given:
         compute = [c == "C" for c in pattern]
         found[f"{pattern} given, taylor order 2"] = dict(
