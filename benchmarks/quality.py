@@ -169,6 +169,14 @@ def static_candidates(model, calibration_run, steps, quick, given=()):
                 found[f"{text(last)} fitted order 2, last"] = dict(
                     compute_steps=last, forecast_order=2,
                     forecast_weights=fitted[2].fitted_weights(last))
+                # At the pattern's own compute: its final computed step moved to the end.
+                moved = list(last)
+                moved[max(s for s in range(steps - 1) if compute[s])] = False
+                if moved[1:].count(True) and moved != compute:
+                    found[f"{text(moved)} taylor order 2, moved last"] = dict(
+                        compute_steps=moved, forecast_order=2, forecast_basis="taylor")
+                    found[f"{text(moved)} lagrange order 1, moved last"] = dict(
+                        compute_steps=moved, forecast_order=1)
     for pattern in given:
         compute = [c == "C" for c in pattern]
         found[f"{pattern} given, taylor order 2"] = dict(
