@@ -222,8 +222,57 @@ def unet():
     return model, inputs, 1000.0
 
 
+def cogview4():
+    torch.manual_seed(0)
+    model = diffusers.CogView4Transformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, text_embed_dim=16, time_embed_dim=16, condition_dim=4,
+        pos_embed_max_size=16, sample_size=8, rope_axes_dim=(4, 4)).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        sizes = torch.tensor([[16.0, 16.0]] * batch)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    original_size=sizes, target_size=sizes, crop_coords=sizes * 0)
+    return model, inputs, 1000.0
+
+
+def qwen_image():
+    torch.manual_seed(0)
+    model = diffusers.QwenImageTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4)).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 16, 4, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    encoder_hidden_states_mask=torch.ones(batch, 6),
+                    img_shapes=[(1, 4, 4)] * batch)
+    return model, inputs, 1.0
+
+
+def hunyuan_video15():
+    torch.manual_seed(0)
+    model = diffusers.HunyuanVideo15Transformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+        num_layers=2, num_refiner_layers=1, text_embed_dim=16, text_embed_2_dim=8,
+        image_embed_dim=8, rope_axes_dim=(2, 2, 4), task_type="t2v").eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 1, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 6),
+                    encoder_hidden_states_2=torch.randn(batch, 3, 8, generator=g),
+                    encoder_attention_mask_2=torch.ones(batch, 3),
+                    image_embeds=torch.zeros(batch, 1, 8))
+    return model, inputs, 1000.0
+
+
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
-            skyreels_v2, unet]
+            skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

@@ -6,8 +6,10 @@ instance's forward. Imports nothing else of cachekern."""
 from cachekern.models.base import Adapter, StackCall
 from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
 from cachekern.models.cogvideox import CogVideoXAdapter
+from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import FluxAdapter
-from cachekern.models.hunyuan_video import HunyuanVideoAdapter
+from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
+from cachekern.models.qwen_image import QwenImageAdapter
 from cachekern.models.registry import ADAPTERS, adapter_for
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
 from cachekern.models.sana import SanaAdapter
@@ -15,7 +17,8 @@ from cachekern.models.sd3 import SD3Adapter
 from cachekern.models.unet import UNet2DConditionAdapter
 from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
-__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "DiTAdapter", "FluxAdapter",
-           "HunyuanVideoAdapter", "LTXVideoAdapter", "MochiAdapter", "PixArtAdapter", "SanaAdapter",
-           "SD3Adapter", "SkyReelsV2Adapter", "StackCall", "UNet2DConditionAdapter", "WanAdapter",
+__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "CogView4Adapter", "DiTAdapter",
+           "FluxAdapter", "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTXVideoAdapter",
+           "MochiAdapter", "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter",
+           "SkyReelsV2Adapter", "StackCall", "UNet2DConditionAdapter", "WanAdapter",
            "adapter_for"]

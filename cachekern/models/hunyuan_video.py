@@ -14,3 +14,16 @@ class HunyuanVideoAdapter(AdaLNZeroStackAdapter):
     batched_args = ("encoder_hidden_states", "temb", "attention_mask", "token_replace_emb")
     call_by_keyword = False
     returns = ("hidden_states", "encoder_hidden_states")
+
+
+class HunyuanVideo15Adapter(AdaLNZeroStackAdapter):
+    """HunyuanVideo15Transformer3DModel (HunyuanVideo 1.5): one list of double-stream blocks,
+    called positionally; block 0's AdaLN-Zero norm1 is the indicator, as for HunyuanVideo."""
+    family = "hunyuan_video15"
+    model_class = "HunyuanVideo15Transformer3DModel"
+    lists = ("transformer_blocks",)
+    block_args = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask",
+                  "freqs_cis")
+    batched_args = ("encoder_hidden_states", "temb", "attention_mask")
+    call_by_keyword = False
+    returns = ("hidden_states", "encoder_hidden_states")

@@ -4,8 +4,10 @@ imported only by the caller."""
 from cachekern.models.base import Adapter
 from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
 from cachekern.models.cogvideox import CogVideoXAdapter
+from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import FluxAdapter
-from cachekern.models.hunyuan_video import HunyuanVideoAdapter
+from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
+from cachekern.models.qwen_image import QwenImageAdapter
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
 from cachekern.models.sana import SanaAdapter
 from cachekern.models.sd3 import SD3Adapter
@@ -16,7 +18,8 @@ ADAPTERS = {adapter.model_class: adapter
             for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter(), CogVideoXAdapter(),
                             HunyuanVideoAdapter(), PixArtAdapter(), DiTAdapter(),
                             LTXVideoAdapter(), MochiAdapter(), SanaAdapter(),
-                            SkyReelsV2Adapter(), UNet2DConditionAdapter())}
+                            SkyReelsV2Adapter(), UNet2DConditionAdapter(), CogView4Adapter(),
+                            QwenImageAdapter(), HunyuanVideo15Adapter())}
 
 
 def adapter_for(model) -> Adapter:

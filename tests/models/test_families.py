@@ -147,3 +147,35 @@ def test_reuse_modulated_and_parity_exclude_each_other():
         TeaCache(parity=True, reuse_modulated=True)
     with pytest.raises(ValueError, match="reuse_modulated must be True or False"):
         TeaCache(reuse_modulated="yes")
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_the_fused_indicator_is_block_0s_own_modulated_input(family):
+    """What the fused kernel modulates (the adapter's scale, shift, norm and eps) is what block 0
+    computes, as its reference_modulated_input reproduces it; an embedding indicator is one of
+    block 0's own arguments."""
+    from cachekern import kernels
+    from cachekern.models import adapter_for
+
+    model, inputs, scale = family()
+    adapter = adapter_for(model)
+    blocks = adapter.model_blocks(model)
+    seen = []
+    hook = blocks[0].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
+    try:
+        sample(model, inputs(7), steps=2, timestep_scale=scale)
+    finally:
+        hook.remove()
+    if family.__name__ == "unet":
+        return      # the UNet's indicator is the time embedding, read outside the blocks
+    call = adapter.stack_call(*seen[-1])
+    with torch.no_grad():
+        indicator = adapter.indicator(blocks, call)
+        reference = adapter.reference_modulated_input(blocks, call)
+        if indicator.embedding is not None:
+            assert torch.equal(indicator.embedding, reference)
+            return
+        fused = kernels.modulate(call.hidden.contiguous(), indicator.scale, indicator.shift,
+                                 norm=indicator.norm, eps=indicator.eps)
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
