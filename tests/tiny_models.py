@@ -271,8 +271,27 @@ def hunyuan_video15():
     return model, inputs, 1000.0
 
 
+def lumina2():
+    torch.manual_seed(0)
+    model = diffusers.Lumina2Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, hidden_size=16, num_layers=2,
+        num_refiner_layers=1, num_attention_heads=2, num_kv_heads=1, multiple_of=16,
+        axes_dim_rope=(2, 2, 4), axes_lens=(32, 32, 32), cap_feat_dim=16).eval()
+    with torch.no_grad():      # the norms' weights start at one: make them matter
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "norm1.norm" in name:
+                p.uniform_(0.5, 1.5)
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 6, dtype=torch.bool))
+    return model, inputs, 1.0
+
+
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
-            skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15]
+            skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

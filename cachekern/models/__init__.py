@@ -9,6 +9,7 @@ from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import FluxAdapter
 from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
+from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
 from cachekern.models.registry import ADAPTERS, adapter_for
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
@@ -19,6 +20,7 @@ from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
 __all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "CogView4Adapter", "DiTAdapter",
            "FluxAdapter", "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTXVideoAdapter",
+           "Lumina2Adapter",
            "MochiAdapter", "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter",
            "SkyReelsV2Adapter", "StackCall", "UNet2DConditionAdapter", "WanAdapter",
            "adapter_for"]

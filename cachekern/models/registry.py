@@ -7,6 +7,7 @@ from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import FluxAdapter
 from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
+from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
 from cachekern.models.sana import SanaAdapter
@@ -19,7 +20,7 @@ ADAPTERS = {adapter.model_class: adapter
                             HunyuanVideoAdapter(), PixArtAdapter(), DiTAdapter(),
                             LTXVideoAdapter(), MochiAdapter(), SanaAdapter(),
                             SkyReelsV2Adapter(), UNet2DConditionAdapter(), CogView4Adapter(),
-                            QwenImageAdapter(), HunyuanVideo15Adapter())}
+                            QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter())}
 
 
 def adapter_for(model) -> Adapter:
