@@ -8,6 +8,12 @@ import torch
 from torch import nn
 
 
+def timestep_of(args, kwargs):
+    """The timestep a model call was given (by keyword, or second positionally as a UNet takes
+    it), as it was given."""
+    return kwargs.get("timestep", args[1] if len(args) > 1 else None)
+
+
 @dataclass
 class StackCall:
     """One call of the block stack: the stream whose residual is cached, and everything else the

@@ -9,6 +9,7 @@ from typing import Any, List
 import torch
 from torch import nn
 
+from cachekern.models.base import timestep_of  # noqa: F401  (Block Caching reads it here)
 from cachekern.models.context_parallel import local_inputs
 from cachekern.models.registry import adapter_for
 
@@ -90,12 +91,6 @@ def unit_inputs(unit, args, kwargs) -> List[torch.Tensor]:
     inputs = unit.io.inputs(args, kwargs)
     split = local_inputs(unit.module)
     return inputs if split is None else [split(name, x) for name, x in zip(unit.io.names, inputs)]
-
-
-def timestep_of(args, kwargs):
-    """The timestep a model call was given (by keyword, or second positionally as a UNet takes
-    it), as it was given."""
-    return kwargs.get("timestep", args[1] if len(args) > 1 else None)
 
 
 def is_unet(model) -> bool:

@@ -11,7 +11,7 @@ AdaLN in a UNet whose modulated input could be watched. No published coefficient
 
 from torch import nn
 
-from cachekern.models.base import Adapter, StackCall, TimestepEmbeddingIndicator
+from cachekern.models.base import Adapter, StackCall, TimestepEmbeddingIndicator, timestep_of
 
 # The forward's arguments a cached stack cannot serve: residuals added inside the stack.
 UNCACHEABLE = ("down_block_additional_residuals", "mid_block_additional_residual",
@@ -63,7 +63,7 @@ class UNet2DConditionAdapter(TimestepEmbeddingIndicator, Adapter):
 
     def timestep_of(self, args, kwargs):
         # Pipelines call a UNet as unet(latents, t, encoder_hidden_states=...).
-        return kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        return timestep_of(args, kwargs)
 
     def run_blocks(self, model, call: StackCall, blocks) -> StackCall:
         """UNet2DConditionModel.forward from conv_in's output to conv_norm_out's input."""
