@@ -290,8 +290,25 @@ def lumina2():
     return model, inputs, 1.0
 
 
+def flux2():
+    torch.manual_seed(0)
+    model = diffusers.Flux2Transformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, timestep_guidance_channels=8,
+        axes_dims_rope=(2, 2, 2, 2), guidance_embeds=False).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        img_ids = torch.stack(torch.meshgrid(torch.arange(1), torch.arange(4), torch.arange(4),
+                                             torch.arange(1), indexing="ij"), -1).reshape(-1, 4)
+        return dict(hidden_states=torch.randn(batch, 16, 4, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 16, generator=g),
+                    img_ids=img_ids.float(), txt_ids=torch.zeros(5, 4))
+    return model, inputs, 1.0
+
+
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
-            skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2]
+            skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

@@ -8,6 +8,7 @@ from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
 from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import FluxAdapter
+from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
 from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
@@ -19,7 +20,7 @@ from cachekern.models.unet import UNet2DConditionAdapter
 from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
 __all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "CogView4Adapter", "DiTAdapter",
-           "FluxAdapter", "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTXVideoAdapter",
+           "Flux2Adapter", "FluxAdapter", "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTXVideoAdapter",
            "Lumina2Adapter",
            "MochiAdapter", "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter",
            "SkyReelsV2Adapter", "StackCall", "UNet2DConditionAdapter", "WanAdapter",

@@ -56,6 +56,9 @@ class Adapter:
     batched_args: tuple = ("encoder_hidden_states", "temb")  # extras indexed by sample
     call_by_keyword: bool = True   # the model calls its blocks with keywords (else positionally)
     returns: tuple = ("encoder_hidden_states", "hidden_states")  # what a block returns, in order
+    # Lists whose blocks take or return other streams than the first list's: {list: tuple}.
+    list_block_args: dict = {}
+    list_returns: dict = {}
     # forward() arguments under which the stack cannot be fused (e.g. per-block ControlNet
     # residuals): such calls run uncached.
     uncacheable_args: tuple = ()
@@ -74,13 +77,21 @@ class Adapter:
     def block_lists(self, model) -> List[str]:
         return list(self.lists)
 
+    def block_args_of(self, list_name) -> tuple:
+        return self.list_block_args.get(list_name, self.block_args)
+
+    def returns_of(self, list_name) -> tuple:
+        return self.list_returns.get(list_name, self.returns)
+
     def model_blocks(self, model) -> list:
         """The model's blocks, in the order its forward runs them (block 0 first)."""
         return [block for name in self.block_lists(model) for block in model._modules[name]]
 
-    def stand_ins(self, lists, stack) -> dict:
+    def stand_ins(self, lists, stack, model=None) -> dict:
         """{attribute: module} the model sees in place of its blocks while a cached call runs:
-        the stack, called once where block 0 was, and nothing else to run."""
+        the stack, called once where block 0 was, and nothing else to run (and, for a family
+        whose stack needs it, a module of `model` standing in for itself, e.g. to record an
+        output: see Flux2Adapter)."""
         stand_ins = {name: nn.ModuleList() for name in lists}
         stand_ins[lists[0]].append(stack)
         return stand_ins

@@ -22,13 +22,14 @@ class DiTBlockIO:
 
     channel_dim = -1
 
-    def __init__(self, adapter):
+    def __init__(self, adapter, list_name=None):
         self.adapter = adapter
-        self.names = tuple(adapter.returns)
+        self.block_args = adapter.block_args_of(list_name)
+        self.names = tuple(adapter.returns_of(list_name))
         self.primary = self.names.index("hidden_states")
 
     def inputs(self, args, kwargs) -> List[torch.Tensor]:
-        values = dict(zip(self.adapter.block_args, args))
+        values = dict(zip(self.block_args, args))
         values.update(kwargs)
         return [values[name] for name in self.names]
 
@@ -118,8 +119,8 @@ def cached_units(model, resnets=False) -> List[Unit]:
         raise ValueError(f"resnets: only a UNet2DConditionModel has ResNet blocks, this is a "
                          f"{type(model).__name__}")
     adapter = adapter_for(model)   # raises, listing the families, if unsupported
-    io = DiTBlockIO(adapter)
     return [Unit(f"{name}.{i}", block, io) for name in adapter.block_lists(model)
+            for io in (DiTBlockIO(adapter, name),)
             for i, block in enumerate(model._modules[name])]
 
 

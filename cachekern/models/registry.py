@@ -6,6 +6,7 @@ from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
 from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import FluxAdapter
+from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
 from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
@@ -20,7 +21,8 @@ ADAPTERS = {adapter.model_class: adapter
                             HunyuanVideoAdapter(), PixArtAdapter(), DiTAdapter(),
                             LTXVideoAdapter(), MochiAdapter(), SanaAdapter(),
                             SkyReelsV2Adapter(), UNet2DConditionAdapter(), CogView4Adapter(),
-                            QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter())}
+                            QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter(),
+                            Flux2Adapter())}
 
 
 def adapter_for(model) -> Adapter:

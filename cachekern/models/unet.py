@@ -52,7 +52,7 @@ class UNet2DConditionAdapter(TimestepEmbeddingIndicator, Adapter):
     def model_blocks(self, model):
         return UNetBlocks(model.down_blocks, model.mid_block, model.up_blocks)
 
-    def stand_ins(self, lists, stack):
+    def stand_ins(self, lists, stack, model=None):
         # The stack takes the first down block's place and is called as a cross-attention
         # block is (with the text states), whatever the first block is (SDXL's has none).
         stack.has_cross_attention = True

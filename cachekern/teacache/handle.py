@@ -310,9 +310,9 @@ class TeaCacheHandle:
         """The model's forward with the cached stack in place of its blocks; `replaced`
         ({module name: stand-in}, cuda_graphs' capture) replaces the memoized modules."""
         lists = tuple(self.adapter.block_lists(self.model))
-        saved = {name: self.model._modules[name] for name in lists}
         self._blocks = self.adapter.model_blocks(self.model)
         stand_ins = dict(self._stand_ins(lists))
+        saved = {name: self.model._modules[name] for name in stand_ins}
         for name, module in (replaced or {}).items():
             saved[name] = self.model._modules[name]
             stand_ins[name] = module
@@ -340,8 +340,8 @@ class TeaCacheHandle:
         skipped step would pay in full)."""
         stand_ins = self._stand_in_lists.get(lists)
         if stand_ins is None:
-            stand_ins = self._stand_in_lists[lists] = self.adapter.stand_ins(lists,
-                                                                             _CachedStack(self))
+            stand_ins = self._stand_in_lists[lists] = self.adapter.stand_ins(
+                lists, _CachedStack(self), self.model)
         return stand_ins
 
     def _run_stack(self, args, kwargs):

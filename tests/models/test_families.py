@@ -179,3 +179,20 @@ def test_the_fused_indicator_is_block_0s_own_modulated_input(family):
         fused = kernels.modulate(call.hidden.contiguous(), indicator.scale, indicator.shift,
                                  norm=indicator.norm, eps=indicator.eps)
     torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_flux2_runs_its_single_blocks_inside_the_stack_and_restores_its_modules():
+    from tiny_models import flux2
+
+    model, inputs, _ = flux2()
+    inp = inputs(8)
+    modulation = model.single_stream_modulation
+    with torch.no_grad():
+        t = torch.tensor([0.5, 0.5])
+        expected = model(timestep=t, kv_cache_mode="extract", return_dict=False, **inp)
+        with cachekern.patched(model, policy(threshold=10.0)) as handle:
+            sample(model, inp)
+            assert model.single_stream_modulation is modulation      # the recorder is gone
+            got = model(timestep=t, kv_cache_mode="extract", return_dict=False, **inp)
+            assert handle.stats()["uncached_calls"] == 1
+    assert torch.equal(got[0], expected[0])
