@@ -307,8 +307,23 @@ def flux2():
     return model, inputs, 1.0
 
 
+def chroma():
+    torch.manual_seed(0)
+    model = diffusers.ChromaTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4),
+        approximator_num_channels=8, approximator_hidden_dim=16, approximator_layers=1).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 16, 4, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 16, generator=g),
+                    img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3))
+    return model, inputs, 1.0
+
+
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
-            skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2]
+            skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

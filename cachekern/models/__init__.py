@@ -5,6 +5,7 @@ instance's forward. Imports nothing else of cachekern."""
 
 from cachekern.models.base import Adapter, StackCall
 from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
+from cachekern.models.chroma import ChromaAdapter
 from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import FluxAdapter
@@ -19,9 +20,8 @@ from cachekern.models.sd3 import SD3Adapter
 from cachekern.models.unet import UNet2DConditionAdapter
 from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
-__all__ = ["ADAPTERS", "Adapter", "CogVideoXAdapter", "CogView4Adapter", "DiTAdapter",
-           "Flux2Adapter", "FluxAdapter", "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTXVideoAdapter",
-           "Lumina2Adapter",
-           "MochiAdapter", "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter",
-           "SkyReelsV2Adapter", "StackCall", "UNet2DConditionAdapter", "WanAdapter",
-           "adapter_for"]
+__all__ = ["ADAPTERS", "Adapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter",
+           "DiTAdapter", "Flux2Adapter", "FluxAdapter", "HunyuanVideo15Adapter",
+           "HunyuanVideoAdapter", "LTXVideoAdapter", "Lumina2Adapter", "MochiAdapter",
+           "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter", "SkyReelsV2Adapter",
+           "StackCall", "UNet2DConditionAdapter", "WanAdapter", "adapter_for"]

@@ -3,6 +3,7 @@ imported only by the caller."""
 
 from cachekern.models.base import Adapter
 from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
+from cachekern.models.chroma import ChromaAdapter
 from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import FluxAdapter
@@ -22,7 +23,7 @@ ADAPTERS = {adapter.model_class: adapter
                             LTXVideoAdapter(), MochiAdapter(), SanaAdapter(),
                             SkyReelsV2Adapter(), UNet2DConditionAdapter(), CogView4Adapter(),
                             QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter(),
-                            Flux2Adapter())}
+                            Flux2Adapter(), ChromaAdapter())}
 
 
 def adapter_for(model) -> Adapter:
