@@ -209,6 +209,35 @@ def stable_diffusion_xl():
                       height=8, width=8)
 
 
+def hunyuan_video():
+    torch.manual_seed(0)
+    transformer = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=10,
+        num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=1, patch_size_t=1,
+        guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=32,
+        rope_axes_dim=(2, 4, 4)).eval()
+    # The pipeline reads the Llama encoder's third-to-last hidden state: three layers at least.
+    llama = transformers.LlamaModel(transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=37, num_hidden_layers=3,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=0, bos_token_id=3, eos_token_id=2)).eval()
+    hunyuan_vae = diffusers.AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(4, 4, 4, 4),
+        layers_per_block=1, norm_num_groups=2, spatial_compression_ratio=8,
+        temporal_compression_ratio=4).eval()
+    pipe = diffusers.HunyuanVideoPipeline(
+        text_encoder=llama, tokenizer=tokenizer(512), transformer=transformer, vae=hunyuan_vae,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=clip(),
+        tokenizer_2=tokenizer())
+    # true_cfg_scale > 1 with a negative prompt: CFG as two calls, each in its cache_context
+    return pipe, dict(prompt="a cat", negative_prompt="a dog", true_cfg_scale=3.0,
+                      guidance_scale=6.0, height=16, width=16, num_frames=5,
+                      max_sequence_length=8)
+
+
 TRANSFORMER_PIPELINES = {"flux": flux, "sd3": sd3, "pixart_sigma": pixart_sigma, "wan": wan,
-                         "cogvideox": cogvideox, "ltx_video": ltx_video}
+                         "cogvideox": cogvideox, "ltx_video": ltx_video,
+                         "hunyuan_video": hunyuan_video}
 UNET_PIPELINES = {"stable_diffusion": stable_diffusion, "stable_diffusion_xl": stable_diffusion_xl}

@@ -56,7 +56,7 @@ def test_teacache_on_a_pipeline(transformer_pipeline):
             assert cached.shape == uncached.shape and torch.isfinite(cached).all()
             branches = steps_of(handle)
             # CFG as two calls (each in its cache_context), or batched into one
-            expected_branches = 2 if name in ("flux", "wan") else 1
+            expected_branches = 2 if name in ("flux", "wan", "hunyuan_video") else 1
             assert len(branches) == expected_branches, branches
             for records in branches.values():
                 assert [s for s, _ in records] == list(range(steps))
