@@ -18,11 +18,12 @@ from cachekern.build_info import build_info
 from cachekern.patching import Handle, patch, patched, unpatch
 from cachekern.store import BlockCache, CapacityError
 from cachekern.teacache import TeaCache, TeaCacheHandle, calibrate_teacache, fit_forecast, search_schedule
+from cachekern.tune import TuneResult, load_tuned, tune
 
 __all__ = ["BlockCache", "BlockCaching", "BlockCachingHandle", "CapacityError", "Handle",
            "Profile", "TeaCache", "TeaCacheHandle", "build_info", "calibrate_teacache", "search_schedule", "fit_forecast",
            "fit_scale_shift", "patch", "patched", "profile", "train_scale_shift", "unpatch",
-           "__version__"]
+           "TuneResult", "load_tuned", "tune", "__version__"]
 
 
 def __getattr__(name):

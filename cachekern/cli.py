@@ -4,6 +4,8 @@
     cachekern info                    how cachekern was built and what it runs on (JSON)
     cachekern plot-profile PROFILE -o out.png
                                       a Block Caching profile as a heatmap, with its schedule
+    cachekern tune --reference-model NAME --speedup 2 -o tuned.cachekern
+                                      the best TeaCache setting for a speed-up (cachekern.tune)
 """
 
 import argparse
@@ -19,11 +21,17 @@ def main(argv=None) -> int:
                         add_help=False)
     commands.add_parser("plot-profile", help="a Block Caching profile as a heatmap",
                         add_help=False)
+    commands.add_parser("tune", help="the best TeaCache setting on a reference model",
+                        add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "plot-profile":
         from cachekern.block_caching.plot import main as plot_profile
 
         return plot_profile(rest)
+    if args.command == "tune":
+        from cachekern.tune import main as tune
+
+        return tune(rest)
     if args.command == "demo":
         from cachekern.demo import main as demo
 

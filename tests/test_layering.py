@@ -26,6 +26,8 @@ ALLOWED = {
                                 "cachekern._warnings"},
     "cachekern.build_info": {"cachekern.store", "cachekern._version"},
     "cachekern.patching": {"cachekern.teacache", "cachekern.block_caching", "cachekern.models"},
+    "cachekern.tune": {"cachekern.patching", "cachekern.teacache", "cachekern.models",
+                       "cachekern.metrics", "cachekern.reference_models"},
 }
 # The deprecated Profile methods reach up to the functions that replaced them.
 SHIMS = {("cachekern.block_caching.profile", "cachekern.block_caching.fit"),

@@ -46,11 +46,12 @@ class ForecastError:
     """The squared error of forecasting a skipped step's residual from computed ones, summed over
     the recorded runs and branches; memoised per (step, computed steps used). fitted=True: with
     the least-squares weights of those computed residuals (cachekern.fit_forecast's), else with
-    the Lagrange extrapolation in the sampler's time."""
+    the extrapolation in the sampler's time (`basis`: Lagrange, or TaylorSeer's)."""
 
-    def __init__(self, records, forecast_order, forecast_time, fitted=False):
+    def __init__(self, records, forecast_order, forecast_time, fitted=False, basis="lagrange"):
         self.order = forecast_order
         self.fitted = fitted
+        self.basis = basis       # without fitted weights: "lagrange" or "taylor"
         self.series = {}      # (generation, branch) -> {step: (time, residual)}
         for generation, branch, step, t, residual in records:
             time = float(step) if forecast_time == "step" or t is None else float(t)
@@ -66,14 +67,15 @@ class ForecastError:
         if key not in self._memo and self.fitted:
             self._memo[key] = self.least_squares(step, used[::-1])[1]
         if key not in self._memo:
-            from cachekern.kernels.forecast import lagrange_weights   # Triton: not at import
+            from cachekern.kernels.forecast import lagrange_weights, taylor_weights  # Triton
 
+            basis = taylor_weights if self.basis == "taylor" else lagrange_weights
             total = 0.0
             for series in self.series.values():
                 if step not in series or not all(s in series for s in used):
                     continue
                 time, truth = series[step]
-                weights = lagrange_weights([series[s][0] for s in used], time)
+                weights = basis([series[s][0] for s in used], time)
                 forecast = sum(w * series[s][1] for w, s in zip(weights, used))
                 total += float((forecast - truth).pow(2).sum())
             self._memo[key] = total

@@ -1,0 +1,393 @@
+"""cachekern.tune: the fastest cache setting that keeps the user's quality, found on the user's
+own model, sampler and step count.
+
+    result = cachekern.tune(pipe, lambda seed: pipe(prompt, generator=torch.Generator().manual_seed(seed),
+                                                    output_type="pt").images, speedup=2.0)
+    cachekern.patch(pipe, result.policy)
+    result.save("tuned.cachekern")          # later: cachekern.load_tuned("tuned.cachekern", pipe)
+
+`run(seed)` generates once, as the user generates, and returns the output tensor. tune records
+uncached generations on calibration seeds (the stack's residuals and TeaCache's indicator pairs)
+and on separate evaluation seeds; fits on the calibration seeds only (TeaCache's polynomial,
+forecast weights, searched schedules); then measures every candidate on the evaluation seeds
+against the uncached outputs and picks, among those meeting the target, the closest (for a
+speed-up) or the fastest (for a minimum PSNR). The candidates are TeaCache's: static schedules
+(TaylorSeer's regular patterns, with and without the last step, and searched ones) with
+Taylor, Lagrange or fitted forecasts, and the online accumulator with order-1 and order-2
+forecasts. Block Caching is not a candidate: on every reference model its per-block schedules
+trail these by 5-20 dB (benchmarks/RESULTS.md).
+
+Compute is the fraction of the block stack's calls that ran (the blocks' FLOPs; the model's
+shell, a few percent of a step, runs on every call).
+"""
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import torch
+
+from cachekern.metrics import psnr, ssim
+from cachekern.models import adapter_for
+from cachekern.models.binding import is_patched, resolve_model
+from cachekern.patching import patch, unpatch
+from cachekern.teacache import TeaCache, calibrate_teacache
+from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
+                                                record_stack_residuals)
+
+# The candidates besides the static schedules: the online accumulator with an order-1 forecast
+# and the calibrated polynomial (the setting that wins at 0.5 on the generalising models).
+
+FORMAT = "cachekern.tuned/1"
+ONLINE_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
+BUDGETS = (0.6, 0.5, 0.4, 0.3, 0.25)
+SLACK = 1e-9
+
+
+@dataclass
+class TuneResult:
+    """What tune found: `policy` (ready for cachekern.patch), its `compute`, `speedup`, `psnr`
+    and `ssim` on the evaluation seeds, `table` (every candidate tried, a dict each),
+    `uncached_generations` (the uncached runs it made), `generations` (all it ran, in uncached
+    generations' block compute) and what it was tuned on."""
+
+    policy: TeaCache
+    options: dict
+    label: str
+    compute: float
+    psnr: float
+    ssim: float
+    table: List[dict] = field(default_factory=list)
+    uncached_generations: int = 0
+    generations: float = 0.0      # what tuning cost, in uncached generations' block compute
+    model_class: str = ""
+    blocks: int = 0
+    steps: int = 0
+
+    @property
+    def speedup(self) -> float:
+        return 1.0 / self.compute
+
+    def save(self, path):
+        """The policy, what it was tuned on and the table, as JSON."""
+        data = dict(format=FORMAT, model_class=self.model_class, blocks=self.blocks,
+                    steps=self.steps, label=self.label, options=self.options,
+                    compute=self.compute, psnr=self.psnr, ssim=self.ssim,
+                    uncached_generations=self.uncached_generations,
+                    generations=self.generations, table=self.table)
+        Path(path).write_text(json.dumps(data, indent=1, allow_nan=True))
+
+    def plot(self, path):
+        """PSNR against the compute speed-up of every candidate, the chosen one marked."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as error:
+            raise RuntimeError("TuneResult.plot needs matplotlib: pip install matplotlib") \
+                from error
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for kind, marker in (("static", "o"), ("online", "s")):
+            rows = [r for r in self.table if r["kind"] == kind and math.isfinite(r["psnr"])]
+            ax.scatter([1 / r["compute"] for r in rows], [r["psnr"] for r in rows], s=14,
+                       marker=marker, alpha=0.6, label=f"TeaCache, {kind}")
+        ax.scatter([self.speedup], [self.psnr], s=90, facecolors="none", edgecolors="red",
+                   linewidths=2, label=f"chosen: {self.label}")
+        ax.set_xlabel("speed-up (block compute)")
+        ax.set_ylabel("PSNR vs uncached, dB")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def load_tuned(path, target, num_inference_steps: Optional[int] = None) -> TeaCache:
+    """The policy a TuneResult saved, checked against the model it is applied to (its class and
+    number of blocks) and, when given, the step count it will run."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"path: cannot read a tuned setting from {str(path)!r}: {error}") \
+            from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"path: {str(path)!r} is not a cachekern.tune result ({FORMAT})")
+    model = resolve_model(target)
+    blocks = len(adapter_for(model).model_blocks(model))
+    if type(model).__name__ != data["model_class"] or blocks != data["blocks"]:
+        raise ValueError(f"target: tuned for a {data['model_class']} with {data['blocks']} "
+                         f"blocks, got a {type(model).__name__} with {blocks}; tune this model")
+    if num_inference_steps is not None and num_inference_steps != data["steps"]:
+        raise ValueError(f"num_inference_steps: tuned for {data['steps']} steps, got "
+                         f"{num_inference_steps}; tune at the step count you generate with")
+    return TeaCache(**data["options"])
+
+
+def _check_target(speedup, min_psnr):
+    if (speedup is None) == (min_psnr is None):
+        raise ValueError("tune: pass exactly one of speedup=... (at least this speed-up, the "
+                         "closest to uncached) or min_psnr=... (at least this PSNR, the fastest)")
+    if speedup is not None and (isinstance(speedup, bool) or
+                                not isinstance(speedup, (int, float)) or
+                                not math.isfinite(speedup) or speedup <= 1):
+        raise ValueError(f"speedup: expected a number > 1, got {speedup!r}")
+    if min_psnr is not None and (isinstance(min_psnr, bool) or
+                                 not isinstance(min_psnr, (int, float)) or
+                                 not math.isfinite(min_psnr) or min_psnr <= 0):
+        raise ValueError(f"min_psnr: expected a positive number of dB, got {min_psnr!r}")
+
+
+def _check_seeds(calibration_seeds, evaluation_seeds):
+    for name, seeds in (("calibration_seeds", calibration_seeds),
+                        ("evaluation_seeds", evaluation_seeds)):
+        if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__") or \
+                not list(seeds) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                           for s in seeds):
+            raise ValueError(f"{name}: expected a non-empty list of int seeds, got {seeds!r}")
+    if set(calibration_seeds) & set(evaluation_seeds):
+        raise ValueError("evaluation_seeds: must differ from calibration_seeds (a setting is "
+                         "judged on seeds it was not fitted on)")
+
+
+def _output(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    raise TypeError(f"run: expected run(seed) to return the generated tensor, got "
+                    f"{type(value).__name__} (e.g. pipe(..., output_type='pt').images)")
+
+
+def _regular(steps, interval, warmup, last):
+    compute = [s < warmup or (s - warmup - 1) % interval == 0 for s in range(steps)]
+    if last:
+        compute[-1] = True
+    return compute
+
+
+def _pattern(compute):
+    return "".join("C" if c else "." for c in compute)
+
+
+def _static_candidates(records, steps, target_compute, count):
+    """The `count` static settings (schedule and forecast) whose forecast error, predicted on
+    the calibration runs' recorded stack residuals, is smallest; within the compute budget for
+    a speed-up, else the best at each of a few budgets. (label, options, predicted error)."""
+    forms = {"taylor order 2": ForecastError(records, 2, "timestep", basis="taylor"),
+             "lagrange order 1": ForecastError(records, 1, "timestep"),
+             "fitted order 1": ForecastError(records, 1, "timestep", fitted=True),
+             "fitted order 2": ForecastError(records, 2, "timestep", fitted=True)}
+    schedules = [_regular(steps, interval, warmup, last) for interval in (2, 3, 4, 5, 6)
+                 for warmup in (1, 2, 3) for last in (False, True)]
+    budgets = [target_compute] if target_compute is not None else list(BUDGETS)
+    schedules += [greedy_schedule(forms["fitted order 2"], b) for b in budgets]
+    scored, seen = [], set()
+    for compute in schedules:
+        key = tuple(compute)
+        if key in seen:
+            continue
+        seen.add(key)
+        fraction = sum(compute) / steps
+        for name, errors in forms.items():
+            options = dict(compute_steps=compute, forecast_order=errors.order)
+            if name.startswith("taylor"):
+                options["forecast_basis"] = "taylor"
+            if errors.fitted:
+                options["forecast_weights"] = errors.fitted_weights(compute)
+            scored.append((errors.total(compute), fraction, f"{_pattern(compute)} {name}",
+                           options))
+    chosen = []
+    if target_compute is not None:
+        within = sorted(c for c in scored if c[1] <= target_compute + SLACK)
+        chosen = within[:count]
+    else:                   # the best few at each budget: the fastest that meets min_psnr wins
+        for lo, hi in zip(BUDGETS[1:] + (0.0,), BUDGETS):
+            band = sorted(c for c in scored if lo < c[1] <= hi + SLACK)
+            chosen += band[:max(1, count // len(BUDGETS))]
+    return [(label, options, error) for error, _, label, options in chosen]
+
+
+def _online_candidates(steps, coefficients):
+    return [(f"online threshold {t} order 1",
+             dict(threshold=t, coefficients=coefficients, clamp=True, forecast_order=1,
+                  num_inference_steps=steps), float("nan")) for t in ONLINE_THRESHOLDS]
+
+
+def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float] = None,
+         min_psnr: Optional[float] = None, calibration_seeds: Sequence[int] = (10_000,),
+         evaluation_seeds: Sequence[int] = (0, 1), static_candidates: int = 4,
+         progress: bool = True) -> TuneResult:
+    """The TeaCache setting for `target` (a pipeline or its denoiser) that meets `speedup` (the
+    closest to the uncached outputs among those at least that fast) or `min_psnr` (the fastest
+    among those at least that close), measured with `run(seed)` on `evaluation_seeds` after
+    fitting on `calibration_seeds`. Of the static schedules, the `static_candidates` with the
+    smallest forecast error predicted on the calibration runs are measured; four online
+    settings besides. Raises ValueError when no candidate meets the target, naming the
+    closest."""
+    _check_target(speedup, min_psnr)
+    if not callable(run):
+        raise TypeError(f"run: expected a callable run(seed) that generates once, got "
+                        f"{type(run).__name__}")
+    _check_seeds(calibration_seeds, evaluation_seeds)
+    model = resolve_model(target)
+    if is_patched(model):
+        raise RuntimeError("tune: the model is patched; unpatch it first (tune measures the "
+                           "uncached model against its candidates)")
+    bar = _progress(progress)
+    spent = 0
+
+    def calibration_runs():
+        seeds = iter(list(calibration_seeds))
+        return lambda: run(next(seeds))
+
+    bar.set_description("cachekern.tune: uncached runs")
+    references = {}
+    with torch.no_grad():
+        for seed in evaluation_seeds:
+            references[seed] = _output(run(seed)).float().cpu()
+            spent += 1
+    records = record_stack_residuals(target, calibration_runs(), len(calibration_seeds))
+    spent += len(calibration_seeds)
+    coefficients = calibrate_teacache(target, calibration_runs(), runs=len(calibration_seeds))
+    spent += len(calibration_seeds)
+    steps = max(step for _, _, step, _, _ in records) + 1
+    target_compute = None if speedup is None else 1.0 / speedup
+
+    candidates = [("static",) + c for c in _static_candidates(records, steps, target_compute,
+                                                               static_candidates)]
+    candidates += [("online",) + c for c in _online_candidates(steps, coefficients)]
+    bar.reset(total=len(candidates))
+    bar.set_description("cachekern.tune: candidates")
+    table = []
+    for kind, label, options, predicted in candidates:
+        row = _measure(target, run, references, label, kind, options)
+        row["predicted_error"] = predicted
+        table.append(row)
+        bar.update(1)
+    bar.close()
+    chosen = _choose(table, target_compute, min_psnr)
+    options = chosen["options"]
+    return TuneResult(policy=TeaCache(**options), options=options, label=chosen["label"],
+                      compute=chosen["compute"], psnr=chosen["psnr"], ssim=chosen["ssim"],
+                      table=table, uncached_generations=spent,
+                      generations=spent + sum(r["compute"] for r in table) *
+                      len(evaluation_seeds),
+                      model_class=type(model).__name__,
+                      blocks=len(adapter_for(model).model_blocks(model)), steps=steps)
+
+
+def _measure(target, run, references, label, kind, options):
+    handle = patch(target, TeaCache(**options))
+    psnrs, ssims = [], []
+    try:
+        with torch.no_grad():
+            for seed, reference in references.items():
+                handle.reset()
+                out = _output(run(seed)).float().cpu()
+                psnrs.append(psnr(reference, out))
+                try:
+                    ssims.append(ssim(reference, out) if reference.dim() in (3, 4) else
+                                 float("nan"))
+                except ValueError:          # too small for SSIM's window, or not images
+                    ssims.append(float("nan"))
+        stats = handle.stats()
+    finally:
+        unpatch(target)
+    ran = stats["samples_computed"] + stats["samples_skipped"]
+    compute = stats["samples_computed"] / ran if ran else 1.0
+    return dict(label=label, kind=kind, options=options, compute=compute,
+                psnr=sum(psnrs) / len(psnrs), ssim=sum(ssims) / len(ssims))
+
+
+def _choose(table, target_compute, min_psnr):
+    table = [r for r in table if r["compute"] < 1 - SLACK]    # a setting that never skips
+    if not table:
+        raise ValueError("run: no candidate skipped a single step of this run (too few steps?)")
+    if target_compute is not None:
+        feasible = [r for r in table if r["compute"] <= target_compute + SLACK]
+        if feasible:
+            return max(feasible, key=lambda r: (r["psnr"], -r["compute"]))
+        fastest = min(table, key=lambda r: r["compute"])
+        raise ValueError(f"speedup: no candidate reaches {1 / target_compute:.2f}x; the fastest "
+                         f"was {fastest['label']} at {1 / fastest['compute']:.2f}x")
+    feasible = [r for r in table if r["psnr"] >= min_psnr]
+    if feasible:
+        return min(feasible, key=lambda r: (r["compute"], -r["psnr"]))
+    closest = max(table, key=lambda r: r["psnr"])
+    raise ValueError(f"min_psnr: no candidate reaches {min_psnr} dB; the closest was "
+                     f"{closest['label']} at {closest['psnr']:.2f} dB")
+
+
+class _Silent:
+    """What tune calls on a progress bar, doing nothing (progress=False, or no tqdm)."""
+
+    def set_description(self, *args):
+        pass
+
+    def reset(self, total=None):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(enabled):
+    if not enabled:
+        return _Silent()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _Silent()
+    return tqdm(total=0, leave=False)
+
+
+def main(argv=None) -> int:
+    """`cachekern tune`: tune on a shipped reference model (cachekern.reference_models), one
+    sample a seed, and save the result."""
+    import argparse
+
+    from cachekern import reference_models
+
+    parser = argparse.ArgumentParser(prog="cachekern tune", description=main.__doc__)
+    parser.add_argument("--reference-model", required=True,
+                        choices=sorted(reference_models.RECIPES))
+    goal = parser.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--speedup", type=float, help="at least this speed-up, the closest")
+    goal.add_argument("--min-psnr", type=float, help="at least this PSNR (dB), the fastest")
+    parser.add_argument("--scheduler", default=None, help="default: the model's own")
+    parser.add_argument("--evaluation-seeds", type=int, default=2, help="how many")
+    parser.add_argument("--device", default=None, help="default: cuda if available")
+    parser.add_argument("-o", "--out", required=True, help="where the result goes (JSON)")
+    parser.add_argument("--plot", default=None, help="also plot the candidates to this PNG")
+    args = parser.parse_args(argv)
+    if args.evaluation_seeds < 1:
+        parser.error(f"--evaluation-seeds: expected at least 1, got {args.evaluation_seeds}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ref = reference_models.load(args.reference_model, device=device)
+    scheduler = args.scheduler or ref.schedulers[0]
+    if scheduler not in ref.schedulers:
+        parser.error(f"--scheduler: {args.reference_model} samples with one of "
+                     f"{ref.schedulers}")
+    classes = ref.conditioner.num_classes
+    steps = ref.default_steps(scheduler)
+
+    def run(seed):
+        return ref.sample([seed % classes], [seed], steps=steps, scheduler=scheduler)
+
+    try:
+        result = tune(ref.model, run, speedup=args.speedup, min_psnr=args.min_psnr,
+                      evaluation_seeds=tuple(range(args.evaluation_seeds)))
+    except ValueError as error:
+        print(f"cachekern tune: {error}", file=sys.stderr)
+        return 2
+    result.save(args.out)
+    if args.plot:
+        result.plot(args.plot)
+    print(f"{result.label}: compute {result.compute:.3f} (speed-up {result.speedup:.2f}x), "
+          f"PSNR {result.psnr:.2f} dB, SSIM {result.ssim:.4f}; {len(result.table)} candidates, "
+          f"{result.uncached_generations} uncached generations, "
+          f"{result.generations:.1f} in all; saved to {args.out}")
+    return 0
