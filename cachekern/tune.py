@@ -170,15 +170,17 @@ def _pattern(compute):
 
 
 def _static_candidates(records, steps, target_compute, count):
-    """The `count` static settings (schedule and forecast) whose forecast error, predicted on
-    the calibration runs' recorded stack residuals, is smallest; within the compute budget for
-    a speed-up, else the best at each of a few budgets. (label, options, predicted error)."""
+    """About `count` static settings (schedule and forecast) to measure: the densest regular
+    pattern in the budget, and those whose forecast error, predicted on the calibration runs'
+    recorded stack residuals, is smallest; within the compute budget for a speed-up, else at
+    each of a few budgets. (label, options, predicted error) each."""
     forms = {"taylor order 2": ForecastError(records, 2, "timestep", basis="taylor"),
              "lagrange order 1": ForecastError(records, 1, "timestep"),
              "fitted order 1": ForecastError(records, 1, "timestep", fitted=True),
              "fitted order 2": ForecastError(records, 2, "timestep", fitted=True)}
     schedules = [_regular(steps, interval, warmup, last) for interval in (2, 3, 4, 5, 6)
                  for warmup in (1, 2, 3) for last in (False, True)]
+    regular = {tuple(c) for c in schedules}
     budgets = [target_compute] if target_compute is not None else list(BUDGETS)
     schedules += [greedy_schedule(forms["fitted order 2"], b) for b in budgets]
     scored, seen = [], set()
@@ -200,7 +202,6 @@ def _static_candidates(records, steps, target_compute, count):
     # each other (early steps, with large residuals, dominate the error sum), so the densest
     # regular pattern in the budget, with Taylor and Lagrange forecasts (what wins most often
     # in benchmarks/RESULTS.md), is always measured too.
-    regular = {tuple(c) for c in schedules[:30]}
 
     def densest_regular(lo, hi):
         band = [c for c in scored if lo < c[1] <= hi + SLACK and
