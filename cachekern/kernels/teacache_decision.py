@@ -51,19 +51,8 @@ if triton is not None:
             listed = index < n_schedule
             scheduled = tl.load(SCHEDULE + index, mask=listed, other=1) != 0
             skip = has_residual & listed & (not scheduled)
-            tl.store(STATE + 0, t)
-            tl.store(STATE + 1, step)
-            tl.store(STATE + 2, 0.0)
-            tl.store(STATE + 3, skips)
-            tl.store(STATE + 4, tl.where(has_residual | (not skip), 1.0, 0.0))
-            tl.store(STATE + 5, 1.0)
-            tl.store(RECORD + 0, step)
-            tl.store(RECORD + 1, t)
-            tl.store(RECORD + 2, nan)
-            tl.store(RECORD + 3, 0.0)
-            tl.store(RECORD + 4, tl.where(skip, 0.0, 1.0))
-            tl.store(COMPUTE, not skip)
-            tl.store(SKIP, skip)
+            acc = step * 0.0           # no accumulator, no distance: the record says so
+            rel = acc + nan
         else:
             # sum() of a Python list: left to right, from the first element.
             diff = tl.load(DIFF).to(tl.float64)
@@ -94,19 +83,19 @@ if triton is not None:
 
             acc = tl.where(skip, total, 0.0)
             skips = tl.where(skip, skips + 1.0, 0.0)
-            tl.store(STATE + 0, t)
-            tl.store(STATE + 1, step)
-            tl.store(STATE + 2, acc)
-            tl.store(STATE + 3, skips)
-            tl.store(STATE + 4, tl.where(has_residual | (not skip), 1.0, 0.0))
-            tl.store(STATE + 5, 1.0)
-            tl.store(RECORD + 0, step)
-            tl.store(RECORD + 1, t)
-            tl.store(RECORD + 2, rel)
-            tl.store(RECORD + 3, acc)
-            tl.store(RECORD + 4, tl.where(skip, 0.0, 1.0))
-            tl.store(COMPUTE, not skip)
-            tl.store(SKIP, skip)
+        tl.store(STATE + 0, t)
+        tl.store(STATE + 1, step)
+        tl.store(STATE + 2, acc)
+        tl.store(STATE + 3, skips)
+        tl.store(STATE + 4, tl.where(has_residual | (not skip), 1.0, 0.0))
+        tl.store(STATE + 5, 1.0)
+        tl.store(RECORD + 0, step)
+        tl.store(RECORD + 1, t)
+        tl.store(RECORD + 2, rel)
+        tl.store(RECORD + 3, acc)
+        tl.store(RECORD + 4, tl.where(skip, 0.0, 1.0))
+        tl.store(COMPUTE, not skip)
+        tl.store(SKIP, skip)
 
 
 
