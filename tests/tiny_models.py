@@ -333,7 +333,7 @@ def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
     latents, outputs = inp[name].clone(), []
     rest = {k: v for k, v in inp.items() if k != name}
     with torch.no_grad():
-        for t in torch.linspace(1.0, 0.05, steps):
+        for t in torch.linspace(1.0, 0.05, steps, device=latents.device):
             timestep = t.expand(latents.shape[0]) * timestep_scale
             if name == "sample":
                 out = model(latents, timestep, return_dict=False, **rest)[0]
@@ -343,3 +343,13 @@ def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
             latents = latents - (1.0 / steps) * out
             outputs.append(out)
     return torch.stack(outputs)
+
+
+def on_device(family, device):
+    """A family builder's (model, inputs, scale) with the model and every input on `device`."""
+    model, inputs, scale = family()
+
+    def moved(seed, batch=2):
+        return {name: v.to(device) if isinstance(v, torch.Tensor) else v
+                for name, v in inputs(seed, batch).items()}
+    return model.to(device), moved, scale

@@ -9,6 +9,8 @@ from cachekern.store.block_cache import BlockCache
 from cachekern.models.blocks import cached_units, timestep_of, unit_inputs, wrap_calls
 from cachekern.models.branches import BranchNames
 from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
+from cachekern.models.graphable import named_inputs, on_one_gpu, signature
+from cachekern.models.registry import adapter_for
 
 _NO_OUTPUT = object()   # a stream the block returns as None (e.g. SD3's last block's context)
 
@@ -51,6 +53,11 @@ class BlockCachingHandle:
         self.profile = policy.profile
         self.units = cached_units(model, self.profile.resnets)
         self.profile.check_units(self.units, "BlockCaching")
+        adapter = adapter_for(model)
+        if policy.cuda_graphs and adapter.graph_uncapturable:
+            raise ValueError(f"BlockCaching: cuda_graphs=True captures the model's forward as "
+                             f"CUDA graphs; {adapter.model_class}'s cannot be captured "
+                             f"({adapter.graph_uncapturable}); use cuda_graphs=False")
         self.schedule = policy.schedule()
         # The blocks each step reuses, in order (prefetching follows it).
         self._reused_at = [[i for i, row in enumerate(self.schedule) if not row[step]]
@@ -80,6 +87,11 @@ class BlockCachingHandle:
         self._stats = dict(calls=0, block_calls=0, blocks_computed=0, blocks_reused=0,
                            uncached_calls=0)
         self._warned_gradients = False
+        # cuda_graphs: per branch [signature, eager calls with it], and the graphs by
+        # (branch, step), all in one memory pool (they replay one after another).
+        self._eager_calls = {}
+        self._graphs = {}
+        self._pool = None
         # Around each block's whole call, not its forward: a compiled block (regional
         # compilation, before or after patch) stays compiled, the schedule outside it.
         self._restore_calls = wrap_calls(
@@ -103,6 +115,7 @@ class BlockCachingHandle:
 
     def reset(self):
         """Forgets cached residuals and step counters: the next call is step 0."""
+        self._release()
         self._residuals.clear()
         self._no_output.clear()
         self._counts.clear()
@@ -110,6 +123,7 @@ class BlockCachingHandle:
         self._branches_named.restart()
 
     def close(self):
+        self._release()
         self._restore_calls()
         self._residuals.clear()
 
@@ -145,7 +159,10 @@ class BlockCachingHandle:
         if self._offloaded:
             self._plan(branch, step)
         try:
-            out = original_forward(*args, **kwargs)
+            out = self._graphed(original_forward, args, kwargs, branch, step) \
+                if self.policy.cuda_graphs else None
+            if out is None:
+                out = original_forward(*args, **kwargs)
         finally:
             self._current = None
         self._counts[branch] = count + 1
@@ -153,6 +170,46 @@ class BlockCachingHandle:
         self.history.append(dict(step=step, branch=branch,
                                  computed=[row[step] for row in self.schedule]))
         return out
+
+    # -- CUDA graphs (cachekern.block_caching.graphs) ------------------------------------------
+    def _graphed(self, original_forward, args, kwargs, branch, step):
+        """The call replayed from its (branch, step) graph, captured on first use; None when it
+        must run eagerly: not graphable (a dict argument, tensors off the GPU), or the branch
+        has not yet run a whole generation of calls of this signature eagerly (which sizes the
+        residual buffers the graphs write in place)."""
+        inputs = named_inputs(self.model, args, kwargs)
+        if inputs is None or not on_one_gpu(inputs):
+            return None
+        call_signature = signature(inputs)
+        seen = self._eager_calls.get(branch)
+        if seen is None or seen[0] != call_signature:
+            self._release(branch)
+            seen = self._eager_calls[branch] = [call_signature, 0]
+        if seen[1] < self.profile.steps:
+            seen[1] += 1
+            return None
+        graph = self._graphs.get((branch, step))
+        if graph is None:
+            from cachekern.block_caching.graphs import CapturedCall
+
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            before = dict(self._stats)      # the capture runs the wrappers' Python once
+            graph = CapturedCall(inputs, lambda static: original_forward(**static), self._pool)
+            graph.counts = {name: self._stats[name] - before[name] for name in before}
+            self._stats.update(before)
+            self._graphs[(branch, step)] = graph
+        out = graph.replay(inputs)
+        for name, count in graph.counts.items():
+            self._stats[name] += count
+        return out
+
+    def _release(self, branch=None):
+        """Releases the graphs of `branch` (all when None)."""
+        for key in [key for key in self._graphs if branch is None or key[0] == branch]:
+            self._graphs.pop(key).release()
+        if branch is None:
+            self._eager_calls.clear()
 
     # -- the forecast plan ------------------------------------------------------------------------
     def _forecast_plan(self, device):

@@ -39,6 +39,11 @@ class BlockCaching:
             time: no host synchronisation.
         forecast_time: "timestep" (the profile's recorded timesteps: the sampler's own time) or
             "step" (the step index, as diffusers' and cache-dit's TaylorSeer).
+        cuda_graphs: on a CUDA device, after one generation has run eagerly, capture each
+            (CFG branch, step) model call once as a CUDA graph and replay it (one launch a
+            call; outputs the eager ones bit for bit). A call with other shapes or arguments
+            runs eagerly for a generation, then captures again. Residuals stay on the device:
+            not with device_budget_bytes.
     """
 
     profile: object
@@ -49,6 +54,7 @@ class BlockCaching:
     device_budget_bytes: Optional[int] = None
     forecast_order: int = 0
     forecast_time: str = "timestep"
+    cuda_graphs: bool = False
 
     def __post_init__(self):
         if not isinstance(self.profile, Profile):
@@ -81,6 +87,12 @@ class BlockCaching:
         if self.forecast_time not in FORECAST_TIMES:
             raise ValueError(f"forecast_time: expected one of {FORECAST_TIMES}, got "
                              f"{self.forecast_time!r}")
+        if not isinstance(self.cuda_graphs, bool):
+            raise ValueError(f"cuda_graphs: expected True or False, got {self.cuda_graphs!r}")
+        if self.cuda_graphs and self.device_budget_bytes is not None:
+            raise ValueError("cuda_graphs: True keeps every residual on the device, where a "
+                             "graph reads it; device_budget_bytes moves them on the host's "
+                             "schedule: pass one or the other")
         if self.forecast_order and self.scale_shift == "train":
             raise ValueError("scale_shift: 'train' distils order-0 scale-shift parameters; with "
                              "forecast_order > 0 use 'fit' (a fitted forecast) or None")

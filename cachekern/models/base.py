@@ -66,10 +66,10 @@ class Adapter:
     # passes the very same tensors, unmodified, their last output is reused (cachekern.teacache.shell_memo;
     # exact). {module attribute: (argument names)}.
     memoized_modules: dict = {}
-    # TeaCache(cuda_graphs=True) captures the model's whole forward: a family whose forward
-    # is capturable (no host reads, no data-dependent Python) sets graph_capturable and writes
-    # graphable_inputs, graph_matches and model_output (see FluxAdapter).
-    graph_capturable = False
+    # Why the model's whole forward cannot be captured as one CUDA graph (a host read, Python
+    # that depends on tensor values), for the cuda_graphs=True error of both methods; "" where
+    # it can.
+    graph_uncapturable: str = ""
     # Modules outside the stack whose outputs only the blocks read: in a captured call they
     # run inside the compute branch, so a skipped call does not pay for them.
     stack_only_modules: tuple = ()

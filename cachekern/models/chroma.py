@@ -15,6 +15,8 @@ from cachekern.models.joint_stream import JointStreamAdapter
 class ChromaAdapter(JointStreamAdapter):
     family = "chroma"
     model_class = "ChromaTransformer2DModel"
+    graph_uncapturable = ("its forward builds the guidance input on the host and copies it to "
+                          "the GPU on every call")
     recorded = "distilled_guidance_layer"
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb",
                   "attention_mask", "joint_attention_kwargs")

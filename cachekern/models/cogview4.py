@@ -9,6 +9,8 @@ from cachekern.models.base import Adapter, Indicator
 class CogView4Adapter(Adapter):
     family = "cogview4"
     model_class = "CogView4Transformer2DModel"
+    graph_uncapturable = ("its rotary table is built from host tensors and copied to the GPU "
+                          "on every call")
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb",
                   "attention_mask", "attention_kwargs")

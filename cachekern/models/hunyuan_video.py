@@ -21,6 +21,8 @@ class HunyuanVideo15Adapter(AdaLNZeroStackAdapter):
     called positionally; block 0's AdaLN-Zero norm1 is the indicator, as for HunyuanVideo."""
     family = "hunyuan_video15"
     model_class = "HunyuanVideo15Transformer3DModel"
+    graph_uncapturable = ("its forward reorders each sample's text tokens with boolean masks, "
+                          "whose shapes the host must read")
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask",
                   "freqs_cis")

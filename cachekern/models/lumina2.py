@@ -10,6 +10,8 @@ from cachekern.models.base import Adapter, Indicator
 class Lumina2Adapter(Adapter):
     family = "lumina2"
     model_class = "Lumina2Transformer2DModel"
+    graph_uncapturable = ("its forward reads the caption lengths to the host, "
+                          "attention_mask.sum(dim=1).tolist(), on every call")
     lists = ("layers",)
     block_args = ("hidden_states", "attention_mask", "image_rotary_emb", "temb")
     batched_args = ("attention_mask", "temb")

@@ -11,6 +11,8 @@ from cachekern.models.base import Adapter, Indicator
 class QwenImageAdapter(Adapter):
     family = "qwen_image"
     model_class = "QwenImageTransformer2DModel"
+    graph_uncapturable = ("its forward reads the text lengths from the mask on the host "
+                          "(compute_text_seq_len_from_mask)")
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask",
                   "temb", "image_rotary_emb", "joint_attention_kwargs", "modulate_index")

@@ -43,6 +43,8 @@ class LTXVideoAdapter(Adapter):
 class MochiAdapter(Adapter):
     family = "mochi"
     model_class = "MochiTransformer3DModel"
+    graph_uncapturable = ("its attention picks each sample's valid text tokens with "
+                          "torch.nonzero, a host read")
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "encoder_attention_mask",
                   "image_rotary_emb")

@@ -23,15 +23,9 @@ import gc
 import torch
 import torch.utils._pytree as pytree
 
+from cachekern.models.graphable import copy_into, static_copy
 from cachekern.teacache import conditional_nodes as cuda_conditional
 from cachekern.teacache.device_decision import RECORD_FIELDS, DeviceDecision
-
-def signature(kwargs):
-    """What a captured graph is valid for: the tensor arguments' shapes, dtypes and devices
-    and every other argument's value."""
-    return tuple(sorted(
-        (name, (tuple(v.shape), v.dtype, v.device, v.stride()) if isinstance(v, torch.Tensor)
-         else repr(v)) for name, v in kwargs.items()))
 
 
 class GraphedStep:
@@ -43,8 +37,7 @@ class GraphedStep:
     def __init__(self, key, kwargs, decision: DeviceDecision, capture_forward, warm_up):
         self.key = key
         self.decision = decision
-        self.static = {name: v.detach().clone() if isinstance(v, torch.Tensor) else v
-                       for name, v in kwargs.items()}
+        self.static = static_copy(kwargs)
         device = decision.state.device
         with torch.cuda.device(device):
             # A graph of a dropped handle freed by the cyclic collector in the middle of this
@@ -64,9 +57,7 @@ class GraphedStep:
                 self.output = capture_forward(self.static, run_if)
 
     def replay(self, kwargs):
-        for name, value in kwargs.items():
-            if isinstance(value, torch.Tensor):
-                self.static[name].copy_(value)
+        copy_into(self.static, kwargs)
         self.graph.replay()
         return self.output.clone()   # the next replay overwrites the graph's own
 

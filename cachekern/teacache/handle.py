@@ -14,6 +14,7 @@ from torch import nn
 from cachekern._warnings import warn
 from cachekern.models.branches import BranchNames
 from cachekern.models.context_parallel import is_context_parallel, stack_shard
+from cachekern.models.graphable import named_inputs, on_one_gpu, output_like, signature
 from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
 from cachekern.teacache.runtime import BranchState, TeaCacheRuntime
 from cachekern.teacache.shell_memo import MemoizedModule
@@ -55,9 +56,10 @@ class TeaCacheHandle:
         self.runtime.check_model(self._model_blocks())
         if policy.cuda_graphs and is_context_parallel(model):
             raise ValueError(GRAPHS_UNDER_CONTEXT_PARALLELISM)
-        if policy.cuda_graphs and not adapter.graph_capturable:
-            raise ValueError(f"TeaCache: cuda_graphs=True needs a family whose forward is "
-                             f"captured as one CUDA graph (flux); {adapter.family} is not one")
+        if policy.cuda_graphs and adapter.graph_uncapturable:
+            raise ValueError(f"TeaCache: cuda_graphs=True needs a family whose forward can be "
+                             f"captured as one CUDA graph; {adapter.model_class}'s cannot "
+                             f"({adapter.graph_uncapturable}); use cuda_graphs=False")
         self._history = []
         self._branches = {}
         self._branches_named = BranchNames(policy.calls_per_step)
@@ -68,6 +70,11 @@ class TeaCacheHandle:
         self._graphs = {}          # cachekern.teacache.graphs.GraphedStep, by branch
         self._capturing = None     # (run_if or None, DeviceDecision, prelude) in a capture
         self._log = None           # cachekern.teacache.graphs.DecisionLog of graphed calls
+        # By call signature (cachekern.models.graphable): the stack's signature an eager call
+        # of it left in its branch's state (a graph replays the call only on state of that
+        # signature), and the type it returned.
+        self._stack_signatures = {}
+        self._output_types = {}
         self._stats = self._zero_stats()
         self._warned_gradients = False
         self._warned_step_count = False
@@ -140,14 +147,22 @@ class TeaCacheHandle:
         branch = self._branches_named.branch()
         steps = self._steps_as_counted(branch, self._step_count())
         self._call = (branch, timestep, steps)
-        if self.policy.cuda_graphs:
-            if is_context_parallel(self.model):     # enabled after patch
-                raise ValueError(GRAPHS_UNDER_CONTEXT_PARALLELISM)
-            out = self._graphed(original_forward, args, kwargs)
-            if out is not None:
-                return out
-            self._to_host(branch)
-        return self._eager(original_forward, args, kwargs)
+        if not self.policy.cuda_graphs:
+            return self._eager(original_forward, args, kwargs)
+        if is_context_parallel(self.model):     # enabled after patch
+            raise ValueError(GRAPHS_UNDER_CONTEXT_PARALLELISM)
+        inputs = named_inputs(self.model, args, kwargs)
+        out = self._graphed(original_forward, inputs)
+        if out is not None:
+            return out
+        self._to_host(branch)
+        out = self._eager(original_forward, args, kwargs)
+        state = self._branches.get(branch)
+        if inputs is not None and state is not None:
+            call_signature = signature(inputs)
+            self._stack_signatures[call_signature] = state.signature
+            self._output_types[call_signature] = tuple if isinstance(out, tuple) else type(out)
+        return out
 
     def follow_pipeline(self, pipeline):
         """Takes the step count from `pipeline`'s scheduler (patch does this when given a
@@ -191,19 +206,20 @@ class TeaCacheHandle:
                  "pipeline instead of its model")
         return steps
 
-    def _graphed(self, original_forward, args, kwargs):
-        """The call through cachekern.teacache.graphs: its output, or None when the call must take
-        the eager path (not graphable, or the branch has no state at this shape yet: its first
-        call runs eagerly and leaves the buffers the graph works on)."""
+    def _graphed(self, original_forward, inputs):
+        """The call (its arguments by name: cachekern.models.graphable) through
+        cachekern.teacache.graphs: its output, or None when the call must take the eager path
+        (not graphable, or the branch has no state for calls of this signature yet: its first
+        such call runs eagerly and leaves the buffers the graph works on)."""
         branch, timestep, steps = self._call
         state = self._branches.get(branch)
-        inputs = self.adapter.graphable_inputs(args, kwargs)
         static = self.policy.compute_steps is not None
         if inputs is None or state is None or state.residual is None or \
                 (state.prev is None and not static) or \
-                not isinstance(timestep, torch.Tensor) or \
-                inputs["hidden_states"].device.type != "cuda" or \
-                not self.adapter.graph_matches(inputs, state.residual if static else state.prev):
+                not isinstance(timestep, torch.Tensor) or not on_one_gpu(inputs):
+            return None
+        call_signature = signature(inputs)
+        if self._stack_signatures.get(call_signature) != state.signature:
             return None
         # The graph path is imported on first use: it loads Triton (the device decision), which
         # `import cachekern` does not.
@@ -213,24 +229,24 @@ class TeaCacheHandle:
             buffers = device_forecast.ensure_slots(state, self.policy.forecast_order + 1)
         else:
             buffers = [state.residual]
-        key = (graphs.signature(kwargs), steps, state.prev.data_ptr() if not static else 0) + \
+        key = (call_signature, steps, state.prev.data_ptr() if not static else 0) + \
             tuple(t.data_ptr() for t in buffers)
         graph = self._graphs.get(branch)
         if graph is None or graph.key != key:
             if graph is not None:
                 self._to_host(branch)
                 graph.release()
-            graph = self._graphs[branch] = self._capture(original_forward, kwargs, key, state,
+            graph = self._graphs[branch] = self._capture(original_forward, inputs, key, state,
                                                          steps)
         if state.device_decision is not graph.decision:   # the host's state is the newer
             graph.decision.load(state)
             state.device_decision = graph.decision
         if self._log is None:
             self._log = graphs.DecisionLog(state.residual.device)
-        output = graph.replay(kwargs)
+        output = graph.replay(inputs)
         self._add_records(self._log.append(graph.decision.record, branch,
-                                                   state.residual.shape[0]))
-        return self.adapter.model_output(output, kwargs)
+                                           state.residual.shape[0]))
+        return output_like(output, self._output_types[call_signature])
 
     def _capture(self, original_forward, kwargs, key, state, steps):
         from cachekern.teacache import graphs

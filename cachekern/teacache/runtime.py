@@ -25,7 +25,7 @@ class BranchState:
     """What one CFG branch (or one call-order slot) keeps between steps."""
 
     def __init__(self):
-        self.signature = None
+        self.signature = None     # the stack's hidden: shape, dtype, device
         self.prev: Optional[torch.Tensor] = None      # last modulated input
         self.residual: Optional[torch.Tensor] = None  # last computed stack residual
         # Forecasting (forecast_order > 0): the computed residuals before `residual`, newest
@@ -91,25 +91,32 @@ class TeaCacheRuntime:
             state.prev = m
             return sums
         ind = self.adapter.indicator(blocks, call)
-        if ind.embedding is not None:  # a [B, ...] embedding: tiny, plain PyTorch suffices
-            e = ind.embedding.float()
-            if state.prev is None or state.prev.shape != e.shape:
-                state.prev = e.clone()
+        if ind.embedding is not None:
+            if state.prev is None or state.prev.shape != ind.embedding.shape:
+                state.prev = ind.embedding.float().clone()
                 return None
-            diff = (e - state.prev).abs().flatten(1).sum(1)
-            prev_sum = state.prev.abs().flatten(1).sum(1)
-            state.prev.copy_(e)
-            return diff, prev_sum
+            return self._change(ind, call, state.prev)
         if state.prev is None or state.prev.shape != call.hidden.shape:
             state.prev = self.kernels.modulate(call.hidden, ind.scale, ind.shift, norm=ind.norm,
                                                eps=ind.eps)
             sums = None
         else:
-            sums = self.kernels.modulated_distance(call.hidden, state.prev, ind.scale, ind.shift,
-                                                   norm=ind.norm, eps=ind.eps,
-                                                   out_modulated=state.prev)
+            sums = self._change(ind, call, state.prev)
         self.indicator = (ind, state.prev if self.policy.reuse_modulated else None)
         return sums
+
+    def _change(self, ind, call: StackCall, prev):
+        """Per-sample (diff, prev) sums of the indicator's change from `prev`, which becomes
+        this call's modulated input (or embedding) in place: no host read, so a CUDA graph
+        captures it as it is."""
+        if ind.embedding is not None:  # a [B, ...] embedding: tiny, plain PyTorch suffices
+            e = ind.embedding.float()
+            diff = (e - prev).abs().flatten(1).sum(1)
+            prev_sum = prev.abs().flatten(1).sum(1)
+            prev.copy_(e)
+            return diff, prev_sum
+        return self.kernels.modulated_distance(call.hidden, prev, ind.scale, ind.shift,
+                                               norm=ind.norm, eps=ind.eps, out_modulated=prev)
 
     # -- one call -----------------------------------------------------------------------------
     def run(self, model, call: StackCall, blocks, state: BranchState, timestep, num_steps,
@@ -346,11 +353,7 @@ class TeaCacheRuntime:
         dense = _last_dim_contiguous(call)
         sums = (None, None)
         if self.policy.compute_steps is None:
-            ind = self.adapter.indicator(blocks, dense)
-            prev = state.prev.clone()
-            sums = self.kernels.modulated_distance(dense.hidden, prev, ind.scale, ind.shift,
-                                                   norm=ind.norm, eps=ind.eps,
-                                                   out_modulated=prev)
+            sums = self._change(self.adapter.indicator(blocks, dense), dense, state.prev.clone())
         decision(sums[0], sums[1], timestep)
         forecast = decision.forecast
         slots = forecast.slots if forecast is not None else [state.residual.clone()]
@@ -376,10 +379,7 @@ class TeaCacheRuntime:
         ind = None
         if self.policy.compute_steps is None:
             ind = self.adapter.indicator(blocks, dense)
-            diff_sum, prev_sum = self.kernels.modulated_distance(
-                dense.hidden, state.prev, ind.scale, ind.shift, norm=ind.norm, eps=ind.eps,
-                out_modulated=state.prev)
-            decision(diff_sum, prev_sum, timestep)
+            decision(*self._change(ind, dense, state.prev), timestep)
         else:
             decision(None, None, timestep)
         forecast = decision.forecast
@@ -392,6 +392,8 @@ class TeaCacheRuntime:
             else:
                 with self.adapter.serving_projection(blocks, ind):
                     out = self.adapter.run_blocks(model, call, blocks)
+            if out.hidden.stride(-1) != 1:    # the skip branch writes the stack's output
+                out = StackCall(out.hidden.contiguous(), out.extras)     # with the kernels
             if forecast is None:
                 self.kernels.residual_capture(out.hidden.contiguous(), dense.hidden,
                                               out=state.residual)
