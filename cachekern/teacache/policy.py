@@ -59,8 +59,10 @@ class TeaCache:
             from the device when asked for. Forecasts (any order, basis, time or fitted
             weights) and static schedules (compute_steps) are graphed too: the history ring
             and the forecast's weights live on the device (cachekern.teacache.device_forecast).
-            Families whose forward is captured whole (FLUX); global decisions; not with
-            parity, reuse_modulated or forecast_of="output". On the CPU it changes nothing.
+            Every family whose forward can be captured whole (those that read the host
+            inside their forward are refused at patch time, with the reason); global
+            decisions; not with parity, reuse_modulated or forecast_of="output". On the CPU
+            it changes nothing.
             Needs a CUDA 12.4+ driver.
         forecast_order: what a skipped call adds to its input: 0, the last computed residual
             (the published method); 1 or 2, the polynomial through the last 1 + order computed

@@ -1,0 +1,272 @@
+"""Eager against CUDA-graphed, uncached against TeaCache, for FLUX.1-dev, Wan2.1-14B and
+HunyuanVideo dimensions (random bf16 weights): a full step, a skipped step, what deciding adds
+to a step that computes, host synchronisations per call, and a whole generation on a fixed
+pattern of computed steps against the ideal N/K.
+
+    python -m benchmarks.bench_graphs_families --out graphs_families.md [--preset small]
+
+The graphed baseline is the unpatched forward captured as one CUDA graph by hand (static
+inputs, one replay, the output cloned), as a user who graphs would run it; TeaCache's graphed
+calls are TeaCache(cuda_graphs=True)'s own. Calls are timed with CUDA events with the host
+running ahead, as in a pipeline; medians. The never-skipping addition is the median of paired
+differences of interleaved calls.
+"""
+
+import argparse
+import statistics
+
+import torch
+
+import cachekern
+from benchmarks.harness import (PRESETS, WAN_CONFIGS, build_model, build_wan, environment,
+                                make_inputs, markdown_table, report, syncs_per_call,
+                                warm_up_gpu)
+
+# HunyuanVideo (13B) as released, and a small one for checking the script.
+HUNYUAN_CONFIGS = {
+    "full": dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128,
+                 num_layers=20, num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0,
+                 patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
+                 text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0,
+                 rope_axes_dim=(16, 56, 56)),
+    "small": dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16,
+                  num_layers=2, num_single_layers=2, num_refiner_layers=1, patch_size=2,
+                  patch_size_t=1, guidance_embeds=True, text_embed_dim=32,
+                  pooled_projection_dim=16, rope_axes_dim=(4, 6, 6)),
+}
+# Latents [B, C, latent frames, height/8, width/8]: 480p (832×480), 33 frames.
+VIDEO_LATENTS = {"full": (1, 16, 9, 60, 104), "small": (1, 4, 3, 8, 8)}
+TEXT_TOKENS = {"full": 256, "small": 7}
+
+
+def _with_default_dtype(dtype, make):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("cuda"):
+            torch.manual_seed(0)
+            return make().eval()
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def flux_case(preset):
+    config = PRESETS[preset]
+    model = build_model(config, torch.device("cuda"))
+    inputs = make_inputs(config, model, 0, torch.device("cuda"))
+    fixed = dict(hidden_states=inputs["latents"],
+                 encoder_hidden_states=inputs["encoder_hidden_states"],
+                 pooled_projections=inputs["pooled_projections"], img_ids=inputs["img_ids"],
+                 txt_ids=inputs["txt_ids"], guidance=inputs["guidance"])
+    return "FLUX.1-dev, 1024×1024" if preset == "full" else "FLUX, small", model, fixed, 1.0
+
+
+def wan_case(preset):
+    model = build_wan("14b" if preset == "full" else "small", torch.device("cuda"))
+    g = torch.Generator("cuda").manual_seed(1)
+    latents = torch.randn(VIDEO_LATENTS[preset], generator=g, device="cuda", dtype=torch.bfloat16)
+    text = torch.randn(1, TEXT_TOKENS[preset] * 2, model.config.text_dim, generator=g,
+                       device="cuda", dtype=torch.bfloat16)
+    return ("Wan2.1-14B, 480p, 33 frames" if preset == "full" else "Wan, small"), model, \
+        dict(hidden_states=latents, encoder_hidden_states=text), 1000.0
+
+
+def hunyuan_case(preset):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    config = HUNYUAN_CONFIGS[preset]
+    model = _with_default_dtype(torch.bfloat16, lambda: HunyuanVideoTransformer3DModel(**config))
+    g = torch.Generator("cuda").manual_seed(1)
+    latents = torch.randn(VIDEO_LATENTS[preset], generator=g, device="cuda",
+                          dtype=torch.bfloat16)
+    tokens = TEXT_TOKENS[preset]
+    fixed = dict(hidden_states=latents,
+                 encoder_hidden_states=torch.randn(1, tokens, config["text_embed_dim"],
+                                                   generator=g, device="cuda",
+                                                   dtype=torch.bfloat16),
+                 encoder_attention_mask=torch.ones(1, tokens, device="cuda",
+                                                   dtype=torch.bfloat16),
+                 pooled_projections=torch.randn(1, config["pooled_projection_dim"], generator=g,
+                                                device="cuda", dtype=torch.bfloat16),
+                 guidance=torch.full((1,), 6000.0, device="cuda", dtype=torch.bfloat16))
+    return ("HunyuanVideo, 480p, 33 frames" if preset == "full" else "HunyuanVideo, small"), \
+        model, fixed, 1000.0
+
+
+CASES = {"flux": flux_case, "wan": wan_case, "hunyuan_video": hunyuan_case}
+
+
+class Calls:
+    """kwargs of successive calls: the same inputs, a decreasing timestep."""
+
+    def __init__(self, fixed, scale):
+        self.fixed, self.scale = fixed, scale
+        self.restart(100_000)
+
+    def restart(self, steps):
+        """Timesteps of a new generation of `steps` calls (the first one highest)."""
+        self.sigmas = iter(torch.linspace(1.0, 0.02, steps).tolist())
+
+    def __call__(self):
+        t = torch.full((1,), next(self.sigmas) * self.scale, device="cuda",
+                       dtype=torch.bfloat16)
+        return dict(self.fixed, timestep=t, return_dict=False)
+
+
+class UserGraph:
+    """The unpatched forward captured by hand: static inputs, one graph."""
+
+    def __init__(self, model, kwargs):
+        self.static = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                       for k, v in kwargs.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            model(**self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = model(**self.static)[0]
+
+    def __call__(self, **kwargs):
+        for name, value in kwargs.items():
+            if isinstance(value, torch.Tensor):
+                self.static[name].copy_(value)
+        self.graph.replay()
+        return self.output.clone()
+
+
+def event_ms(fn, reps):
+    """Median ms of `reps` calls, host ahead, CUDA events."""
+    pairs = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        pairs.append((start, end))
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in pairs)
+
+
+def generation_ms(step, n, calls):
+    """Wall time of n successive calls (one generation), GPU finished."""
+    calls.restart(n)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        step()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+@torch.no_grad()
+def measure(name, model, fixed, scale, reps, steps):
+    kwargs = Calls(fixed, scale)
+    eager = lambda: model(**kwargs())[0]  # noqa: E731
+    eager()
+    rows = {}
+    rows["full, eager"] = (event_ms(eager, reps), syncs_per_call(eager))
+    user = UserGraph(model, kwargs())
+    graphed = lambda: user(**kwargs())  # noqa: E731
+    rows["full, graphed by hand"] = (event_ms(graphed, reps), syncs_per_call(graphed))
+
+    def patched(policy, warm):
+        cachekern.patch(model, policy)
+        for _ in range(warm):
+            eager()
+        return eager
+
+    for graphs in (False, True):
+        call = patched(cachekern.TeaCache(threshold=1e9, coefficients=None,
+                                          cuda_graphs=graphs), 3)
+        label = "graphed" if graphs else "eager"
+        rows[f"TeaCache skipped, {label}"] = (event_ms(call, reps), syncs_per_call(call))
+        cachekern.unpatch(model)
+
+    # Never skipping, graphed: paired with the hand-made graph, interleaved.
+    call = patched(cachekern.TeaCache(threshold=0.0, coefficients=None, cuda_graphs=True), 3)
+    diffs = []
+    for i in range(reps):
+        times = {}
+        for which in (("base", "cached") if i % 2 == 0 else ("cached", "base")):
+            start, end = torch.cuda.Event(enable_timing=True), \
+                torch.cuda.Event(enable_timing=True)
+            start.record()
+            (call if which == "cached" else graphed)()
+            end.record()
+            times[which] = (start, end)
+        diffs.append(times)
+    torch.cuda.synchronize()
+    never = [d["cached"][0].elapsed_time(d["cached"][1]) -
+             d["base"][0].elapsed_time(d["base"][1]) for d in diffs]
+    rows["TeaCache never skipping, graphed: paired addition"] = (statistics.median(never),
+                                                                 syncs_per_call(call))
+    cachekern.unpatch(model)
+
+    # One generation on a fixed pattern: the first two and every other step after computed.
+    pattern = [s < 2 or s % 2 == 0 for s in range(steps)]
+    k = sum(pattern)
+    gens = {}
+    for label, make in (("eager", lambda: eager), ("graphed", lambda: graphed)):
+        generation_ms(make(), steps, kwargs)
+        gens[f"uncached, {label}"] = generation_ms(make(), steps, kwargs)
+    for graphs in (False, True):
+        policy = cachekern.TeaCache(compute_steps=pattern, forecast_order=1,
+                                    num_inference_steps=steps, cuda_graphs=graphs)
+        call = patched(policy, 0)
+        generation_ms(call, steps, kwargs)    # the first generation captures
+        gens[f"TeaCache, {'graphed' if graphs else 'eager'}"] = generation_ms(call, steps,
+                                                                               kwargs)
+        cachekern.unpatch(model)
+    del user
+    return rows, gens, steps / k
+
+
+def main(preset, families, reps, steps, out_path):
+    warm_up_gpu()
+    sections = [environment(), "", f"Random bf16 weights; medians of {reps} calls (CUDA "
+                f"events, host ahead). Generation: {steps} calls, computed steps 0, 1 and every "
+                f"other one after (TeaCache compute_steps with a first-order forecast)."]
+    for family in families:
+        name, model, fixed, scale = CASES[family](preset)
+        rows, gens, ideal = measure(name, model, fixed, scale, reps, steps)
+        full_eager, full_graph = rows["full, eager"][0], rows["full, graphed by hand"][0]
+        table = []
+        for label, (ms, syncs) in rows.items():
+            if label.startswith("TeaCache never"):
+                rel = f"{ms / full_graph:+.3%} of the graphed full step"
+                value = f"{ms:+.3f}"
+            else:
+                rel = f"{ms / full_eager:.3%} of eager full, {ms / full_graph:.3%} of graphed"
+                value = f"{ms:.3f}"
+            table.append([label, value, rel, syncs])
+        gen_rows = []
+        for kind in ("eager", "graphed"):
+            base, cached = gens[f"uncached, {kind}"], gens[f"TeaCache, {kind}"]
+            gen_rows.append([kind, f"{base:.1f}", f"{cached:.1f}", f"{base / cached:.3f}×",
+                             f"{ideal:.3f}×", f"{base / cached / ideal:.1%}"])
+        sections += ["", f"#### {name}", "",
+                     markdown_table(["call", "ms", "relative", "host syncs per call"], table),
+                     "",
+                     markdown_table(["generation", "uncached ms", "TeaCache ms", "speed-up",
+                                     "ideal N/K", "of ideal"], gen_rows)]
+        del model
+        torch.cuda.empty_cache()
+        if out_path:        # what is measured so far, should a later family not finish
+            with open(out_path, "w") as f:
+                f.write("\n".join(sections) + "\n")
+    report("\n".join(sections), out_path)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out")
+    parser.add_argument("--preset", default="full", choices=("full", "small"))
+    parser.add_argument("--families", default="flux,wan,hunyuan_video")
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=12)
+    args = parser.parse_args()
+    main(args.preset, args.families.split(","), args.reps, args.steps, args.out)
