@@ -9,7 +9,7 @@ import torch
 
 import cachekern
 
-from tiny_models import flux, sample_family  # noqa: E402
+from tiny_models import flux, on_device, sample_family  # noqa: E402
 
 STEPS = 6
 
@@ -95,3 +95,31 @@ def test_whole_model_compilation_matches_eager_and_stops_compiling(order):
     graphs = [c[0] for _, c in runs]
     assert graphs[2] == graphs[3]        # once every decision path has run, nothing recompiles
     cachekern.unpatch(model)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["teacache", "blockcaching"])
+def test_compiled_blocks_inside_cuda_graphs_equal_the_compiled_eager_run(method):
+    """Regional compilation (inductor) and cuda_graphs=True together: the graphs capture the
+    compiled blocks, and give the compiled eager patched run's outputs bit for bit."""
+    model, inputs, scale = on_device(flux, "cuda")
+    profile = cachekern.profile(model, lambda: sample_family(model, inputs(7),
+                                                             timestep_scale=scale))
+    model.compile_repeated_blocks(backend="inductor", fullgraph=True)
+
+    def make(graphs):
+        if method == "teacache":
+            return cachekern.TeaCache(threshold=0.3, num_inference_steps=STEPS,
+                                      coefficients=None, cuda_graphs=graphs)
+        return cachekern.BlockCaching(profile, target_compute=0.5, scale_shift=None,
+                                      forecast_order=1, cuda_graphs=graphs)
+    runs = {}
+    for graphs in (False, True):
+        with cachekern.patched(model, make(graphs)) as handle:
+            outputs = torch.stack([sample_family(model, inputs(s), timestep_scale=scale)
+                                   for s in (1, 2, 3)])
+            runs[graphs] = (outputs, handle.stats(), len(handle._graphs))
+    (eager, eager_stats, _), (graphed, stats, captured) = runs[False], runs[True]
+    counted = "skipped" if method == "teacache" else "blocks_reused"
+    assert captured > 0 and 0 < stats[counted] == eager_stats[counted]
+    assert torch.equal(graphed, eager)
