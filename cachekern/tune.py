@@ -34,15 +34,11 @@ from cachekern.metrics import psnr, ssim
 from cachekern.models import adapter_for
 from cachekern.models.binding import is_patched, resolve_model
 from cachekern.patching import patch, unpatch
-from cachekern.teacache import TeaCache, calibrate_teacache
-from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
-                                                record_stack_residuals)
-
-# The candidates besides the static schedules: the online accumulator with an order-1 forecast
-# and the calibrated polynomial (the setting that wins at 0.5 on the generalising models).
+from cachekern.teacache import TeaCache
+from cachekern.teacache.calibrate import ChangeRecorder, fit_coefficients, observe_uncached
+from cachekern.teacache.schedule_search import ForecastError, greedy_schedule, residual_recorder
 
 FORMAT = "cachekern.tuned/1"
-ONLINE_THRESHOLDS = (0.1, 0.2, 0.4)
 BUDGETS = (0.6, 0.5, 0.4, 0.3, 0.25)
 SLACK = 1e-9
 
@@ -224,10 +220,61 @@ def _static_candidates(records, steps, target_compute, count):
     return [(label, options, error) for error, _, label, options in chosen]
 
 
-def _online_candidates(steps, coefficients):
-    return [(f"online threshold {t} order 1",
-             dict(threshold=t, coefficients=coefficients, clamp=True, forecast_order=1,
-                  num_inference_steps=steps), float("nan")) for t in ONLINE_THRESHOLDS]
+def simulated_compute(policy: TeaCache, trajectory, steps) -> float:
+    """The fraction of calls `policy`'s online accumulator would compute on the recorded input
+    changes (ChangeRecorder.trajectory), deciding as the runtime decides. Under caching the
+    inputs drift a little from the uncached ones these are, so this estimates compute; it costs
+    no generation."""
+    polynomial = policy.polynomial_for("")
+    computed = total = 0
+    for series in trajectory.values():
+        accumulated, skips = 0.0, 0
+        for step, rel in series:
+            forced = step == 0 or step < policy.warmup_steps or \
+                (policy.compute_last_step and step >= steps - 1)
+            compute, accumulated, _ = policy.decide(accumulated, skips, rel, polynomial, forced)
+            skips = 0 if compute else skips + 1
+            computed += compute
+            total += 1
+    return computed / total
+
+
+def threshold_for(budget, trajectory, steps, **options) -> Optional[float]:
+    """The smallest threshold whose simulated compute (simulated_compute) is within `budget`,
+    found by bisection; None when even a threshold that skips all it may stays above it (the
+    warm-up and last steps are forced)."""
+    def compute(threshold):
+        return simulated_compute(TeaCache(threshold=threshold, **options), trajectory, steps)
+
+    lo, hi = 0.0, 1e-3
+    while compute(hi) > budget + SLACK:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            return None
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        if compute(mid) <= budget + SLACK:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _online_candidates(trajectory, steps, coefficients, target_compute):
+    """The online accumulator (the calibrated polynomial, forecasts of order 1 and 2) at the
+    threshold bisected for the budget (for a speed-up), or for each of a few budgets."""
+    options = dict(coefficients=coefficients, clamp=True, num_inference_steps=steps)
+    out, seen = [], set()
+    for budget in [target_compute] if target_compute is not None else list(BUDGETS):
+        threshold = threshold_for(budget, trajectory, steps, **options)
+        if threshold is None or threshold in seen:
+            continue
+        seen.add(threshold)
+        for order in (1, 2) if target_compute is not None else (1,):
+            out.append((f"online threshold {threshold:.4g} order {order}",
+                        dict(options, threshold=threshold, forecast_order=order),
+                        float("nan")))
+    return out
 
 
 def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float] = None,
@@ -238,9 +285,11 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     closest to the uncached outputs among those at least that fast) or `min_psnr` (the fastest
     among those at least that close), measured with `run(seed)` on `evaluation_seeds` after
     fitting on `calibration_seeds`. Of the static schedules, the `static_candidates` with the
-    smallest forecast error predicted on the calibration runs are measured; three online
-    settings besides. Raises ValueError when no candidate meets the target, naming the
-    closest."""
+    smallest forecast error predicted on the calibration runs are measured; besides, the
+    online accumulator at the threshold bisected for the budget (its decisions replayed on the
+    calibration runs' recorded input changes), with order-1 and order-2 forecasts (for
+    min_psnr: order 1 at each of a few budgets). Raises ValueError when no candidate meets the
+    target, naming the closest."""
     _check_target(speedup, min_psnr)
     if not callable(run):
         raise TypeError(f"run: expected a callable run(seed) that generates once, got "
@@ -261,16 +310,29 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
         for seed in evaluation_seeds:
             references[seed] = _output(run(seed)).float().cpu()
             spent += 1
-    records = record_stack_residuals(target, calibration_runs(), len(calibration_seeds))
+    # One pass over the calibration seeds records the stack's residuals (for the static
+    # schedules' forecast errors) and TeaCache's input and output changes (for its polynomial,
+    # and the decisions replayed offline to bisect thresholds).
+    records, changes = [], ChangeRecorder()
+    keep = residual_recorder(records)
+
+    def record(*call):
+        keep(*call)
+        changes(*call)
+    observe_uncached(target, calibration_runs(), len(calibration_seeds), record, "tune")
     spent += len(calibration_seeds)
-    coefficients = calibrate_teacache(target, calibration_runs(), runs=len(calibration_seeds))
-    spent += len(calibration_seeds)
+    coefficients = fit_coefficients(changes.pairs)
     steps = max(step for _, _, step, _, _ in records) + 1
     target_compute = None if speedup is None else 1.0 / speedup
 
     candidates = [("static",) + c for c in _static_candidates(records, steps, target_compute,
                                                                static_candidates)]
-    candidates += [("online",) + c for c in _online_candidates(steps, coefficients)]
+    candidates += [("online",) + c for c in _online_candidates(changes.trajectory, steps,
+                                                               coefficients, target_compute)]
+    if not candidates:      # before measuring anything: nothing fits the budget
+        raise ValueError(f"speedup: no candidate reaches {speedup:.2f}x: the steps every "
+                         f"setting computes (the first, warm-up and last ones) take more than "
+                         f"1/{speedup:g} of this run's {steps} steps")
     bar = _progress(progress, len(candidates))
     table = []
     for kind, label, options, predicted in candidates:

@@ -65,41 +65,57 @@ def observe_uncached(target, run, runs, on_call, who):
         handle.close()
 
 
-def teacache_pairs(target, run, runs=1):
-    """(input change, output change) per call, from `runs` calls of `run` (each generates once)
-    on the model patched with a TeaCache that never skips (its outputs are the uncached ones).
+class ChangeRecorder:
+    """An observe_uncached callback recording, per call, TeaCache's input change (the relative
+    L1 distance of block 0's modulated input to the previous step's: the history's rel_l1) and
+    the output change (mean|o − o_prev| / mean|o_prev| of the model's output), per CFG branch,
+    within one generation: `pairs` [(input change, output change)] for the fit, `trajectory`
+    {(generation, branch): [(step, input change)]} for replaying decisions offline."""
 
-    Input change: the relative L1 distance of block 0's modulated input to the previous step's,
-    as TeaCache computes it (its history's rel_l1). Output change: mean|o − o_prev| / mean|o_prev|
-    of the model's output, per CFG branch, within one generation."""
-    previous, pairs = {}, []
+    def __init__(self):
+        self.previous, self.pairs, self.trajectory = {}, [], {}
 
-    def record(generation, handle, call, output):
+    def __call__(self, generation, handle, call, output):
         out = _output_tensor(output).detach().float()
-        prev = previous.get((generation, call["branch"])) if call["step"] > 0 else None
+        key = (generation, call["branch"])
+        prev = self.previous.get(key) if call["step"] > 0 else None
         x = call["rel_l1"]
+        self.trajectory.setdefault(key, []).append((call["step"], x))
         if prev is not None and prev.shape == out.shape and isinstance(x, float) and \
                 math.isfinite(x):
             y = ((out - prev).abs().mean() / prev.abs().mean()).item()
             if math.isfinite(y):
-                pairs.append((x, y))
-        previous[(generation, call["branch"])] = out.clone()
+                self.pairs.append((x, y))
+        self.previous[key] = out.clone()
 
-    observe_uncached(target, run, runs, record, "calibrate_teacache")
-    return pairs
+
+def teacache_pairs(target, run, runs=1):
+    """(input change, output change) per call (ChangeRecorder), from `runs` calls of `run`
+    (each generates once) on the model patched with a TeaCache that never skips (its outputs
+    are the uncached ones)."""
+    recorder = ChangeRecorder()
+    observe_uncached(target, run, runs, recorder, "calibrate_teacache")
+    return recorder.pairs
+
+
+def fit_coefficients(pairs, degree=4):
+    """The degree-`degree` polynomial through (input change, output change) pairs, as the
+    TeaCache paper fits it (np.polyfit; highest power first)."""
+    import numpy as np
+
+    if not isinstance(degree, int) or degree < 0:
+        raise ValueError(f"degree: expected a non-negative int, got {degree!r}")
+    if len(pairs) <= degree:
+        raise ValueError(f"run: {len(pairs)} consecutive-step pairs recorded, a degree-{degree} "
+                         f"fit needs more than {degree}; generate with more steps or runs")
+    x, y = map(np.asarray, zip(*pairs))
+    return [float(c) for c in np.polyfit(x, y, degree)]
 
 
 def calibrate_teacache(target, run, *, runs=1, degree=4):
     """TeaCache coefficients (np.poly1d order, highest power first) fitted to `target` from `runs`
     calls of `run`: pass them as TeaCache(coefficients=...), preferably with clamp=True (a
     polynomial is trusted only inside the range it was fitted on)."""
-    import numpy as np
-
     if not isinstance(degree, int) or degree < 0:
         raise ValueError(f"degree: expected a non-negative int, got {degree!r}")
-    pairs = teacache_pairs(target, run, runs)
-    if len(pairs) <= degree:
-        raise ValueError(f"run: {len(pairs)} consecutive-step pairs recorded, a degree-{degree} "
-                         f"fit needs more than {degree}; generate with more steps or runs")
-    x, y = map(np.asarray, zip(*pairs))
-    return [float(c) for c in np.polyfit(x, y, degree)]
+    return fit_coefficients(teacache_pairs(target, run, runs), degree)

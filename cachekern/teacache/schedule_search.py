@@ -32,14 +32,18 @@ def record_stack_residuals(target, run, runs=1):
                            "search on one GPU: the schedule and its weights apply on any rank "
                            "count")
     records = []
+    observe_uncached(target, run, runs, residual_recorder(records), "search_schedule")
+    return records
 
+
+def residual_recorder(records):
+    """An observe_uncached callback appending (generation, branch, step, time, stack residual)
+    of each call to `records`."""
     def record(generation, handle, call, output):
         residual = handle._branches[call["branch"]].residual
         records.append((generation, call["branch"], call["step"], call["timestep"],
                         residual.detach().float().clone()))
-
-    observe_uncached(target, run, runs, record, "search_schedule")
-    return records
+    return record
 
 
 class ForecastError:
