@@ -125,11 +125,6 @@ def is_unet(ref):
 SEARCH_TARGETS = (0.75, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
 
 
-def regular_schedule(steps, interval, warmup):
-    """TaylorSeer's pattern: the first `warmup` steps, then every `interval`-th."""
-    return [s < warmup or (s - warmup - 1) % interval == 0 for s in range(steps)]
-
-
 def static_candidates(model, calibration_run, steps, quick, given=()):
     """{label: TeaCache options} of static schedules: TaylorSeer's regular patterns with the
     Taylor or Lagrange basis or weights fitted on the calibration seeds, and the schedules
@@ -137,7 +132,7 @@ def static_candidates(model, calibration_run, steps, quick, given=()):
     `given`: patterns ("C" computes, "." forecasts) from --schedule, e.g. the steps a peer
     computed (benchmarks.peer_schedule), with every forecast form."""
     from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
-                                                    record_stack_residuals)
+                                                    record_stack_residuals, regular_schedule)
 
     records = record_stack_residuals(model, calibration_run)
     fitted = {order: ForecastError(records, order, "timestep", fitted=True) for order in (1, 2)}
@@ -156,11 +151,8 @@ def static_candidates(model, calibration_run, steps, quick, given=()):
                 found[f"{text(compute)} fitted order {order}"] = dict(
                     compute_steps=compute, forecast_order=order,
                     forecast_weights=errors.fitted_weights(compute))
-            # The same with the last step computed, as TeaCache's compute_last_step and
-            # SeaCache's cache_end_steps do: the final step's error is not smoothed by any
-            # later step.
             if not compute[-1]:
-                last = compute[:-1] + [True]
+                last = regular_schedule(steps, interval, warmup, last=True)
                 found[f"{text(last)} taylor order 2, last"] = dict(
                     compute_steps=last, forecast_order=2, forecast_basis="taylor")
                 for time in ("timestep", "step"):

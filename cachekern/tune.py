@@ -36,7 +36,8 @@ from cachekern.models.binding import is_patched, resolve_model
 from cachekern.patching import patch, unpatch
 from cachekern.teacache import TeaCache
 from cachekern.teacache.calibrate import ChangeRecorder, fit_coefficients, observe_uncached
-from cachekern.teacache.schedule_search import ForecastError, greedy_schedule, residual_recorder
+from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
+                                                regular_schedule, residual_recorder)
 
 FORMAT = "cachekern.tuned/1"
 BUDGETS = (0.6, 0.5, 0.4, 0.3, 0.25)
@@ -154,13 +155,6 @@ def _output(value):
                     f"{type(value).__name__} (e.g. pipe(..., output_type='pt').images)")
 
 
-def _regular(steps, interval, warmup, last):
-    compute = [s < warmup or (s - warmup - 1) % interval == 0 for s in range(steps)]
-    if last:
-        compute[-1] = True
-    return compute
-
-
 def _pattern(compute):
     return "".join("C" if c else "." for c in compute)
 
@@ -174,7 +168,7 @@ def _static_candidates(records, steps, target_compute, count):
              "lagrange order 1": ForecastError(records, 1, "timestep"),
              "fitted order 1": ForecastError(records, 1, "timestep", fitted=True),
              "fitted order 2": ForecastError(records, 2, "timestep", fitted=True)}
-    schedules = [_regular(steps, interval, warmup, last) for interval in (2, 3, 4, 5, 6)
+    schedules = [regular_schedule(steps, interval, warmup, last) for interval in (2, 3, 4, 5, 6)
                  for warmup in (1, 2, 3) for last in (False, True)]
     regular = {tuple(c) for c in schedules}
     budgets = [target_compute] if target_compute is not None else list(BUDGETS)

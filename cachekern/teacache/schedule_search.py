@@ -177,6 +177,16 @@ def search_schedule(target, run, target_compute, *, forecast_order=1, forecast_t
     return greedy_schedule(errors, target_compute)
 
 
+def regular_schedule(steps, interval, warmup, last=False):
+    """TaylorSeer's pattern: the first `warmup` steps, then every `interval`-th; `last`: the
+    final step computed too (as TeaCache's compute_last_step and SeaCache's cache_end_steps
+    do: the final step's error is not smoothed by any later step)."""
+    compute = [s < warmup or (s - warmup - 1) % interval == 0 for s in range(steps)]
+    if last:
+        compute[-1] = True
+    return compute
+
+
 def greedy_schedule(errors, target_compute):
     """Backward elimination on `errors` (a ForecastError) down to `target_compute`."""
     compute = [True] * errors.steps
