@@ -4,6 +4,7 @@ to a step that computes, host synchronisations per call, and a whole generation 
 pattern of computed steps against the ideal N/K.
 
     python -m benchmarks.bench_graphs_families --out graphs_families.md [--preset small]
+        [--families flux,wan,hunyuan_video] [--compile]
 
 The graphed baseline is the unpatched forward captured as one CUDA graph by hand (static
 inputs, one replay, the output cloned), as a user who graphs would run it; TeaCache's graphed
@@ -225,13 +226,16 @@ def measure(name, model, fixed, scale, reps, steps):
     return rows, gens, steps / k
 
 
-def main(preset, families, reps, steps, out_path):
+def main(preset, families, reps, steps, out_path, compile_blocks=False):
     warm_up_gpu()
     sections = [environment(), "", f"Random bf16 weights; medians of {reps} calls (CUDA "
                 f"events, host ahead). Generation: {steps} calls, computed steps 0, 1 and every "
                 f"other one after (TeaCache compute_steps with a first-order forecast)."]
     for family in families:
         name, model, fixed, scale = CASES[family](preset)
+        if compile_blocks:      # regional compilation: each block type compiles once
+            model.compile_repeated_blocks(fullgraph=True)
+            name += ", blocks compiled (inductor)"
         rows, gens, ideal = measure(name, model, fixed, scale, reps, steps)
         full_eager, full_graph = rows["full, eager"][0], rows["full, graphed by hand"][0]
         table = []
@@ -268,5 +272,7 @@ if __name__ == "__main__":
     parser.add_argument("--families", default="flux,wan,hunyuan_video")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the blocks first (compile_repeated_blocks, inductor)")
     args = parser.parse_args()
-    main(args.preset, args.families.split(","), args.reps, args.steps, args.out)
+    main(args.preset, args.families.split(","), args.reps, args.steps, args.out, args.compile)
