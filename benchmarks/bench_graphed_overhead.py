@@ -23,30 +23,7 @@ import torch
 
 import cachekern
 from benchmarks.harness import PRESETS, build_model, make_inputs
-from benchmarks.harness import syncs_per_call
-
-
-class UserGraph:
-    """The unpatched forward as a user would capture it: static inputs, one graph."""
-
-    def __init__(self, model, kwargs):
-        self.static = {k: v.clone() if isinstance(v, torch.Tensor) else v
-                       for k, v in kwargs.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            model(**self.static)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = model(**self.static)[0]
-
-    def __call__(self, **kwargs):
-        for name, value in kwargs.items():
-            if isinstance(value, torch.Tensor):
-                self.static[name].copy_(value)
-        self.graph.replay()
-        return self.output.clone()
+from benchmarks.harness import UserGraph, syncs_per_call
 
 
 def timed(fn):

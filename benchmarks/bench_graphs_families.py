@@ -19,7 +19,7 @@ import statistics
 import torch
 
 import cachekern
-from benchmarks.harness import (PRESETS, WAN_CONFIGS, build_model, build_wan, environment,
+from benchmarks.harness import (PRESETS, UserGraph, build_model, build_wan, environment,
                                 make_inputs, markdown_table, report, syncs_per_call,
                                 warm_up_gpu)
 
@@ -112,29 +112,6 @@ class Calls:
         t = torch.full((1,), next(self.sigmas) * self.scale, device="cuda",
                        dtype=torch.bfloat16)
         return dict(self.fixed, timestep=t, return_dict=False)
-
-
-class UserGraph:
-    """The unpatched forward captured by hand: static inputs, one graph."""
-
-    def __init__(self, model, kwargs):
-        self.static = {k: v.clone() if isinstance(v, torch.Tensor) else v
-                       for k, v in kwargs.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            model(**self.static)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = model(**self.static)[0]
-
-    def __call__(self, **kwargs):
-        for name, value in kwargs.items():
-            if isinstance(value, torch.Tensor):
-                self.static[name].copy_(value)
-        self.graph.replay()
-        return self.output.clone()
 
 
 def event_ms(fn, reps):

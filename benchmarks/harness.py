@@ -1,6 +1,7 @@
 """What every benchmark script shares: the environment line, timers, the copy-bandwidth ceiling,
-tables, and the models it times (FLUX presets, shared with the demo; Wan2.1-14B). Scripts import
-this module (and the libraries block_work, quality_methods), never each other.
+tables, a forward captured as a CUDA graph by hand, and the models it times (FLUX presets,
+shared with the demo; Wan2.1-14B). Scripts import this module (and the libraries block_work,
+quality_methods), never each other.
 
 Run every script from the repository root: python -m benchmarks.<script> [...].
 """
@@ -147,6 +148,30 @@ def forward_fn(model, inputs, sigma):
                      pooled_projections=inputs["pooled_projections"], img_ids=inputs["img_ids"],
                      txt_ids=inputs["txt_ids"], guidance=inputs["guidance"], return_dict=False)[0]
     return run
+
+
+class UserGraph:
+    """The unpatched forward as a user would capture it: static inputs, one graph (the
+    baseline a graphed cache is measured against)."""
+
+    def __init__(self, model, kwargs):
+        self.static = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                       for k, v in kwargs.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            model(**self.static)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = model(**self.static)[0]
+
+    def __call__(self, **kwargs):
+        for name, value in kwargs.items():
+            if isinstance(value, torch.Tensor):
+                self.static[name].copy_(value)
+        self.graph.replay()
+        return self.output.clone()
 
 
 def gpu_ms(fn, reps):
