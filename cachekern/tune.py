@@ -11,14 +11,14 @@ uncached generations on calibration seeds (the stack's residuals and TeaCache's 
 and on separate evaluation seeds; fits on the calibration seeds only (TeaCache's polynomial,
 forecast weights, searched schedules); then measures every candidate on the evaluation seeds
 against the uncached outputs and picks, among those meeting the target, the closest (for a
-speed-up) or the fastest (for a minimum PSNR). The candidates are TeaCache's: static schedules
+speed-up) or the fastest (for a minimum PSNR). The candidates: TeaCache's static schedules
 (TaylorSeer's regular patterns, with and without the last step, and searched ones) with
-Taylor, Lagrange or fitted forecasts, and the online accumulator with order-1 and order-2
-forecasts. Block Caching is not a candidate: on every reference model its per-block schedules
-trail these by 5-20 dB (benchmarks/RESULTS.md).
+Taylor, Lagrange or fitted forecasts, its online accumulator with order-1 and order-2
+forecasts, and Block Caching's per-block schedules with order-1 and order-2 forecasts. They are
+measured in order of promise until the generation budget (max_generations) is spent.
 
-Compute is the fraction of the block stack's calls that ran (the blocks' FLOPs; the model's
-shell, a few percent of a step, runs on every call).
+Compute is the fraction of the blocks' FLOPs that ran (counted once per block on the
+calibration run; the model's shell, a few percent of a step, runs on every call).
 """
 
 import json
@@ -30,9 +30,13 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from cachekern.block_caching import BlockCaching, Profile, profile
+from cachekern.block_caching.schedule import compute_fraction, delta_for_compute
 from cachekern.metrics import psnr, ssim
 from cachekern.models import adapter_for
 from cachekern.models.binding import is_patched, resolve_model
+from cachekern.models.blocks import cached_units, is_unet
+from cachekern.models.flops import counting_unit_flops
 from cachekern.patching import patch, unpatch
 from cachekern.teacache import TeaCache
 from cachekern.teacache.calibrate import ChangeRecorder, fit_coefficients, observe_uncached
@@ -42,6 +46,8 @@ from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
 FORMAT = "cachekern.tuned/1"
 BUDGETS = (0.6, 0.5, 0.4, 0.3, 0.25)
 SLACK = 1e-9
+METHODS = ("teacache", "blockcaching")
+ONLINE_COST_MARGIN = 1.3
 
 
 @dataclass
@@ -51,7 +57,7 @@ class TuneResult:
     `uncached_generations` (the uncached runs it made), `generations` (all it ran, in uncached
     generations' block compute) and what it was tuned on."""
 
-    policy: TeaCache
+    policy: object            # a TeaCache or a BlockCaching
     options: dict
     label: str
     compute: float
@@ -68,13 +74,20 @@ class TuneResult:
     def speedup(self) -> float:
         return 1.0 / self.compute
 
+    @property
+    def method(self) -> str:
+        return type(self.policy).__name__
+
     def save(self, path):
-        """The policy, what it was tuned on and the table, as JSON."""
+        """The policy (with its profile, for Block Caching), what it was tuned on and the
+        table, as JSON."""
         data = dict(format=FORMAT, model_class=self.model_class, blocks=self.blocks,
-                    steps=self.steps, label=self.label, options=self.options,
-                    compute=self.compute, psnr=self.psnr, ssim=self.ssim,
+                    steps=self.steps, method=self.method, label=self.label,
+                    options=self.options, compute=self.compute, psnr=self.psnr, ssim=self.ssim,
                     uncached_generations=self.uncached_generations,
                     generations=self.generations, table=self.table)
+        if isinstance(self.policy, BlockCaching):
+            data["profile"] = self.policy.profile.description()
         Path(path).write_text(json.dumps(data, indent=1, allow_nan=True))
 
     def plot(self, path):
@@ -87,10 +100,12 @@ class TuneResult:
             raise RuntimeError("TuneResult.plot needs matplotlib: pip install matplotlib") \
                 from error
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for kind, marker in (("static", "o"), ("online", "s")):
+        for kind, marker, name in (("static", "o", "TeaCache, static"),
+                                   ("online", "s", "TeaCache, online"),
+                                   ("blocks", "^", "Block Caching")):
             rows = [r for r in self.table if r["kind"] == kind and math.isfinite(r["psnr"])]
             ax.scatter([1 / r["compute"] for r in rows], [r["psnr"] for r in rows], s=14,
-                       marker=marker, alpha=0.6, label=f"TeaCache, {kind}")
+                       marker=marker, alpha=0.6, label=name)
         ax.scatter([self.speedup], [self.psnr], s=90, facecolors="none", edgecolors="red",
                    linewidths=2, label=f"chosen: {self.label}")
         ax.set_xlabel("speed-up (block compute)")
@@ -101,9 +116,10 @@ class TuneResult:
         plt.close(fig)
 
 
-def load_tuned(path, target, num_inference_steps: Optional[int] = None) -> TeaCache:
-    """The policy a TuneResult saved, checked against the model it is applied to (its class and
-    number of blocks) and, when given, the step count it will run."""
+def load_tuned(path, target, num_inference_steps: Optional[int] = None):
+    """The policy a TuneResult saved (a TeaCache or a BlockCaching), checked against the model
+    it is applied to (its class and number of blocks) and, when given, the step count it will
+    run."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
@@ -119,6 +135,8 @@ def load_tuned(path, target, num_inference_steps: Optional[int] = None) -> TeaCa
     if num_inference_steps is not None and num_inference_steps != data["steps"]:
         raise ValueError(f"num_inference_steps: tuned for {data['steps']} steps, got "
                          f"{num_inference_steps}; tune at the step count you generate with")
+    if data.get("method") == "BlockCaching":
+        return BlockCaching(Profile.from_description(data["profile"]), **data["options"])
     return TeaCache(**data["options"])
 
 
@@ -163,7 +181,7 @@ def _static_candidates(records, steps, target_compute, count):
     """About `count` static settings (schedule and forecast) to measure: the densest regular
     pattern in the budget, and those whose forecast error, predicted on the calibration runs'
     recorded stack residuals, is smallest; within the compute budget for a speed-up, else at
-    each of a few budgets. (label, options, predicted error) each."""
+    each of a few budgets. (label, options, predicted error, is the densest regular) each."""
     forms = {"taylor order 2": ForecastError(records, 2, "timestep", basis="taylor"),
              "lagrange order 1": ForecastError(records, 1, "timestep"),
              "fitted order 1": ForecastError(records, 1, "timestep", fitted=True),
@@ -201,17 +219,18 @@ def _static_candidates(records, steps, target_compute, count):
         top = max(c[1] for c in band)
         return sorted(c for c in band if c[1] == top)[:2]
 
-    chosen = []
+    chosen, densest = [], []
     if target_compute is not None:
-        chosen = densest_regular(0.0, target_compute)
+        chosen = densest = densest_regular(0.0, target_compute)
         within = sorted(c for c in scored if c[1] <= target_compute + SLACK and c not in chosen)
-        chosen += within[:max(0, count - len(chosen))]
+        chosen = chosen + within[:max(0, count - len(chosen))]
     else:                   # the best few at each budget: the fastest that meets min_psnr wins
         for lo, hi in zip(BUDGETS[1:] + (0.0,), BUDGETS):
             picks = densest_regular(lo, hi)[:1]
             band = sorted(c for c in scored if lo < c[1] <= hi + SLACK and c not in picks)
             chosen += picks + band[:1]
-    return [(label, options, error) for error, _, label, options in chosen]
+    return [(label, options, error, (error, fraction, label, options) in densest)
+            for error, fraction, label, options in chosen]
 
 
 def simulated_compute(policy: TeaCache, trajectory, steps) -> float:
@@ -265,30 +284,111 @@ def _online_candidates(trajectory, steps, coefficients, target_compute):
             continue
         seen.add(threshold)
         for order in (1, 2) if target_compute is not None else (1,):
-            out.append((f"online threshold {threshold:.4g} order {order}",
-                        dict(options, threshold=threshold, forecast_order=order),
-                        float("nan")))
+            # Under caching the inputs drift from the recorded ones and it computes a little
+            # more than the replay says: its expected cost is taken above the budget.
+            out.append(_Candidate("online", f"online threshold {threshold:.4g} order {order}",
+                                  dict(options, threshold=threshold, forecast_order=order),
+                                  min(1.0, budget * ONLINE_COST_MARGIN), order=order))
     return out
+
+
+def _block_caching_candidates(prof, weights, target_compute):
+    """Block Caching on the schedule whose share of the blocks' work (`weights`, one a block)
+    is the largest within the budget (for a speed-up), or within each of a few budgets, with
+    plain forecasts of order 1 and 2 (a fitted one would cost a generation more each)."""
+    out, seen = [], set()
+    for budget in [target_compute] if target_compute is not None else list(BUDGETS):
+        if budget < 1 / prof.steps:       # below reusing every block after the first step
+            continue
+        delta = delta_for_compute(prof.change, budget, weights=weights)
+        schedule = prof.schedule(delta)
+        if tuple(map(tuple, schedule)) in seen:
+            continue
+        seen.add(tuple(map(tuple, schedule)))
+        compute = compute_fraction(schedule, weights)
+        for order in (1, 2) if target_compute is not None else (1,):
+            out.append(_Candidate("blocks", f"block caching delta {delta:.4g} order {order}",
+                                  dict(delta=delta, scale_shift=None, forecast_order=order),
+                                  compute, profile=prof, weights=weights, order=order))
+    return out
+
+
+@dataclass
+class _Candidate:
+    kind: str                     # "static" or "online" (TeaCache), "blocks" (Block Caching)
+    label: str
+    options: dict
+    expected_compute: float       # what measuring it is expected to cost, per seed
+    predicted_error: float = float("nan")
+    profile: Optional[Profile] = None
+    weights: Optional[list] = None
+    order: int = 1
+    first: bool = False           # measured before the others of its kind
+
+    def policy(self):
+        if self.kind == "blocks":
+            return BlockCaching(self.profile, **self.options)
+        return TeaCache(**self.options)
+
+    def compute(self, policy, stats):
+        """The fraction of the blocks' work that ran: Block Caching's static schedule weighed
+        by each block's FLOPs; TeaCache skips or runs the whole stack, so its share of calls."""
+        if self.kind == "blocks":
+            return compute_fraction(policy.schedule(), self.weights)
+        ran = stats["samples_computed"] + stats["samples_skipped"]
+        return stats["samples_computed"] / ran if ran else 1.0
+
+
+def _in_order_of_promise(candidates):
+    """What is measured first while the budget lasts: the densest regular patterns (what wins
+    most often in benchmarks/RESULTS.md), each method's order-1 forecast, then the rest."""
+    def rank(c):
+        if c.first:
+            return 0
+        return {("online", 1): 1, ("blocks", 1): 2, ("static", 1): 3}.get(
+            (c.kind, 1 if c.kind == "static" else c.order), 4)
+    return sorted(candidates, key=rank)      # stable: each group keeps its order
+
+
+def _check_methods(methods):
+    if isinstance(methods, str) or not hasattr(methods, "__iter__") or not list(methods) or \
+            set(methods) - set(METHODS):
+        raise ValueError(f"methods: expected a non-empty subset of {METHODS}, got {methods!r}")
 
 
 def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float] = None,
          min_psnr: Optional[float] = None, calibration_seeds: Sequence[int] = (10_000,),
          evaluation_seeds: Sequence[int] = (0, 1), static_candidates: int = 4,
+         methods: Sequence[str] = METHODS, max_generations: float = 12.0,
          progress: bool = True) -> TuneResult:
-    """The TeaCache setting for `target` (a pipeline or its denoiser) that meets `speedup` (the
+    """The cache setting for `target` (a pipeline or its denoiser) that meets `speedup` (the
     closest to the uncached outputs among those at least that fast) or `min_psnr` (the fastest
     among those at least that close), measured with `run(seed)` on `evaluation_seeds` after
-    fitting on `calibration_seeds`. Of the static schedules, the `static_candidates` with the
-    smallest forecast error predicted on the calibration runs are measured; besides, the
-    online accumulator at the threshold bisected for the budget (its decisions replayed on the
-    calibration runs' recorded input changes), with order-1 and order-2 forecasts (for
-    min_psnr: order 1 at each of a few budgets). Raises ValueError when no candidate meets the
-    target, naming the closest."""
+    fitting on `calibration_seeds`.
+
+    Candidates (`methods`: "teacache", "blockcaching"): of TeaCache's static schedules, the
+    `static_candidates` with the smallest forecast error predicted on the calibration runs;
+    its online accumulator at the threshold bisected for the budget (its decisions replayed on
+    the calibration runs' recorded input changes), with order-1 and order-2 forecasts; Block
+    Caching on the per-block schedule bisected for the budget in FLOPs, with order-1 and
+    order-2 forecasts (for min_psnr: order 1 at each of a few budgets). Tuning spends at most
+    `max_generations` uncached generations' block work: the uncached runs (the evaluation
+    seeds, and the calibration seeds once per method), then candidates in order of promise
+    while they fit. Raises ValueError when no candidate meets the target, naming the
+    closest."""
     _check_target(speedup, min_psnr)
     if not callable(run):
         raise TypeError(f"run: expected a callable run(seed) that generates once, got "
                         f"{type(run).__name__}")
     _check_seeds(calibration_seeds, evaluation_seeds)
+    _check_methods(methods)
+    uncached = len(evaluation_seeds) + len(calibration_seeds) * len(set(methods))
+    if isinstance(max_generations, bool) or not isinstance(max_generations, (int, float)) or \
+            not max_generations > uncached:
+        raise ValueError(f"max_generations: expected a number above {uncached} (the uncached "
+                         f"generations: {len(evaluation_seeds)} evaluation seeds, "
+                         f"{len(calibration_seeds)} calibration seed(s) for each of "
+                         f"{len(set(methods))} method(s)), got {max_generations!r}")
     model = resolve_model(target)
     if is_patched(model):
         raise RuntimeError("tune: the model is patched; unpatch it first (tune measures the "
@@ -304,50 +404,68 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
         for seed in evaluation_seeds:
             references[seed] = _output(run(seed)).float().cpu()
             spent += 1
-    # One pass over the calibration seeds records the stack's residuals (for the static
-    # schedules' forecast errors) and TeaCache's input and output changes (for its polynomial,
-    # and the decisions replayed offline to bisect thresholds).
-    records, changes = [], ChangeRecorder()
-    keep = residual_recorder(records)
-
-    def record(*call):
-        keep(*call)
-        changes(*call)
-    observe_uncached(target, calibration_runs(), len(calibration_seeds), record, "tune")
-    spent += len(calibration_seeds)
-    coefficients = fit_coefficients(changes.pairs)
-    steps = max(step for _, _, step, _, _ in records) + 1
     target_compute = None if speedup is None else 1.0 / speedup
+    candidates, steps = [], None
+    if "teacache" in methods:
+        # One pass over the calibration seeds records the stack's residuals (for the static
+        # schedules' forecast errors) and TeaCache's input and output changes (for its
+        # polynomial, and the decisions replayed offline to bisect thresholds).
+        records, changes = [], ChangeRecorder()
+        keep = residual_recorder(records)
 
-    candidates = [("static",) + c for c in _static_candidates(records, steps, target_compute,
-                                                               static_candidates)]
-    candidates += [("online",) + c for c in _online_candidates(changes.trajectory, steps,
-                                                               coefficients, target_compute)]
+        def record(*call):
+            keep(*call)
+            changes(*call)
+        observe_uncached(target, calibration_runs(), len(calibration_seeds), record, "tune")
+        spent += len(calibration_seeds)
+        coefficients = fit_coefficients(changes.pairs)
+        steps = max(step for _, _, step, _, _ in records) + 1
+        statics = _static_candidates(records, steps, target_compute, static_candidates)
+        candidates += [_Candidate("static", label, options, sum(options["compute_steps"]) /
+                                  steps, error, first=first)
+                       for label, options, error, first in statics]
+        candidates += _online_candidates(changes.trajectory, steps, coefficients,
+                                         target_compute)
+    if "blockcaching" in methods:
+        # A UNet's ResNet blocks too: Block Caching then covers the work TeaCache skips.
+        units = cached_units(model, resnets=is_unet(model))
+        with counting_unit_flops(model, units) as weights:
+            prof = profile(target, calibration_runs(), runs=len(calibration_seeds),
+                           resnets=is_unet(model))
+        spent += len(calibration_seeds)
+        steps = prof.steps
+        candidates += _block_caching_candidates(prof, weights, target_compute)
     if not candidates:      # before measuring anything: nothing fits the budget
         raise ValueError(f"speedup: no candidate reaches {speedup:.2f}x: the steps every "
                          f"setting computes (the first, warm-up and last ones) take more than "
                          f"1/{speedup:g} of this run's {steps} steps")
+    candidates = _in_order_of_promise(candidates)
     bar = _progress(progress, len(candidates))
-    table = []
-    for kind, label, options, predicted in candidates:
-        row = _measure(target, run, references, label, kind, options)
-        row["predicted_error"] = predicted
+    table, cost = [], float(spent)
+    for candidate in candidates:
+        if cost + candidate.expected_compute * len(references) > max_generations + SLACK:
+            bar.update(1)
+            continue                # beyond the budget; a cheaper one may still fit
+        row = _measure(target, run, references, candidate)
+        cost += row["compute"] * len(references)
         table.append(row)
         bar.update(1)
     bar.close()
+    if not table:
+        raise ValueError(f"max_generations: {max_generations} leaves no room for a single "
+                         f"candidate after the {spent} uncached generations")
     chosen = _choose(table, target_compute, min_psnr)
-    options = chosen["options"]
-    return TuneResult(policy=TeaCache(**options), options=options, label=chosen["label"],
+    made = next(c for c in candidates if c.label == chosen["label"])
+    return TuneResult(policy=made.policy(), options=chosen["options"], label=chosen["label"],
                       compute=chosen["compute"], psnr=chosen["psnr"], ssim=chosen["ssim"],
-                      table=table, uncached_generations=spent,
-                      generations=spent + sum(r["compute"] for r in table) *
-                      len(evaluation_seeds),
+                      table=table, uncached_generations=spent, generations=cost,
                       model_class=type(model).__name__,
                       blocks=len(adapter_for(model).model_blocks(model)), steps=steps)
 
 
-def _measure(target, run, references, label, kind, options):
-    handle = patch(target, TeaCache(**options))
+def _measure(target, run, references, candidate):
+    policy = candidate.policy()
+    handle = patch(target, policy)
     psnrs, ssims = [], []
     try:
         with torch.no_grad():
@@ -363,10 +481,10 @@ def _measure(target, run, references, label, kind, options):
         stats = handle.stats()
     finally:
         unpatch(target)
-    ran = stats["samples_computed"] + stats["samples_skipped"]
-    compute = stats["samples_computed"] / ran if ran else 1.0
-    return dict(label=label, kind=kind, options=options, compute=compute,
-                psnr=sum(psnrs) / len(psnrs), ssim=sum(ssims) / len(ssims))
+    return dict(label=candidate.label, kind=candidate.kind, method=type(policy).__name__,
+                options=candidate.options, compute=candidate.compute(policy, stats),
+                psnr=sum(psnrs) / len(psnrs), ssim=sum(ssims) / len(ssims),
+                predicted_error=candidate.predicted_error)
 
 
 def _choose(table, target_compute, min_psnr):

@@ -40,7 +40,10 @@ def tuned(model):
 
 def test_the_chosen_setting_meets_the_speedup_when_measured_again(model, tuned):
     assert tuned.compute <= 0.5 and tuned.speedup >= 2.0
-    assert tuned.uncached_generations == 3        # two evaluation seeds, one calibration seed
+    # two evaluation seeds, one calibration seed for each method
+    assert tuned.uncached_generations == 4
+    assert tuned.generations == pytest.approx(4 + 2 * sum(r["compute"] for r in tuned.table))
+    assert tuned.generations <= 12          # the default max_generations
     run = run_of(model)
     with torch.no_grad():
         references = {seed: run(seed) for seed in (1, 2)}
@@ -56,7 +59,7 @@ def test_the_chosen_setting_meets_the_speedup_when_measured_again(model, tuned):
     # the best of what it tried within the budget, static and online forecasts among them
     within = [r for r in tuned.table if r["compute"] <= 0.5]
     assert tuned.psnr == max(r["psnr"] for r in within)
-    assert {r["kind"] for r in tuned.table} == {"static", "online"}
+    assert {r["kind"] for r in tuned.table} == {"static", "online", "blocks"}
     assert math.isfinite(tuned.psnr) and 0 < tuned.ssim <= 1 or math.isnan(tuned.ssim)
 
 
@@ -94,6 +97,88 @@ def test_save_and_load_round_trip_and_check_the_model(model, tuned, tmp_path):
     pytest.importorskip("matplotlib")
     tuned.plot(tmp_path / "tune.png")
     assert (tmp_path / "tune.png").stat().st_size > 1000
+
+
+class _PerCallFlops:
+    """A plain count of the FLOPs each block really runs: every call of a block is counted
+    by its own FlopCounterMode, whatever wrapper or cache sits around it."""
+
+    def __init__(self, blocks):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self.flops = [0] * len(blocks)
+        self.calls = [0] * len(blocks)
+        self.hooks, open_counters = [], {}
+
+        def before(i):
+            def hook(module, args):
+                open_counters[i] = FlopCounterMode(display=False)
+                open_counters[i].__enter__()
+            return hook
+
+        def after(i):
+            def hook(module, args, output):
+                counter = open_counters.pop(i)
+                counter.__exit__(None, None, None)
+                self.flops[i] += counter.get_total_flops()
+                self.calls[i] += 1
+            return hook
+        for i, block in enumerate(blocks):
+            self.hooks += [block.register_forward_pre_hook(before(i)),
+                           block.register_forward_hook(after(i))]
+
+    def remove(self):
+        for hook in self.hooks:
+            hook.remove()
+
+
+def test_block_caching_candidates_count_the_flops_that_really_ran(model, tmp_path):
+    """methods=("blockcaching",): the pick is a BlockCaching whose compute is the share of the
+    blocks' FLOPs that ran (FLUX's double- and single-stream blocks differ), checked against
+    a plain per-call count; it saves with its profile and loads back equal."""
+    result = cachekern.tune(model, run_of(model), speedup=2.0, evaluation_seeds=(1, 2),
+                            calibration_seeds=(7,), methods=("blockcaching",), progress=False)
+    assert isinstance(result.policy, cachekern.BlockCaching) and result.method == "BlockCaching"
+    assert result.uncached_generations == 3 and {r["kind"] for r in result.table} == {"blocks"}
+    assert result.compute <= 0.5
+    blocks = list(model.transformer_blocks) + list(model.single_transformer_blocks)
+    run = run_of(model)
+    uncached = _PerCallFlops(blocks)
+    with torch.no_grad():
+        references = {seed: run(seed) for seed in (1, 2)}
+    uncached.remove()
+    assert uncached.flops[0] != uncached.flops[-1]      # the two kinds of block differ
+    counted = _PerCallFlops(blocks)
+    with cachekern.patched(model, result.policy) as handle:
+        scores = []
+        for seed, reference in references.items():
+            handle.reset()
+            scores.append(psnr(reference.float(), run(seed).float()))
+    counted.remove()
+    assert sum(counted.flops) / sum(uncached.flops) == pytest.approx(result.compute, rel=1e-9)
+    assert sum(counted.calls) < sum(uncached.calls)
+    assert sum(scores) / 2 == pytest.approx(result.psnr, rel=1e-9)
+    path = tmp_path / "tuned.cachekern"
+    result.save(path)
+    loaded = cachekern.load_tuned(path, model, num_inference_steps=STEPS)
+    assert isinstance(loaded, cachekern.BlockCaching)
+    assert loaded.profile.change == result.policy.profile.change
+    assert loaded.schedule() == result.policy.schedule()
+    assert (loaded.delta, loaded.forecast_order, loaded.scale_shift) == \
+        (result.policy.delta, result.policy.forecast_order, result.policy.scale_shift)
+
+
+def test_the_generation_budget_bounds_what_is_measured(model):
+    result = cachekern.tune(model, run_of(model), speedup=2.0, evaluation_seeds=(1, 2),
+                            calibration_seeds=(7,), max_generations=6.5, progress=False)
+    assert result.generations <= 6.5 and len(result.table) == 2    # 4 uncached, then 2 × 1.0
+    with pytest.raises(ValueError, match="max_generations: expected a number above 4"):
+        cachekern.tune(model, run_of(model), speedup=2.0, evaluation_seeds=(1, 2),
+                       calibration_seeds=(7,), max_generations=4, progress=False)
+    for methods in ((), "teacache", ("teacache", "magcache")):
+        with pytest.raises(ValueError, match="methods: expected a non-empty subset of"):
+            cachekern.tune(model, run_of(model), speedup=2.0, methods=methods,
+                           progress=False)
 
 
 def test_bad_targets_and_arguments_get_clear_errors(model):

@@ -136,10 +136,7 @@ class Profile:
                 tensors[f"scale.{name}"] = scale.contiguous()
                 tensors[f"shift.{name}"] = shift.contiguous()
                 index.setdefault(key, []).append([unit, step, k])
-        meta = dict(format=_FORMAT, model_class=self.model_class, units=self.units,
-                    change=[[None if math.isnan(v) else v for v in row] for row in self.change],
-                    timesteps=self.timesteps, runs=self.runs, branches=self.branches,
-                    scale_shift=index, resnets=self.resnets)
+        meta = dict(self.description(), scale_shift=index)
         if not tensors:      # safetensors writes no file without a tensor
             tensors["empty"] = torch.zeros(1)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +156,20 @@ class Profile:
                     (u, s, k): (f.get_tensor(f"scale.{key}.{u}.{s}.{k}"),
                                 f.get_tensor(f"shift.{key}.{u}.{s}.{k}"))
                     for u, s, k in entries}
+        return cls.from_description(meta, scale_shift)
+
+    def description(self) -> dict:
+        """What the profile recorded, as JSON-able values (its scale-shift tensors aside)."""
+        return dict(format=_FORMAT, model_class=self.model_class, units=self.units,
+                    change=[[None if math.isnan(v) else v for v in row] for row in self.change],
+                    timesteps=self.timesteps, runs=self.runs, branches=self.branches,
+                    resnets=self.resnets)
+
+    @classmethod
+    def from_description(cls, meta, scale_shift=None):
+        """The profile description() gave (with `scale_shift` parameters, if any)."""
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise ValueError("profile: not a cachekern profile's description")
         change = [[math.nan if v is None else v for v in row] for row in meta["change"]]
         return cls(meta["model_class"], meta["units"], change, meta["timesteps"], meta["runs"],
                    meta["branches"], scale_shift, meta.get("resnets", False))

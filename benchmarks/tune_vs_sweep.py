@@ -1,0 +1,170 @@
+"""cachekern.tune against the full quality sweep, on a reference model (issue 19).
+
+    python -m benchmarks.tune_vs_sweep flux-photos --speedups 1.5 2 3 --out results/
+    python -m benchmarks.tune_vs_sweep unet-digits --untrained --quick --per-class 1   # CPU smoke
+
+The sweep: every cachekern setting benchmarks.quality tries (TeaCache's thresholds with each
+polynomial and forecast, its static schedules, Block Caching's targets, scale-shifts and
+forecasts), each generating the sweep's samples, scored against the uncached ones (PSNR, compute
+as the block FLOPs that ran: benchmarks.block_work). Then, for each speed-up, cachekern.tune as a
+user calls it (one sample a seed, on its own calibration and evaluation seeds, none of the
+sweep's samples), and its pick generating the sweep's samples, scored the same way. The table:
+the sweep's best PSNR within the compute 1/speed-up, against tune's pick, and what tuning cost
+in uncached generations' block work (tune's own count, one sample a generation). Writes
+tune_vs_sweep_<model>.csv (the sweep's rows and the picks) and .md.
+"""
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import quality
+from benchmarks import quality_methods as methods
+from benchmarks.block_work import BlockWork
+
+import cachekern
+from cachekern import reference_models
+from cachekern.metrics import psnr
+
+CACHEKERN = (methods.TEACACHE, methods.TEACACHE_STATIC, methods.BLOCK_CACHING)
+TUNE_EVALUATION_SEEDS = (5_000, 5_001)
+TUNE_CALIBRATION_SEEDS = (10_000,)
+SLACK = 1e-9
+FIELDS = ("model", "scheduler", "method", "setting", "compute", "psnr_db", "speedup",
+          "tune_compute", "tune_psnr_db", "generations", "uncached_generations", "tune_s")
+
+
+def applying(policy):
+    def apply(model):
+        cachekern.patch(model, policy)
+        return lambda: cachekern.unpatch(model)
+    return apply
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(reference_models.RECIPES))
+    parser.add_argument("--scheduler", default=None, help="default: the recipe's first")
+    parser.add_argument("--speedups", type=float, nargs="+", default=[1.5, 2.0, 3.0])
+    parser.add_argument("--per-class", type=int, default=4, help="the sweep's samples per class")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--untrained", action="store_true", help="random weights (smoke runs)")
+    parser.add_argument("--quick", action="store_true", help="a few sweep settings (smoke runs)")
+    args = parser.parse_args(argv)
+    if any(s <= 1 for s in args.speedups):
+        parser.error(f"--speedups: expected numbers > 1, got {args.speedups}")
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.backends.cuda.matmul.allow_tf32 = False    # fp32 throughout: quality, not speed
+    torch.backends.cudnn.allow_tf32 = False
+    ref = (reference_models.create(args.name, device) if args.untrained else
+           reference_models.load(args.name, device))
+    scheduler = args.scheduler or ref.schedulers[0]
+    if scheduler not in ref.schedulers:
+        parser.error(f"--scheduler: {args.name} samples with one of {ref.schedulers}")
+    sample_kwargs = dict(scheduler=scheduler)
+    steps = ref.default_steps(scheduler)
+    classes = ref.conditioner.num_classes
+    labels = [c for c in range(classes) for _ in range(args.per_class)]
+    seeds = list(range(len(labels)))
+    calibration = dict(labels=labels[:args.batch],
+                       seeds=[10_000 + s for s in range(len(labels[:args.batch]))])
+    work = BlockWork(ref.model, ref.example_call(device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"tune_vs_sweep_{args.name}"
+    rows, reference, full = [], None, None
+
+    def measure(setting):
+        nonlocal reference, full
+        images, flops, _ = quality.generate(ref, setting, labels, seeds, args.batch,
+                                            sample_kwargs, work, device, 0)
+        if reference is None:
+            reference, full = images, flops
+        return flops / full, quality.per_sample_mean(psnr, reference, images, data_range=2.0)
+
+    def write():            # as it goes: a run cut short keeps what it measured
+        with open(f"{stem}.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows + picks)
+
+    def run(seed):          # as a user runs it: one sample a seed
+        return ref.sample([seed % classes], [seed], steps=steps, **sample_kwargs)
+
+    # The uncached samples first (the sweep's first setting), then tune's picks, then the rest.
+    settings = quality.settings_for(ref, steps, sample_kwargs, calibration, args.quick,
+                                    set(CACHEKERN))
+    compute, value = measure(settings[0])
+    rows.append(dict(model=args.name, scheduler=scheduler, method=settings[0].method,
+                     setting=settings[0].label, compute=compute, psnr_db=value))
+    picks = []
+    for speedup in args.speedups:
+        started = time.perf_counter()
+        result = cachekern.tune(ref.model, run, speedup=speedup, progress=False,
+                                calibration_seeds=TUNE_CALIBRATION_SEEDS,
+                                evaluation_seeds=TUNE_EVALUATION_SEEDS)
+        spent = time.perf_counter() - started
+        compute, value = measure(methods.Setting(f"tune {speedup:g}x", result.label, steps,
+                                                 applying(result.policy)))
+        picks.append(dict(model=args.name, scheduler=scheduler,
+                          method=f"tune: {result.method}", setting=result.label,
+                          compute=compute, psnr_db=value, speedup=speedup,
+                          tune_compute=result.compute, tune_psnr_db=result.psnr,
+                          generations=result.generations,
+                          uncached_generations=result.uncached_generations, tune_s=spent))
+        print(f"{speedup:g}x: tune picked {result.label} (compute {compute:.3f}, PSNR "
+              f"{value:.2f} dB on the sweep's samples; {result.generations:.1f} generations, "
+              f"{spent:.0f} s)", flush=True)
+        write()
+    started = time.perf_counter()
+    for setting in settings[1:]:
+        compute, value = measure(setting)
+        rows.append(dict(model=args.name, scheduler=scheduler, method=setting.method,
+                         setting=setting.label, compute=compute, psnr_db=value))
+        write()
+    print(f"sweep: {len(rows) - 1} settings in {time.perf_counter() - started:.0f} s",
+          flush=True)
+    for pick in picks:
+        within = [r for r in rows if r["method"] != methods.UNCACHED and
+                  r["compute"] <= 1 / pick["speedup"] + SLACK]
+        pick["best"] = max(within, key=lambda r: r["psnr_db"]) if within else None
+
+    write()
+    command = "python -m benchmarks.tune_vs_sweep " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    table = markdown(picks, args.name, scheduler, steps, len(labels), len(rows) - 1,
+                     quality.environment_line(device), command)
+    Path(f"{stem}.md").write_text(table)
+    print(table)
+    return picks
+
+
+def markdown(picks, name, scheduler, steps, samples, settings, environment, command):
+    lines = [f"#### {name}, {scheduler}, {steps} steps, {samples} samples; the sweep: "
+             f"{settings} cachekern settings", "", f"`{command}`", "", environment, "",
+             "| speed-up | tune's pick | compute | PSNR dB | the sweep's best within the "
+             "compute | compute | PSNR dB | tune − best, dB | tuning cost, generations |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for p in picks:
+        best = p["best"]
+        gap = float("nan") if best is None else p["psnr_db"] - best["psnr_db"]
+        lines.append(
+            f"| {p['speedup']:g}× | {p['method'][6:]}: `{p['setting']}` | {p['compute']:.3f} | "
+            f"{p['psnr_db']:.2f} | "
+            + ("— | — | — | — |" if best is None else
+               f"{best['method'][10:]}: `{best['setting']}` | {best['compute']:.3f} | "
+               f"{best['psnr_db']:.2f} | {gap:+.2f} |")
+            + f" {p['generations']:.1f} ({p['uncached_generations']} uncached) |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
