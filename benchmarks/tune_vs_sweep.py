@@ -1,7 +1,7 @@
 """cachekern.tune against the full quality sweep, on a reference model (issue 19).
 
     python -m benchmarks.tune_vs_sweep flux-photos --speedups 1.5 2 3 --out results/
-    python -m benchmarks.tune_vs_sweep unet-digits --untrained --quick --per-class 1   # CPU smoke
+    OMP_NUM_THREADS=1 python -m benchmarks.tune_vs_sweep unet-digits --samples 6   # on a CPU
 
 The sweep: every cachekern setting benchmarks.quality tries (TeaCache's thresholds with each
 polynomial and forecast, its static schedules, Block Caching's targets, scale-shifts and
@@ -52,12 +52,16 @@ def main(argv=None):
     parser.add_argument("--scheduler", default=None, help="default: the recipe's first")
     parser.add_argument("--speedups", type=float, nargs="+", default=[1.5, 2.0, 3.0])
     parser.add_argument("--per-class", type=int, default=4, help="the sweep's samples per class")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="instead of --per-class: this many samples, classes in turn")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", default=".")
     parser.add_argument("--device", default=None)
     parser.add_argument("--untrained", action="store_true", help="random weights (smoke runs)")
     parser.add_argument("--quick", action="store_true", help="a few sweep settings (smoke runs)")
     args = parser.parse_args(argv)
+    if args.samples is not None and args.samples < 1:
+        parser.error(f"--samples: expected at least 1, got {args.samples}")
     if any(s <= 1 for s in args.speedups):
         parser.error(f"--speedups: expected numbers > 1, got {args.speedups}")
 
@@ -72,7 +76,8 @@ def main(argv=None):
     sample_kwargs = dict(scheduler=scheduler)
     steps = ref.default_steps(scheduler)
     classes = ref.conditioner.num_classes
-    labels = [c for c in range(classes) for _ in range(args.per_class)]
+    labels = [c for c in range(classes) for _ in range(args.per_class)] if args.samples is None \
+        else [i % classes for i in range(args.samples)]
     seeds = list(range(len(labels)))
     calibration = dict(labels=labels[:args.batch],
                        seeds=[10_000 + s for s in range(len(labels[:args.batch]))])

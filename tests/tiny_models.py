@@ -1,6 +1,8 @@
 """Tiny configs of the real diffusers classes, and the sampling loops the tests run them in: one
 builder per family, shared by every test folder (tests import this module, never each other)."""
 
+import inspect
+
 import torch
 
 import diffusers
@@ -322,8 +324,28 @@ def chroma():
     return model, inputs, 1.0
 
 
+def hidream():
+    torch.manual_seed(0)
+    model = diffusers.HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=8,
+        num_attention_heads=2, caption_channels=[8, 6], text_emb_dim=8, num_routed_experts=2,
+        num_activated_experts=2, axes_dims_rope=(4, 2, 2), max_resolution=(16, 16),
+        llama_layers=[0, 1, 2, 3]).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        # Llama's states a layer each (the model indexes them by llama_layers), as a list so
+        # that dim 0 of every tensor input is the batch.
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    encoder_hidden_states_t5=torch.randn(batch, 5, 8, generator=g),
+                    encoder_hidden_states_llama3=list(torch.randn(4, batch, 3, 6, generator=g)),
+                    pooled_embeds=torch.randn(batch, 8, generator=g))
+    return model, inputs, 1000.0
+
+
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
-            skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma]
+            skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
+            hidream]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
@@ -337,6 +359,9 @@ def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
             timestep = t.expand(latents.shape[0]) * timestep_scale
             if name == "sample":
                 out = model(latents, timestep, return_dict=False, **rest)[0]
+            elif "timesteps" in inspect.signature(model.forward).parameters:   # HiDream
+                out = model(hidden_states=latents, timesteps=timestep, return_dict=False,
+                            **rest)[0]
             else:
                 out = model(hidden_states=latents, timestep=timestep, return_dict=False,
                             **rest)[0]

@@ -10,6 +10,7 @@ from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import FluxAdapter
 from cachekern.models.flux2 import Flux2Adapter
+from cachekern.models.hidream import HiDreamAdapter
 from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
 from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
@@ -21,7 +22,7 @@ from cachekern.models.unet import UNet2DConditionAdapter
 from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
 __all__ = ["ADAPTERS", "Adapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter",
-           "DiTAdapter", "Flux2Adapter", "FluxAdapter", "HunyuanVideo15Adapter",
+           "DiTAdapter", "Flux2Adapter", "FluxAdapter", "HiDreamAdapter", "HunyuanVideo15Adapter",
            "HunyuanVideoAdapter", "LTXVideoAdapter", "Lumina2Adapter", "MochiAdapter",
            "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter", "SkyReelsV2Adapter",
            "StackCall", "UNet2DConditionAdapter", "WanAdapter", "adapter_for"]

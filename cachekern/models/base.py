@@ -9,9 +9,12 @@ from torch import nn
 
 
 def timestep_of(args, kwargs):
-    """The timestep a model call was given (by keyword, or second positionally as a UNet takes
-    it), as it was given."""
-    return kwargs.get("timestep", args[1] if len(args) > 1 else None)
+    """The timestep a model call was given (by keyword, `timesteps` for HiDream, or second
+    positionally as a UNet takes it), as it was given."""
+    for name in ("timestep", "timesteps"):
+        if name in kwargs:
+            return kwargs[name]
+    return args[1] if len(args) > 1 else None
 
 
 @dataclass

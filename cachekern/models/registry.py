@@ -8,6 +8,7 @@ from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import FluxAdapter
 from cachekern.models.flux2 import Flux2Adapter
+from cachekern.models.hidream import HiDreamAdapter
 from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
 from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
@@ -23,7 +24,7 @@ ADAPTERS = {adapter.model_class: adapter
                             LTXVideoAdapter(), MochiAdapter(), SanaAdapter(),
                             SkyReelsV2Adapter(), UNet2DConditionAdapter(), CogView4Adapter(),
                             QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter(),
-                            Flux2Adapter(), ChromaAdapter())}
+                            Flux2Adapter(), ChromaAdapter(), HiDreamAdapter())}
 
 
 def adapter_for(model) -> Adapter:

@@ -196,3 +196,21 @@ def test_flux2_runs_its_single_blocks_inside_the_stack_and_restores_its_modules(
             got = model(timestep=t, kv_cache_mode="extract", return_dict=False, **inp)
             assert handle.stats()["uncached_calls"] == 1
     assert torch.equal(got[0], expected[0])
+
+
+def test_hidream_non_square_latents_run_the_stack_with_the_models_masks():
+    """Non-square latents make HiDream pad its tokens and mask them (the stack extends the
+    mask over the text tokens for its single blocks, as the model's loop does): threshold 0 is
+    the uncached model bit for bit, and a skipped step still serves the padded tokens."""
+    from tiny_models import hidream
+
+    model, inputs, scale = hidream()
+    inp = inputs(9)
+    inp["hidden_states"] = inp["hidden_states"][..., :4]          # 8 × 4 latents
+    reference = sample(model, inp, timestep_scale=scale)
+    with cachekern.patched(model, policy(threshold=0.0)) as handle:
+        assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+    with cachekern.patched(model, policy(threshold=10.0)) as handle:
+        skipped = sample(model, inp, timestep_scale=scale)
+        assert handle.stats()["skipped"] == STEPS - 2
+    assert skipped.shape == reference.shape and torch.isfinite(skipped).all()
