@@ -343,9 +343,29 @@ def hidream():
     return model, inputs, 1000.0
 
 
+def ltx2():
+    torch.manual_seed(0)
+    model = diffusers.LTX2VideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, audio_in_channels=4, audio_out_channels=4,
+        audio_num_attention_heads=2, audio_attention_head_dim=4, audio_cross_attention_dim=8,
+        num_layers=2, caption_channels=12, use_prompt_adaln_single=False).eval()
+
+    def inputs(seed, batch=2):
+        # The video latents are the sampled ones; the audio latents stay as given (the test
+        # of both streams, tests/models/test_families.py, samples them too).
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 2 * 4 * 4, 4, generator=g),
+                    audio_hidden_states=torch.randn(batch, 5, 4, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 7, 12, generator=g),
+                    audio_encoder_hidden_states=torch.randn(batch, 7, 12, generator=g),
+                    num_frames=2, height=4, width=4, audio_num_frames=5)
+    return model, inputs, 1000.0
+
+
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
             skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
-            hidream]
+            hidream, ltx2]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

@@ -12,6 +12,7 @@ from cachekern.models.flux import FluxAdapter
 from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.hidream import HiDreamAdapter
 from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
+from cachekern.models.ltx2 import LTX2Adapter
 from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
 from cachekern.models.registry import ADAPTERS, adapter_for
@@ -23,6 +24,6 @@ from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
 __all__ = ["ADAPTERS", "Adapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter",
            "DiTAdapter", "Flux2Adapter", "FluxAdapter", "HiDreamAdapter", "HunyuanVideo15Adapter",
-           "HunyuanVideoAdapter", "LTXVideoAdapter", "Lumina2Adapter", "MochiAdapter",
+           "HunyuanVideoAdapter", "LTX2Adapter", "LTXVideoAdapter", "Lumina2Adapter", "MochiAdapter",
            "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter", "SkyReelsV2Adapter",
            "StackCall", "UNet2DConditionAdapter", "WanAdapter", "adapter_for"]

@@ -10,6 +10,7 @@ from cachekern.models.flux import FluxAdapter
 from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.hidream import HiDreamAdapter
 from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
+from cachekern.models.ltx2 import LTX2Adapter
 from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
@@ -24,7 +25,7 @@ ADAPTERS = {adapter.model_class: adapter
                             LTXVideoAdapter(), MochiAdapter(), SanaAdapter(),
                             SkyReelsV2Adapter(), UNet2DConditionAdapter(), CogView4Adapter(),
                             QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter(),
-                            Flux2Adapter(), ChromaAdapter(), HiDreamAdapter())}
+                            Flux2Adapter(), ChromaAdapter(), HiDreamAdapter(), LTX2Adapter())}
 
 
 def adapter_for(model) -> Adapter:

@@ -214,3 +214,50 @@ def test_hidream_non_square_latents_run_the_stack_with_the_models_masks():
         skipped = sample(model, inp, timestep_scale=scale)
         assert handle.stats()["skipped"] == STEPS - 2
     assert skipped.shape == reference.shape and torch.isfinite(skipped).all()
+
+
+def test_ltx2_skipped_steps_serve_both_streams_as_a_plain_reuse_does():
+    """LTX-2's blocks carry video and audio tokens and the model decodes both: a skipped step
+    adds each stream's residual from the last computed step (the stack packs the two), checked
+    against a plain re-implementation (hooks that replace the block loop's output by block 0's
+    inputs plus the residuals kept), with both streams sampled."""
+    from tiny_models import ltx2
+
+    model, inputs, scale = ltx2()
+    compute = [True, False, True, False, False, True]
+    inp = inputs(11)
+    rest = {k: v for k, v in inp.items() if k not in ("hidden_states", "audio_hidden_states")}
+
+    def run():
+        video, audio, outs = inp["hidden_states"], inp["audio_hidden_states"], []
+        with torch.no_grad():
+            for t in torch.linspace(1.0, 0.05, STEPS):
+                v, a = model(hidden_states=video, audio_hidden_states=audio,
+                             timestep=(t * scale).expand(2), return_dict=False, **rest)
+                video, audio = video - v / STEPS, audio - a / STEPS
+                outs.append((v, a))
+        return outs
+
+    state = dict(step=-1)
+
+    def before(module, args, kwargs):
+        state["step"] += 1
+        state["inputs"] = (kwargs["hidden_states"], kwargs["audio_hidden_states"])
+
+    def after(module, args, kwargs, output):
+        if compute[state["step"]]:
+            state["residual"] = tuple(o - i for o, i in zip(output, state["inputs"]))
+            return output
+        return tuple(i + r for i, r in zip(state["inputs"], state["residual"]))
+    hooks = [model.transformer_blocks[0].register_forward_pre_hook(before, with_kwargs=True),
+             model.transformer_blocks[-1].register_forward_hook(after, with_kwargs=True)]
+    expected = run()
+    for hook in hooks:
+        hook.remove()
+    with cachekern.patched(model, TeaCache(compute_steps=compute)) as handle:
+        got = run()
+        assert [r["computed"] for r in handle.history] == compute
+    for (video, audio), (want_video, want_audio) in zip(got, expected):
+        torch.testing.assert_close(video, want_video, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(audio, want_audio, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(got[1][1], expected[0][1])     # the audio did move
