@@ -1,8 +1,8 @@
 """Lumina2Transformer2DModel (Lumina-Image 2.0): its joint text-and-image layers as one stack,
 called positionally; the cached residual is the joint stream's. The indicator is layer 0's
 modulated input, RMSNorm(x) · (1 + scale_msa); the norm's elementwise weight is folded into the
-scale, (1 + scale') = weight · (1 + scale_msa), so the fused kernel applies both. No published
-TeaCache polynomial."""
+scale, (1 + scale') = weight · (1 + scale_msa), so the fused kernel applies both. TeaCache4Lumina2
+watches the same input (norm1 of the joint sequence): its published polynomial is the family's."""
 
 from cachekern.models.base import Adapter, Indicator
 

@@ -261,3 +261,21 @@ def test_ltx2_skipped_steps_serve_both_streams_as_a_plain_reuse_does():
         torch.testing.assert_close(video, want_video, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(audio, want_audio, rtol=1e-5, atol=1e-6)
     assert not torch.equal(got[1][1], expected[0][1])     # the audio did move
+
+
+def test_lumina2_takes_teacache4lumina2s_published_polynomial_without_a_warning():
+    """TeaCache4Lumina2 watches layer 0's norm1 output on the joint sequence, the indicator
+    this family computes, so "auto" is its published fit rather than the raw distance."""
+    import warnings
+
+    from cachekern.teacache.coefficients import PUBLISHED
+    from tiny_models import lumina2
+
+    model, _, _ = lumina2()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        handle = cachekern.patch(model, TeaCache(threshold=0.3))
+    assert handle.runtime.polynomial == PUBLISHED["lumina2"]
+    assert PUBLISHED["lumina2"] == [393.76566581, -603.50993606, 209.10239044, -23.00726601,
+                                    0.86377344]
+    cachekern.unpatch(model)
