@@ -6,11 +6,11 @@ back afterwards. A cached call records those projections (stand-ins) and the sta
 lists as the model's loops would; it hands back the final image tokens, which the model's own
 concatenation and slicing then leave as they are.
 
-The indicator is double block 0's modulated image input (LayerNorm without affine, shift and
-scale chunks 0 and 1 of its ``adaLN_modulation``). TeaCache4HiDream's published polynomial is
-fitted on another indicator (the timestep embedding before the pooled text is added), so none
-is applied here: the raw distance, or cachekern.calibrate_teacache. Its mixture-of-experts
-feed-forward reads expert counts on the host, so its forward cannot be captured as a graph."""
+The indicator is TeaCache4HiDream's: the timestep embedding ``t_embedder`` computes (before the
+pooled text embedding is added to it), recorded from the call and handed to the stack by the
+stand-in for double block 0; its published polynomial (HiDream-I1-Full) applies. Its
+mixture-of-experts feed-forward reads expert counts on the host, so its forward cannot be
+captured as a graph."""
 
 import torch
 from torch import nn
@@ -20,6 +20,23 @@ from cachekern.models.joint_stream import Recorded
 
 _INDEX = "_cachekern_samples"     # the samples a per-sample sub-call runs (see select)
 _PROJECTIONS = "caption_projection"
+_TIMESTEP_EMBEDDING = "_cachekern_timestep_embedding"
+
+
+class _WithTimestepEmbedding(nn.Module):
+    """Stands in for double block 0: calls the cached stack with this call's timestep
+    embedding, recorded from t_embedder (TeaCache's indicator for the family)."""
+
+    def __init__(self, stack, recorded):
+        super().__init__()
+        self.stack = stack
+        self.recorded = recorded
+
+    def forward(self, *args, **kwargs):
+        if self.recorded.value is None:
+            raise RuntimeError("cachekern: HiDreamImageTransformer2DModel's t_embedder was "
+                               "not recorded before the blocks ran")
+        return self.stack(*args, **kwargs, **{_TIMESTEP_EMBEDDING: self.recorded.value})
 
 
 def _inner(block):
@@ -34,17 +51,21 @@ class HiDreamAdapter(Adapter):
     lists = ("double_stream_blocks", "single_stream_blocks")
     block_args = ("hidden_states", "hidden_states_masks", "encoder_hidden_states", "temb",
                   "image_rotary_emb")
-    batched_args = ("hidden_states_masks", "encoder_hidden_states", "temb", "image_rotary_emb")
+    batched_args = ("hidden_states_masks", "encoder_hidden_states", "temb", "image_rotary_emb",
+                    _TIMESTEP_EMBEDDING)
     returns = ("hidden_states", "encoder_hidden_states")
     list_returns = {"single_stream_blocks": ("hidden_states",)}
     graph_uncapturable = ("its mixture-of-experts feed-forward copies the tokens per expert to "
                           "the host (.cpu()) in every block")
 
     def stand_ins(self, lists, stack, model=None):
-        stand_ins = super().stand_ins(lists, stack)
-        if model is not None:
-            stand_ins[_PROJECTIONS] = nn.ModuleList(
-                Recorded(projection) for projection in model._modules[_PROJECTIONS])
+        if model is None:
+            return super().stand_ins(lists, stack)
+        timestep = Recorded(model._modules["t_embedder"])
+        stand_ins = super().stand_ins(lists, _WithTimestepEmbedding(stack, timestep))
+        stand_ins["t_embedder"] = timestep
+        stand_ins[_PROJECTIONS] = nn.ModuleList(
+            Recorded(projection) for projection in model._modules[_PROJECTIONS])
         return stand_ins
 
     def select(self, call, index):
@@ -53,14 +74,10 @@ class HiDreamAdapter(Adapter):
         return sub
 
     def indicator(self, blocks, call):
-        block = _inner(blocks[0])
-        chunks = block.adaLN_modulation(call.extras["temb"]).chunk(12, dim=-1)
-        return Indicator(chunks[1], chunks[0], "layer", block.norm1_i.eps)
+        return Indicator(embedding=call.extras[_TIMESTEP_EMBEDDING])
 
     def reference_modulated_input(self, blocks, call):
-        block = _inner(blocks[0])
-        shift, scale = block.adaLN_modulation(call.extras["temb"])[:, None].chunk(12, dim=-1)[:2]
-        return block.norm1_i(call.hidden).to(call.hidden.dtype) * (1 + scale) + shift
+        return call.extras[_TIMESTEP_EMBEDDING]
 
     def _llama_states(self, model, batch, width, index):
         """Each block's projected Llama text states, as the model's forward viewed them."""

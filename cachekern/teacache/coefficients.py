@@ -19,6 +19,10 @@ PUBLISHED = {
                         -4.99875664e-02],
     "wan_t2v_14b_e0": [-3.03318725e+05, 4.90537029e+04, -2.65530556e+03, 5.87365115e+01,
                        -3.15583525e-01],
+    # HiDream-I1-Full, indicator the timestep embedding (TeaCache4HiDream-I1; published
+    # setting: the first tenth of the steps computed, the last not forced).
+    "hidream": [-3.13605009e+04, -7.12425503e+02, 4.91363285e+01, 8.26515490e+00,
+                1.08053901e-01],
     # Lumina-Image 2.0 (TeaCache4Lumina2's default fit): layer 0's modulated joint sequence,
     # the indicator cachekern computes for the family.
     "lumina2": [393.76566581, -603.50993606, 209.10239044, -23.00726601, 0.86377344],

@@ -47,8 +47,9 @@ def test_high_threshold_skips_and_generations_do_not_share_state(family, parity)
     assert torch.equal(second, fresh)
 
 
-# The UNet's time embedding moves far more per step (about 0.7 relative L1 on these six steps).
-PER_SAMPLE_THRESHOLD = {"unet": 1.5}
+# The UNet's and HiDream's time embeddings move far more per step (about 0.7 relative L1 on
+# these six steps).
+PER_SAMPLE_THRESHOLD = {"unet": 1.5, "hidream": 1.5}
 
 
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
@@ -167,8 +168,8 @@ def test_the_fused_indicator_is_block_0s_own_modulated_input(family):
         sample(model, inputs(7), steps=2, timestep_scale=scale)
     finally:
         hook.remove()
-    if family.__name__ == "unet":
-        return      # the UNet's indicator is the time embedding, read outside the blocks
+    if family.__name__ in ("unet", "hidream"):
+        return      # their indicator is the time embedding, read outside the blocks
     call = adapter.stack_call(*seen[-1])
     with torch.no_grad():
         indicator = adapter.indicator(blocks, call)
@@ -278,4 +279,31 @@ def test_lumina2_takes_teacache4lumina2s_published_polynomial_without_a_warning(
     assert handle.runtime.polynomial == PUBLISHED["lumina2"]
     assert PUBLISHED["lumina2"] == [393.76566581, -603.50993606, 209.10239044, -23.00726601,
                                     0.86377344]
+    cachekern.unpatch(model)
+
+
+def test_hidream_watches_the_timestep_embedding_as_teacache4hidream_does():
+    """HiDream's indicator is t_embedder's output (before the pooled text is added): the
+    relative L1 change the handle records is that of a hook's copies of it, computed plainly,
+    and "auto" is the published HiDream-I1-Full polynomial."""
+    import warnings
+
+    from cachekern.teacache.coefficients import PUBLISHED
+    from tiny_models import hidream
+
+    model, inputs, scale = hidream()
+    seen = []
+    hook = model.t_embedder.register_forward_hook(lambda m, a, out: seen.append(out.clone()))
+    with cachekern.patched(model, policy(threshold=0.0)) as handle:
+        sample(model, inputs(12), timestep_scale=scale)
+        rels = [r["rel_l1"] for r in handle.history]
+    hook.remove()
+    assert len(seen) == STEPS
+    plain = [((seen[s] - seen[s - 1]).abs().mean() / seen[s - 1].abs().mean()).item()
+             for s in range(1, STEPS)]
+    assert rels[1:] == pytest.approx(plain, rel=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        handle = cachekern.patch(model, TeaCache(threshold=0.3))
+    assert handle.runtime.polynomial == PUBLISHED["hidream"]
     cachekern.unpatch(model)
