@@ -51,6 +51,32 @@ ONLINE_COST_MARGIN = 1.3
 
 
 @dataclass
+class _Candidate:
+    kind: str                     # "static" or "online" (TeaCache), "blocks" (Block Caching)
+    label: str
+    options: dict
+    expected_compute: float       # what measuring it is expected to cost, per seed
+    predicted_error: float = float("nan")
+    profile: Optional[Profile] = None
+    weights: Optional[list] = None
+    order: int = 1
+    first: bool = False           # measured before the others of its kind
+
+    def policy(self):
+        if self.kind == "blocks":
+            return BlockCaching(self.profile, **self.options)
+        return TeaCache(**self.options)
+
+    def compute(self, policy, stats):
+        """The fraction of the blocks' work that ran: Block Caching's static schedule weighed
+        by each block's FLOPs; TeaCache skips or runs the whole stack, so its share of calls."""
+        if self.kind == "blocks":
+            return compute_fraction(policy.schedule(), self.weights)
+        ran = stats["samples_computed"] + stats["samples_skipped"]
+        return stats["samples_computed"] / ran if ran else 1.0
+
+
+@dataclass
 class TuneResult:
     """What tune found: `policy` (ready for cachekern.patch), its `compute`, `speedup`, `psnr`
     and `ssim` on the evaluation seeds, `table` (every candidate tried, a dict each),
@@ -311,32 +337,6 @@ def _block_caching_candidates(prof, weights, target_compute):
                                   dict(delta=delta, scale_shift=None, forecast_order=order),
                                   compute, profile=prof, weights=weights, order=order))
     return out
-
-
-@dataclass
-class _Candidate:
-    kind: str                     # "static" or "online" (TeaCache), "blocks" (Block Caching)
-    label: str
-    options: dict
-    expected_compute: float       # what measuring it is expected to cost, per seed
-    predicted_error: float = float("nan")
-    profile: Optional[Profile] = None
-    weights: Optional[list] = None
-    order: int = 1
-    first: bool = False           # measured before the others of its kind
-
-    def policy(self):
-        if self.kind == "blocks":
-            return BlockCaching(self.profile, **self.options)
-        return TeaCache(**self.options)
-
-    def compute(self, policy, stats):
-        """The fraction of the blocks' work that ran: Block Caching's static schedule weighed
-        by each block's FLOPs; TeaCache skips or runs the whole stack, so its share of calls."""
-        if self.kind == "blocks":
-            return compute_fraction(policy.schedule(), self.weights)
-        ran = stats["samples_computed"] + stats["samples_skipped"]
-        return stats["samples_computed"] / ran if ran else 1.0
 
 
 def _in_order_of_promise(candidates):

@@ -363,9 +363,36 @@ def ltx2():
     return model, inputs, 1000.0
 
 
+def _flux_like(cls, **config):
+    """A tiny model of a class with FLUX's blocks and call (Bria, LongCat-Image, Ovis-Image)."""
+    torch.manual_seed(0)
+    model = cls(patch_size=1, in_channels=4, num_layers=2, num_single_layers=2,
+                attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                axes_dims_rope=(2, 2, 4), **config).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 16, 4, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 16, generator=g),
+                    img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3))
+    return model, inputs, 1000.0
+
+
+def bria():
+    return _flux_like(diffusers.BriaTransformer2DModel)
+
+
+def longcat_image():
+    return _flux_like(diffusers.LongCatImageTransformer2DModel, pooled_projection_dim=16)
+
+
+def ovis_image():
+    return _flux_like(diffusers.OvisImageTransformer2DModel, out_channels=4)
+
+
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
             skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
-            hidream, ltx2]
+            hidream, ltx2, bria, longcat_image, ovis_image]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

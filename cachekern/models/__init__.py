@@ -8,7 +8,7 @@ from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
 from cachekern.models.chroma import ChromaAdapter
 from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
-from cachekern.models.flux import FluxAdapter
+from cachekern.models.flux import BriaAdapter, FluxAdapter, LongCatImageAdapter, OvisImageAdapter
 from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.hidream import HiDreamAdapter
 from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
@@ -22,8 +22,9 @@ from cachekern.models.sd3 import SD3Adapter
 from cachekern.models.unet import UNet2DConditionAdapter
 from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
 
-__all__ = ["ADAPTERS", "Adapter", "ChromaAdapter", "CogVideoXAdapter", "CogView4Adapter",
-           "DiTAdapter", "Flux2Adapter", "FluxAdapter", "HiDreamAdapter", "HunyuanVideo15Adapter",
-           "HunyuanVideoAdapter", "LTX2Adapter", "LTXVideoAdapter", "Lumina2Adapter", "MochiAdapter",
+__all__ = ["ADAPTERS", "Adapter", "BriaAdapter", "ChromaAdapter", "CogVideoXAdapter",
+           "CogView4Adapter", "DiTAdapter", "Flux2Adapter", "FluxAdapter", "HiDreamAdapter",
+           "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTX2Adapter", "LTXVideoAdapter",
+           "LongCatImageAdapter", "Lumina2Adapter", "MochiAdapter", "OvisImageAdapter",
            "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter", "SkyReelsV2Adapter",
            "StackCall", "UNet2DConditionAdapter", "WanAdapter", "adapter_for"]

@@ -1,5 +1,7 @@
 """FluxTransformer2DModel (FLUX.1, and Flux-like models built from the same blocks): 19
-double-stream then 38 single-stream blocks, one stack, as TeaCache's FLUX script caches them."""
+double-stream then 38 single-stream blocks, one stack, as TeaCache's FLUX script caches them.
+Bria, LongCat-Image and Ovis-Image have FLUX's blocks and loops under other names; FLUX's
+published polynomial is FLUX.1-dev's, so theirs is the raw distance."""
 
 from cachekern.models.adaln_zero import AdaLNZeroStackAdapter
 
@@ -16,3 +18,26 @@ class FluxAdapter(AdaLNZeroStackAdapter):
 
     # The text stream's projection and the rotary table feed the blocks only.
     stack_only_modules = ("context_embedder", "pos_embed")
+
+
+class BriaAdapter(FluxAdapter):
+    """BriaTransformer2DModel (Bria 3.x): FLUX's blocks and loops under another name."""
+
+    family = "bria"
+    model_class = "BriaTransformer2DModel"
+
+
+class LongCatImageAdapter(FluxAdapter):
+    """LongCatImageTransformer2DModel (LongCat-Image): FLUX's double and single blocks."""
+
+    family = "longcat_image"
+    model_class = "LongCatImageTransformer2DModel"
+    uncacheable_args = ()
+
+
+class OvisImageAdapter(FluxAdapter):
+    """OvisImageTransformer2DModel (Ovis-Image): FLUX's double and single blocks."""
+
+    family = "ovis_image"
+    model_class = "OvisImageTransformer2DModel"
+    uncacheable_args = ()

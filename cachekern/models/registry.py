@@ -6,7 +6,7 @@ from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
 from cachekern.models.chroma import ChromaAdapter
 from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
-from cachekern.models.flux import FluxAdapter
+from cachekern.models.flux import BriaAdapter, FluxAdapter, LongCatImageAdapter, OvisImageAdapter
 from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.hidream import HiDreamAdapter
 from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
@@ -25,7 +25,8 @@ ADAPTERS = {adapter.model_class: adapter
                             LTXVideoAdapter(), MochiAdapter(), SanaAdapter(),
                             SkyReelsV2Adapter(), UNet2DConditionAdapter(), CogView4Adapter(),
                             QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter(),
-                            Flux2Adapter(), ChromaAdapter(), HiDreamAdapter(), LTX2Adapter())}
+                            Flux2Adapter(), ChromaAdapter(), HiDreamAdapter(), LTX2Adapter(),
+                            BriaAdapter(), LongCatImageAdapter(), OvisImageAdapter())}
 
 
 def adapter_for(model) -> Adapter:
