@@ -78,7 +78,7 @@ def sd3():
 
 
 def _wan_like(cls):
-    """Wan's tiny config for cls (Wan, SkyReels-V2: the same constructor and call)."""
+    """Wan's tiny config for cls (Wan, SkyReels-V2, ChronoEdit: the same constructor and call)."""
     torch.manual_seed(0)
     model = cls(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
                 out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
@@ -93,6 +93,10 @@ def _wan_like(cls):
 
 def wan():
     return _wan_like(diffusers.WanTransformer3DModel)
+
+
+def chronoedit():
+    return _wan_like(diffusers.ChronoEditTransformer3DModel)
 
 
 def cogvideox():
@@ -392,7 +396,7 @@ def ovis_image():
 
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
             skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
-            hidream, ltx2, bria, longcat_image, ovis_image]
+            hidream, ltx2, bria, longcat_image, ovis_image, chronoedit]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

@@ -20,9 +20,9 @@ from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
 from cachekern.models.sana import SanaAdapter
 from cachekern.models.sd3 import SD3Adapter
 from cachekern.models.unet import UNet2DConditionAdapter
-from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
+from cachekern.models.wan import ChronoEditAdapter, SkyReelsV2Adapter, WanAdapter
 
-__all__ = ["ADAPTERS", "Adapter", "BriaAdapter", "ChromaAdapter", "CogVideoXAdapter",
+__all__ = ["ADAPTERS", "Adapter", "BriaAdapter", "ChromaAdapter", "ChronoEditAdapter", "CogVideoXAdapter",
            "CogView4Adapter", "DiTAdapter", "Flux2Adapter", "FluxAdapter", "HiDreamAdapter",
            "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTX2Adapter", "LTXVideoAdapter",
            "LongCatImageAdapter", "Lumina2Adapter", "MochiAdapter", "OvisImageAdapter",

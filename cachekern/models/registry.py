@@ -17,7 +17,7 @@ from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
 from cachekern.models.sana import SanaAdapter
 from cachekern.models.sd3 import SD3Adapter
 from cachekern.models.unet import UNet2DConditionAdapter
-from cachekern.models.wan import SkyReelsV2Adapter, WanAdapter
+from cachekern.models.wan import ChronoEditAdapter, SkyReelsV2Adapter, WanAdapter
 
 ADAPTERS = {adapter.model_class: adapter
             for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter(), CogVideoXAdapter(),
@@ -26,7 +26,8 @@ ADAPTERS = {adapter.model_class: adapter
                             SkyReelsV2Adapter(), UNet2DConditionAdapter(), CogView4Adapter(),
                             QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter(),
                             Flux2Adapter(), ChromaAdapter(), HiDreamAdapter(), LTX2Adapter(),
-                            BriaAdapter(), LongCatImageAdapter(), OvisImageAdapter())}
+                            BriaAdapter(), LongCatImageAdapter(), OvisImageAdapter(),
+                            ChronoEditAdapter())}
 
 
 def adapter_for(model) -> Adapter:

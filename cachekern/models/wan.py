@@ -34,3 +34,13 @@ class SkyReelsV2Adapter(WanAdapter):
 
     def coefficient_key(self, model):
         return self.family
+
+
+class ChronoEditAdapter(WanAdapter):
+    """ChronoEditTransformer3DModel (ChronoEdit, image editing as video): Wan's blocks and call
+    (its rotary table differs, outside the blocks). No published coefficients."""
+    family = "chronoedit"
+    model_class = "ChronoEditTransformer3DModel"
+
+    def coefficient_key(self, model):
+        return self.family
