@@ -22,9 +22,10 @@ from cachekern.models.sd3 import SD3Adapter
 from cachekern.models.unet import UNet2DConditionAdapter
 from cachekern.models.wan import ChronoEditAdapter, SkyReelsV2Adapter, WanAdapter
 
-__all__ = ["ADAPTERS", "Adapter", "BriaAdapter", "ChromaAdapter", "ChronoEditAdapter", "CogVideoXAdapter",
-           "CogView4Adapter", "DiTAdapter", "Flux2Adapter", "FluxAdapter", "HiDreamAdapter",
-           "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTX2Adapter", "LTXVideoAdapter",
-           "LongCatImageAdapter", "Lumina2Adapter", "MochiAdapter", "OvisImageAdapter",
-           "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter", "SkyReelsV2Adapter",
-           "StackCall", "UNet2DConditionAdapter", "WanAdapter", "adapter_for"]
+__all__ = ["ADAPTERS", "Adapter", "BriaAdapter", "ChromaAdapter", "ChronoEditAdapter",
+           "CogVideoXAdapter", "CogView4Adapter", "DiTAdapter", "Flux2Adapter", "FluxAdapter",
+           "HiDreamAdapter", "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTX2Adapter",
+           "LTXVideoAdapter", "LongCatImageAdapter", "Lumina2Adapter", "MochiAdapter",
+           "OvisImageAdapter", "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter",
+           "SkyReelsV2Adapter", "StackCall", "UNet2DConditionAdapter", "WanAdapter",
+           "adapter_for"]
