@@ -143,3 +143,18 @@ def test_quality_merge_reads_a_csv_from_before_the_data_columns(tmp_path):
         csv.DictWriter(f, fieldnames=older[:3]).writeheader()
     with pytest.raises(ValueError, match="not a benchmarks.quality CSV"):
         quality_merge.read_rows(tmp_path / "bad.csv")
+
+
+def test_tune_vs_sweep_leaves_out_only_settings_built_above_every_budget():
+    """fixed_compute reads what a setting is built to run at (a static schedule's pattern,
+    Block Caching's target) and nothing else: the online thresholds, whose compute is only
+    known once run, are always swept."""
+    from benchmarks import quality_methods as methods
+    from benchmarks.tune_vs_sweep import fixed_compute
+
+    Setting = methods.Setting
+    assert fixed_compute(Setting(methods.TEACACHE_STATIC, "CC.C.C.. taylor order 2", 8)) == 0.5
+    assert fixed_compute(Setting(f"{methods.BLOCK_CACHING_FITTED} order 1",
+                                 "blocks=all target_compute=0.7 scale_shift=fit", 8)) == 0.7
+    assert fixed_compute(Setting(methods.TEACACHE, "threshold=0.1 coefficients=auto", 8)) is None
+    assert fixed_compute(Setting(methods.UNCACHED, "8 steps", 8)) is None
