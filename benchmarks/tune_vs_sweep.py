@@ -60,6 +60,10 @@ def main(argv=None):
     parser.add_argument("--device", default=None)
     parser.add_argument("--untrained", action="store_true", help="random weights (smoke runs)")
     parser.add_argument("--quick", action="store_true", help="a few sweep settings (smoke runs)")
+    parser.add_argument("--sweep-from", default=None, metavar="CSV",
+                        help="take the sweep's rows from this file, written by this command "
+                             "with the same model, samples and settings (the picks are made "
+                             "and measured again)")
     parser.add_argument("--all", action="store_true",
                         help="also the settings built to run above every budget (static "
                              "schedules, Block Caching targets), left out by default")
@@ -109,11 +113,21 @@ def main(argv=None):
         return ref.sample([seed % classes], [seed], steps=steps, **sample_kwargs)
 
     # The uncached samples first (the sweep's first setting), then tune's picks, then the rest.
-    settings = quality.settings_for(ref, steps, sample_kwargs, calibration, args.quick,
-                                    set(CACHEKERN))
+    settings = methods.uncached(steps) if args.sweep_from is not None else \
+        quality.settings_for(ref, steps, sample_kwargs, calibration, args.quick, set(CACHEKERN))
     if not args.all:    # what cannot be within any budget asked for is not run
         ceiling = 1 / min(args.speedups) + quality.BUDGET_SLACK
         settings = [s for s in settings if (fixed_compute(s) or 0.0) <= ceiling]
+    swept = []
+    if args.sweep_from is not None:      # checked before anything runs
+        with open(args.sweep_from, newline="") as f:
+            earlier = [r for r in csv.DictReader(f) if not r["method"].startswith("tune")]
+        if len(earlier) < 2 or earlier[0]["model"] != args.name or \
+                earlier[0]["scheduler"] != scheduler:
+            parser.error(f"--sweep-from: {args.sweep_from} is not this command's sweep of "
+                         f"{args.name} with {scheduler}")
+        swept = [dict(r, compute=float(r["compute"]), psnr_db=float(r["psnr_db"]))
+                 for r in earlier[1:]]
     compute, value = measure(settings[0])
     rows.append(dict(model=args.name, scheduler=scheduler, method=settings[0].method,
                      setting=settings[0].label, compute=compute, psnr_db=value))
@@ -137,7 +151,9 @@ def main(argv=None):
               f"{spent:.0f} s)", flush=True)
         write()
     started = time.perf_counter()
-    for setting in settings[1:]:
+    if args.sweep_from is not None:
+        rows += swept
+    for setting in [] if args.sweep_from is not None else settings[1:]:
         compute, value = measure(setting)
         rows.append(dict(model=args.name, scheduler=scheduler, method=setting.method,
                          setting=setting.label, compute=compute, psnr_db=value))

@@ -48,6 +48,8 @@ BUDGETS = (0.6, 0.5, 0.4, 0.3, 0.25)
 SLACK = 1e-9
 METHODS = ("teacache", "blockcaching")
 ONLINE_COST_MARGIN = 1.3
+DENSEST_FORMS = 3           # forecast forms measured first on the densest regular pattern
+PROMISE_DB = 3.0            # an order-2 forecast is measured when its order 1 came this close
 
 
 @dataclass
@@ -61,6 +63,7 @@ class _Candidate:
     weights: Optional[list] = None
     order: int = 1
     first: bool = False           # measured before the others of its kind
+    after: Optional[str] = None   # the order-1 candidate whose result decides on this one
 
     def policy(self):
         if self.kind == "blocks":
@@ -234,16 +237,18 @@ def _static_candidates(records, steps, target_compute, count):
                            options))
     # The prediction ranks forecasts of one schedule well but can misjudge schedules against
     # each other (early steps, with large residuals, dominate the error sum), so the densest
-    # regular pattern in the budget, with Taylor and Lagrange forecasts (what wins most often
-    # in benchmarks/RESULTS.md), is always measured too.
+    # regular pattern in the budget (what wins most often in benchmarks/RESULTS.md) is always
+    # measured too, with the forms predicted best for it.
 
     def densest_regular(lo, hi):
         band = [c for c in scored if lo < c[1] <= hi + SLACK and
-                tuple(c[3]["compute_steps"]) in regular and "fitted" not in c[2]]
+                tuple(c[3]["compute_steps"]) in regular]
         if not band:
             return []
         top = max(c[1] for c in band)
-        return sorted(c for c in band if c[1] == top)[:2]
+        best = min(c for c in band if c[1] == top)        # its pattern, by its best form
+        return sorted(c for c in band if c[3]["compute_steps"] == best[3]["compute_steps"])[
+            :DENSEST_FORMS]
 
     chosen, densest = [], []
     if target_compute is not None:
@@ -314,7 +319,9 @@ def _online_candidates(trajectory, steps, coefficients, target_compute):
             # more than the replay says: its expected cost is taken above the budget.
             out.append(_Candidate("online", f"online threshold {threshold:.4g} order {order}",
                                   dict(options, threshold=threshold, forecast_order=order),
-                                  min(1.0, budget * ONLINE_COST_MARGIN), order=order))
+                                  min(1.0, budget * ONLINE_COST_MARGIN), order=order,
+                                  after=None if order == 1 else
+                                  f"online threshold {threshold:.4g} order 1"))
     return out
 
 
@@ -335,7 +342,9 @@ def _block_caching_candidates(prof, weights, target_compute):
         for order in (1, 2) if target_compute is not None else (1,):
             out.append(_Candidate("blocks", f"block caching delta {delta:.4g} order {order}",
                                   dict(delta=delta, scale_shift=None, forecast_order=order),
-                                  compute, profile=prof, weights=weights, order=order))
+                                  compute, profile=prof, weights=weights, order=order,
+                                  after=None if order == 1 else
+                                  f"block caching delta {delta:.4g} order 1"))
     return out
 
 
@@ -350,6 +359,18 @@ def _in_order_of_promise(candidates):
     return sorted(candidates, key=rank)      # stable: each group keeps its order
 
 
+def _promising(candidate, table, target_compute):
+    """An order-2 forecast is worth measuring unless its order-1 twin (same threshold or
+    schedule) ran over the budget or trailed the best setting within it by PROMISE_DB."""
+    twin = next((r for r in table if r["label"] == candidate.after), None)
+    if twin is None or target_compute is None:
+        return True
+    if twin["compute"] > target_compute + SLACK:
+        return False
+    within = [r["psnr"] for r in table if r["compute"] <= target_compute + SLACK]
+    return twin["psnr"] >= max(within) - PROMISE_DB
+
+
 def _check_methods(methods):
     if isinstance(methods, str) or not hasattr(methods, "__iter__") or not list(methods) or \
             set(methods) - set(METHODS):
@@ -358,7 +379,7 @@ def _check_methods(methods):
 
 def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float] = None,
          min_psnr: Optional[float] = None, calibration_seeds: Sequence[int] = (10_000,),
-         evaluation_seeds: Sequence[int] = (0, 1), static_candidates: int = 4,
+         evaluation_seeds: Sequence[int] = (0, 1), static_candidates: int = 5,
          methods: Sequence[str] = METHODS, max_generations: float = 12.0,
          progress: bool = True) -> TuneResult:
     """The cache setting for `target` (a pipeline or its denoiser) that meets `speedup` (the
@@ -367,14 +388,17 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     fitting on `calibration_seeds`.
 
     Candidates (`methods`: "teacache", "blockcaching"): of TeaCache's static schedules, the
-    `static_candidates` with the smallest forecast error predicted on the calibration runs;
+    densest regular pattern in the budget with the forecast forms predicted best for it, and
+    the others of the `static_candidates` with the smallest forecast error predicted on the
+    calibration runs;
     its online accumulator at the threshold bisected for the budget (its decisions replayed on
     the calibration runs' recorded input changes), with order-1 and order-2 forecasts; Block
     Caching on the per-block schedule bisected for the budget in FLOPs, with order-1 and
     order-2 forecasts (for min_psnr: order 1 at each of a few budgets). Tuning spends at most
     `max_generations` uncached generations' block work: the uncached runs (the evaluation
     seeds, and the calibration seeds once per method), then candidates in order of promise
-    while they fit. Raises ValueError when no candidate meets the target, naming the
+    while they fit (an order-2 forecast only where its order-1 twin was within the budget and
+    PROMISE_DB of the best). Raises ValueError when no candidate meets the target, naming the
     closest."""
     _check_target(speedup, min_psnr)
     if not callable(run):
@@ -443,9 +467,10 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     bar = _progress(progress, len(candidates))
     table, cost = [], float(spent)
     for candidate in candidates:
-        if cost + candidate.expected_compute * len(references) > max_generations + SLACK:
+        if cost + candidate.expected_compute * len(references) > max_generations + SLACK or \
+                not _promising(candidate, table, target_compute):
             bar.update(1)
-            continue                # beyond the budget; a cheaper one may still fit
+            continue                # beyond the budget (a cheaper one may still fit), or lost
         row = _measure(target, run, references, candidate)
         cost += row["compute"] * len(references)
         table.append(row)
