@@ -26,8 +26,9 @@ ALLOWED = {
                                 "cachekern._warnings"},
     "cachekern.build_info": {"cachekern.store", "cachekern._version"},
     "cachekern.patching": {"cachekern.teacache", "cachekern.block_caching", "cachekern.models"},
-    "cachekern.tune": {"cachekern.patching", "cachekern.teacache", "cachekern.models",
-                       "cachekern.metrics", "cachekern.reference_models"},
+    # tune sits above patching: it chooses among both methods' settings.
+    "cachekern.tune": {"cachekern.patching", "cachekern.teacache", "cachekern.block_caching",
+                       "cachekern.models", "cachekern.metrics", "cachekern.reference_models"},
 }
 # The deprecated Profile methods reach up to the functions that replaced them.
 SHIMS = {("cachekern.block_caching.profile", "cachekern.block_caching.fit"),
