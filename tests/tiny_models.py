@@ -132,6 +132,21 @@ def hunyuan_video():
     return model, inputs, 1000.0
 
 
+def hunyuan_image():
+    torch.manual_seed(0)
+    model = diffusers.HunyuanImageTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=2,
+        num_single_layers=2, num_refiner_layers=1, patch_size=(1, 1), text_embed_dim=16,
+        rope_axes_dim=(4, 4)).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 6))
+    return model, inputs, 1000.0
+
+
 def pixart():
     torch.manual_seed(0)
     model = diffusers.PixArtTransformer2DModel(
@@ -396,7 +411,7 @@ def ovis_image():
 
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
             skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
-            hidream, ltx2, bria, longcat_image, ovis_image, chronoedit]
+            hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

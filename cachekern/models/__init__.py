@@ -11,7 +11,8 @@ from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import BriaAdapter, FluxAdapter, LongCatImageAdapter, OvisImageAdapter
 from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.hidream import HiDreamAdapter
-from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
+from cachekern.models.hunyuan_video import (HunyuanImageAdapter, HunyuanVideo15Adapter,
+                                             HunyuanVideoAdapter)
 from cachekern.models.ltx2 import LTX2Adapter
 from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
@@ -24,8 +25,8 @@ from cachekern.models.wan import ChronoEditAdapter, SkyReelsV2Adapter, WanAdapte
 
 __all__ = ["ADAPTERS", "Adapter", "BriaAdapter", "ChromaAdapter", "ChronoEditAdapter",
            "CogVideoXAdapter", "CogView4Adapter", "DiTAdapter", "Flux2Adapter", "FluxAdapter",
-           "HiDreamAdapter", "HunyuanVideo15Adapter", "HunyuanVideoAdapter", "LTX2Adapter",
-           "LTXVideoAdapter", "LongCatImageAdapter", "Lumina2Adapter", "MochiAdapter",
-           "OvisImageAdapter", "PixArtAdapter", "QwenImageAdapter", "SanaAdapter", "SD3Adapter",
-           "SkyReelsV2Adapter", "StackCall", "UNet2DConditionAdapter", "WanAdapter",
-           "adapter_for"]
+           "HiDreamAdapter", "HunyuanImageAdapter", "HunyuanVideo15Adapter",
+           "HunyuanVideoAdapter", "LTX2Adapter", "LTXVideoAdapter", "LongCatImageAdapter",
+           "Lumina2Adapter", "MochiAdapter", "OvisImageAdapter", "PixArtAdapter",
+           "QwenImageAdapter", "SanaAdapter", "SD3Adapter", "SkyReelsV2Adapter", "StackCall",
+           "UNet2DConditionAdapter", "WanAdapter", "adapter_for"]

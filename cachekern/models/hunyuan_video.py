@@ -29,3 +29,17 @@ class HunyuanVideo15Adapter(AdaLNZeroStackAdapter):
     batched_args = ("encoder_hidden_states", "temb", "attention_mask")
     call_by_keyword = False
     returns = ("hidden_states", "encoder_hidden_states")
+
+
+class HunyuanImageAdapter(AdaLNZeroStackAdapter):
+    """HunyuanImageTransformer2DModel (HunyuanImage 2.1): double- then single-stream blocks,
+    called with the two streams and temb positionally and the mask and rotary table by
+    keyword; block 0's AdaLN-Zero norm1 is the indicator, as for HunyuanVideo. No published
+    coefficients."""
+    family = "hunyuan_image"
+    model_class = "HunyuanImageTransformer2DModel"
+    lists = ("transformer_blocks", "single_transformer_blocks")
+    block_args = ("hidden_states", "encoder_hidden_states", "temb", "attention_mask",
+                  "image_rotary_emb")
+    batched_args = ("encoder_hidden_states", "temb", "attention_mask")
+    returns = ("hidden_states", "encoder_hidden_states")

@@ -9,7 +9,8 @@ from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import BriaAdapter, FluxAdapter, LongCatImageAdapter, OvisImageAdapter
 from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.hidream import HiDreamAdapter
-from cachekern.models.hunyuan_video import HunyuanVideo15Adapter, HunyuanVideoAdapter
+from cachekern.models.hunyuan_video import (HunyuanImageAdapter, HunyuanVideo15Adapter,
+                                             HunyuanVideoAdapter)
 from cachekern.models.ltx2 import LTX2Adapter
 from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
@@ -27,7 +28,7 @@ ADAPTERS = {adapter.model_class: adapter
                             QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter(),
                             Flux2Adapter(), ChromaAdapter(), HiDreamAdapter(), LTX2Adapter(),
                             BriaAdapter(), LongCatImageAdapter(), OvisImageAdapter(),
-                            ChronoEditAdapter())}
+                            ChronoEditAdapter(), HunyuanImageAdapter())}
 
 
 def adapter_for(model) -> Adapter:
