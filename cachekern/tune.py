@@ -61,7 +61,7 @@ class _Candidate:
     profile: Optional[Profile] = None
     weights: Optional[list] = None
     order: int = 1
-    first: bool = False           # measured before the others of its kind
+    first: bool = False           # measured before every other candidate
     after: Optional[str] = None   # the order-1 candidate whose result decides on this one
 
     def policy(self):
@@ -333,9 +333,10 @@ def _block_caching_candidates(prof, weights, target_compute):
             continue
         delta = delta_for_compute(prof.change, budget, weights=weights)
         schedule = prof.schedule(delta)
-        if tuple(map(tuple, schedule)) in seen:
+        key = tuple(map(tuple, schedule))
+        if key in seen:
             continue
-        seen.add(tuple(map(tuple, schedule)))
+        seen.add(key)
         compute = compute_fraction(schedule, weights)
         for order in (1, 2) if target_compute is not None else (1,):
             out.append(_Candidate("blocks", f"block caching delta {delta:.4g} order {order}",
@@ -388,9 +389,9 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     Candidates (`methods`: "teacache", "blockcaching"): of TeaCache's static schedules, the
     densest regular pattern in the budget with Taylor and Lagrange forecasts, and the others
     of the `static_candidates` with the smallest forecast error predicted on the calibration
-    runs;
-    its online accumulator at the threshold bisected for the budget (its decisions replayed on
-    the calibration runs' recorded input changes), with order-1 and order-2 forecasts; Block
+    runs; its online accumulator at the threshold bisected for the budget (its decisions
+    replayed on the calibration runs' recorded input changes), with order-1 and order-2
+    forecasts; Block
     Caching on the per-block schedule bisected for the budget in FLOPs, with order-1 and
     order-2 forecasts (for min_psnr: order 1 at each of a few budgets). Tuning spends at most
     `max_generations` uncached generations' block work: the uncached runs (the evaluation

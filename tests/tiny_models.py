@@ -329,18 +329,9 @@ def flux2():
 
 
 def chroma():
-    torch.manual_seed(0)
-    model = diffusers.ChromaTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=2, num_single_layers=2, attention_head_dim=8,
-        num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4),
-        approximator_num_channels=8, approximator_hidden_dim=16, approximator_layers=1).eval()
-
-    def inputs(seed, batch=2):
-        g = torch.Generator().manual_seed(seed)
-        return dict(hidden_states=torch.randn(batch, 16, 4, generator=g),
-                    encoder_hidden_states=torch.randn(batch, 5, 16, generator=g),
-                    img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3))
-    return model, inputs, 1.0
+    return _flux_like(diffusers.ChromaTransformer2DModel, timestep_scale=1.0,
+                      approximator_num_channels=8, approximator_hidden_dim=16,
+                      approximator_layers=1)
 
 
 def hidream():
@@ -382,8 +373,9 @@ def ltx2():
     return model, inputs, 1000.0
 
 
-def _flux_like(cls, **config):
-    """A tiny model of a class with FLUX's blocks and call (Bria, LongCat-Image, Ovis-Image)."""
+def _flux_like(cls, timestep_scale=1000.0, **config):
+    """A tiny model of a class with FLUX's blocks and call (Chroma, Bria, LongCat-Image,
+    Ovis-Image)."""
     torch.manual_seed(0)
     model = cls(patch_size=1, in_channels=4, num_layers=2, num_single_layers=2,
                 attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
@@ -394,7 +386,7 @@ def _flux_like(cls, **config):
         return dict(hidden_states=torch.randn(batch, 16, 4, generator=g),
                     encoder_hidden_states=torch.randn(batch, 5, 16, generator=g),
                     img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3))
-    return model, inputs, 1000.0
+    return model, inputs, timestep_scale
 
 
 def bria():

@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from cachekern.models.base import Adapter, Indicator, StackCall
-from cachekern.models.joint_stream import Recorded
+from cachekern.models.joint_stream import SAMPLE_INDEX, Recorded, SelectsWithIndex
 
-_INDEX = "_cachekern_samples"     # the samples a per-sample sub-call runs (see select)
 _PROJECTIONS = "caption_projection"
 _TIMESTEP_EMBEDDING = "_cachekern_timestep_embedding"
 
@@ -44,7 +43,7 @@ def _inner(block):
     return getattr(block, "block", block)
 
 
-class HiDreamAdapter(Adapter):
+class HiDreamAdapter(SelectsWithIndex, Adapter):
     family = "hidream"
     model_class = "HiDreamImageTransformer2DModel"
     timestep_arg = "timesteps"
@@ -68,11 +67,6 @@ class HiDreamAdapter(Adapter):
             Recorded(projection) for projection in model._modules[_PROJECTIONS])
         return stand_ins
 
-    def select(self, call, index):
-        sub = super().select(call, index)
-        sub.extras[_INDEX] = index
-        return sub
-
     def indicator(self, blocks, call):
         return Indicator(embedding=call.extras[_TIMESTEP_EMBEDDING])
 
@@ -92,7 +86,7 @@ class HiDreamAdapter(Adapter):
 
     def run_blocks(self, model, call: StackCall, blocks) -> StackCall:
         extras = dict(call.extras)
-        index = extras.pop(_INDEX, None)
+        index = extras.pop(SAMPLE_INDEX, None)
         hidden = call.hidden
         llama = self._llama_states(model, hidden.shape[0], hidden.shape[-1], index)
         doubles = [b for b in blocks if type(_inner(b)).__name__ ==

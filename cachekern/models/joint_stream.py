@@ -10,7 +10,18 @@ from torch import nn
 
 from cachekern.models.base import Adapter, StackCall
 
-_INDEX = "_cachekern_samples"     # the samples a per-sample sub-call runs (see select)
+SAMPLE_INDEX = "_cachekern_samples"     # the samples a per-sample sub-call runs
+
+
+class SelectsWithIndex:
+    """Adapter mixin for stacks that index state recorded outside the call (a stand-in's
+    output) by sample: a per-sample sub-call carries its samples as SAMPLE_INDEX, which
+    run_blocks pops."""
+
+    def select(self, call, index):
+        sub = super().select(call, index)
+        sub.extras[SAMPLE_INDEX] = index
+        return sub
 
 
 class Recorded(nn.Module):
@@ -30,7 +41,7 @@ def is_single(block) -> bool:
     return type(block).__name__.endswith("SingleTransformerBlock")
 
 
-class JointStreamAdapter(Adapter):
+class JointStreamAdapter(SelectsWithIndex, Adapter):
     lists = ("transformer_blocks", "single_transformer_blocks")
     recorded: str = ""             # the module whose output the blocks' modulation comes from
     list_returns = {"single_transformer_blocks": ("hidden_states",)}
@@ -40,11 +51,6 @@ class JointStreamAdapter(Adapter):
         if model is not None:
             stand_ins[self.recorded] = Recorded(model._modules[self.recorded])
         return stand_ins
-
-    def select(self, call, index):
-        sub = super().select(call, index)
-        sub.extras[_INDEX] = index
-        return sub
 
     def double_kwargs(self, i, counts, extras, recorded):
         """The keyword arguments of double block i besides the two streams."""
@@ -56,7 +62,7 @@ class JointStreamAdapter(Adapter):
 
     def run_blocks(self, model, call: StackCall, blocks) -> StackCall:
         extras = dict(call.extras)
-        index = extras.pop(_INDEX, None)
+        index = extras.pop(SAMPLE_INDEX, None)
         stand_in = model._modules.get(self.recorded)
         if not isinstance(stand_in, Recorded) or stand_in.value is None:
             raise RuntimeError(f"cachekern: {self.model_class}'s {self.recorded} was not "

@@ -54,11 +54,10 @@ class LTX2Adapter(Adapter):
     uncacheable_args = ("spatio_temporal_guidance_blocks", "perturbation_mask")
 
     def stack_call(self, args, kwargs):
-        values = dict(zip(self.block_args, args))
-        values.update(kwargs)
-        video, audio = values.pop("hidden_states"), values.pop("audio_hidden_states")
-        values[_STREAMS] = (tuple(video.shape[1:]), tuple(audio.shape[1:]))
-        return StackCall(_pack(video, audio), values)
+        call = super().stack_call(args, kwargs)
+        audio = call.extras.pop("audio_hidden_states")
+        call.extras[_STREAMS] = (tuple(call.hidden.shape[1:]), tuple(audio.shape[1:]))
+        return StackCall(_pack(call.hidden, audio), call.extras)
 
     def run_blocks(self, model, call, blocks):
         kwargs = {k: v for k, v in call.extras.items() if k != _STREAMS}
