@@ -259,3 +259,36 @@ def test_the_online_threshold_is_bisected_on_the_replayed_decisions():
         single = {k: v[:first_skip + 1] for k, v in recorder.trajectory.items()}
         assert simulated_compute(policy, single, FAMILY_STEPS) == \
             sum(h["computed"] for h in handle.history[:first_skip + 1]) / (first_skip + 1)
+
+
+def test_an_online_threshold_off_its_budget_is_bisected_again_once():
+    """_corrected_online: after an order-1 online candidate ran over (or well under) the
+    budget, the threshold bisected for the replay's compute scaled by target / real compute,
+    with its order-2 twin; nothing when it landed on the budget, and a corrected candidate is
+    not corrected again."""
+    from cachekern.tune import (_corrected_online, _online_candidates, simulated_compute,
+                                threshold_for)
+
+    g = torch.Generator().manual_seed(5)
+    steps = 17
+    changes = torch.rand(2, steps, generator=g) * 0.2 + 0.02
+    trajectory = {(0, b): [(s, float("nan") if s == 0 else float(changes[i, s]))
+                           for s in range(steps)] for i, b in enumerate("ab")}
+    target = 0.5
+    first, twin = _online_candidates(trajectory, steps, None, target)
+    assert (first.order, twin.order, twin.after) == (1, 2, first.label)
+    for real in (0.62, 0.38):           # over the budget; well under it
+        fresh = _corrected_online(first, dict(compute=real), trajectory, steps, None, target)
+        replayed = simulated_compute(TeaCache(**first.options), trajectory, steps)
+        assert replayed <= target
+        expected = threshold_for(replayed * target / real, trajectory, steps,
+                                 coefficients=None, clamp=True, num_inference_steps=steps)
+        assert [c.order for c in fresh] == [1, 2]
+        assert all(c.options["threshold"] == expected and c.corrected for c in fresh)
+        assert fresh[1].after == fresh[0].label != first.label
+        assert (expected > first.options["threshold"]) == (real > target)
+        assert _corrected_online(fresh[0], dict(compute=real), trajectory, steps, None,
+                                 target) == []
+    assert _corrected_online(first, dict(compute=0.49), trajectory, steps, None, target) == []
+    assert _corrected_online(twin, dict(compute=0.7), trajectory, steps, None, target) == []
+    assert _corrected_online(first, dict(compute=0.7), trajectory, steps, None, None) == []

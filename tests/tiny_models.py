@@ -432,7 +432,11 @@ def on_device(family, device):
     """A family builder's (model, inputs, scale) with the model and every input on `device`."""
     model, inputs, scale = family()
 
+    def move(v):            # HiDream's Llama states are a list of tensors
+        if isinstance(v, (list, tuple)):
+            return type(v)(move(x) for x in v)
+        return v.to(device) if isinstance(v, torch.Tensor) else v
+
     def moved(seed, batch=2):
-        return {name: v.to(device) if isinstance(v, torch.Tensor) else v
-                for name, v in inputs(seed, batch).items()}
+        return {name: move(v) for name, v in inputs(seed, batch).items()}
     return model.to(device), moved, scale

@@ -33,6 +33,8 @@ def _unpack(packed, shapes):
 class LTX2Adapter(Adapter):
     family = "ltx2"
     model_class = "LTX2VideoTransformer3DModel"
+    graph_uncapturable = ("its rotary coordinates copy the patch sizes from the host to the GPU "
+                          "on every call")
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "audio_hidden_states", "encoder_hidden_states",
                   "audio_encoder_hidden_states", "temb", "temb_audio", "temb_ca_scale_shift",

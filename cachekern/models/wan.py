@@ -41,6 +41,8 @@ class ChronoEditAdapter(WanAdapter):
     (its rotary table differs, outside the blocks). No published coefficients."""
     family = "chronoedit"
     model_class = "ChronoEditTransformer3DModel"
+    graph_uncapturable = ("its rotary table for an edit's two frames indexes with a host list, "
+                          "copied to the GPU on every call")
 
     def coefficient_key(self, model):
         return self.family
