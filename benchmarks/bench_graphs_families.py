@@ -1,7 +1,8 @@
 """Eager against CUDA-graphed, uncached against TeaCache, for FLUX.1-dev, Wan2.1-14B and
 HunyuanVideo dimensions (random bf16 weights): a full step, a skipped step, what deciding adds
 to a step that computes, host synchronisations per call, and a whole generation on a fixed
-pattern of computed steps against the ideal N/K.
+pattern of computed steps against the ideal N/K; Block Caching's generation too, eager and
+graphed, on the schedule one profiled generation gives.
 
     python -m benchmarks.bench_graphs_families --out graphs_families.md [--preset small]
         [--families flux,wan,hunyuan_video] [--compile]
@@ -19,6 +20,9 @@ import statistics
 import torch
 
 import cachekern
+from cachekern.block_caching.schedule import compute_fraction
+from cachekern.models.blocks import cached_units
+from cachekern.models.flops import counting_unit_flops
 from benchmarks.harness import (PRESETS, UserGraph, build_model, build_wan, environment,
                                 make_inputs, markdown_table, report, syncs_per_call,
                                 warm_up_gpu)
@@ -201,20 +205,58 @@ def measure(name, model, fixed, scale, reps, steps):
                                                                                kwargs)
         cachekern.unpatch(model)
     del user
-    return rows, gens, steps / k
+    try:
+        bc_gens, bc_ideal = block_caching_generations(model, eager, kwargs, steps)
+        gens.update(bc_gens)
+    except (RuntimeError, ValueError) as error:    # reported; the family's other rows kept
+        print(f"{name}: Block Caching did not run: {error}", flush=True)
+        bc_ideal = None
+    return rows, gens, steps / k, bc_ideal
+
+
+def block_caching_generations(model, eager, calls, steps, target=0.5):
+    """Block Caching at this size: one uncached generation profiled, then the schedule that
+    computes `target` of the block calls (order-1 forecasts), a generation eager and one
+    graphed (captured on the generation before). The ideal is the inverse of the share of the
+    blocks' FLOPs the schedule runs (each block's FLOPs counted on one call)."""
+    def run():
+        calls.restart(steps)
+        for _ in range(steps):
+            eager()
+    profile = cachekern.profile(model, run)
+    calls.restart(steps)
+    with counting_unit_flops(model, cached_units(model)) as flops:
+        eager()
+    gens, schedule = {}, None
+    for graphs in (False, True):
+        policy = cachekern.BlockCaching(profile, target_compute=target, scale_shift=None,
+                                        forecast_order=1, cuda_graphs=graphs)
+        cachekern.patch(model, policy)
+        try:
+            for _ in range(2 if graphs else 1):     # sizes the buffers; then captures
+                generation_ms(eager, steps, calls)
+            label = "graphed" if graphs else "eager"
+            gens[f"Block Caching, {label}"] = generation_ms(eager, steps, calls)
+            schedule = policy.schedule()
+        finally:
+            cachekern.unpatch(model)
+    return gens, 1 / compute_fraction(schedule, flops)
 
 
 def main(preset, families, reps, steps, out_path, compile_blocks=False):
     warm_up_gpu()
     sections = [environment(), "", f"Random bf16 weights; medians of {reps} calls (CUDA "
-                f"events, host ahead). Generation: {steps} calls, computed steps 0, 1 and every "
-                f"other one after (TeaCache compute_steps with a first-order forecast)."]
+                f"events, host ahead). Generation: {steps} calls; TeaCache computes steps 0, 1 "
+                f"and every other one after (compute_steps, a first-order forecast), ideal N/K; "
+                f"Block Caching computes half the block calls on the schedule a profiled "
+                f"generation gives (first-order forecasts), ideal: the inverse of the share of "
+                f"the blocks' FLOPs it runs."]
     for family in families:
         name, model, fixed, scale = CASES[family](preset)
         if compile_blocks:      # regional compilation: each block type compiles once
             model.compile_repeated_blocks(fullgraph=True)
             name += ", blocks compiled (inductor)"
-        rows, gens, ideal = measure(name, model, fixed, scale, reps, steps)
+        rows, gens, ideal, bc_ideal = measure(name, model, fixed, scale, reps, steps)
         full_eager, full_graph = rows["full, eager"][0], rows["full, graphed by hand"][0]
         table = []
         for label, (ms, syncs) in rows.items():
@@ -226,15 +268,19 @@ def main(preset, families, reps, steps, out_path, compile_blocks=False):
                 value = f"{ms:.3f}"
             table.append([label, value, rel, syncs])
         gen_rows = []
-        for kind in ("eager", "graphed"):
-            base, cached = gens[f"uncached, {kind}"], gens[f"TeaCache, {kind}"]
-            gen_rows.append([kind, f"{base:.1f}", f"{cached:.1f}", f"{base / cached:.3f}×",
-                             f"{ideal:.3f}×", f"{base / cached / ideal:.1%}"])
+        for method, best in (("TeaCache", ideal), ("Block Caching", bc_ideal)):
+            for kind in ("eager", "graphed"):
+                if f"{method}, {kind}" not in gens:
+                    continue
+                base, cached = gens[f"uncached, {kind}"], gens[f"{method}, {kind}"]
+                gen_rows.append([f"{method}, {kind}", f"{base:.1f}", f"{cached:.1f}",
+                                 f"{base / cached:.3f}×", f"{best:.3f}×",
+                                 f"{base / cached / best:.1%}"])
         sections += ["", f"#### {name}", "",
                      markdown_table(["call", "ms", "relative", "host syncs per call"], table),
                      "",
-                     markdown_table(["generation", "uncached ms", "TeaCache ms", "speed-up",
-                                     "ideal N/K", "of ideal"], gen_rows)]
+                     markdown_table(["generation", "uncached ms", "cached ms", "speed-up",
+                                     "ideal", "of ideal"], gen_rows)]
         del model
         torch.cuda.empty_cache()
         if out_path:        # what is measured so far, should a later family not finish
