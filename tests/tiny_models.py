@@ -163,6 +163,20 @@ def pixart():
     return model, inputs, 1000.0
 
 
+def allegro():
+    torch.manual_seed(0)
+    model = diffusers.AllegroTransformer3DModel(
+        patch_size=2, patch_size_t=1, num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        out_channels=4, num_layers=3, cross_attention_dim=16, caption_channels=12,
+        sample_height=8, sample_width=8, sample_frames=3).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 3, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 12, generator=g))
+    return model, inputs, 1000.0
+
+
 def dit():
     torch.manual_seed(0)
     model = diffusers.DiTTransformer2DModel(
@@ -403,7 +417,7 @@ def ovis_image():
 
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
             skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
-            hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image]
+            hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image, allegro]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

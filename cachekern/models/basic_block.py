@@ -6,12 +6,12 @@ block 0's modulated norm1 output; the stack is the model's transformer_blocks.""
 from cachekern.models.base import Adapter, Indicator
 
 
-def ada_norm_single_shift_scale(block, call):
-    """Block's norm1 shift and scale [B, C] under "ada_norm_single" (PixArt, Sana): its learned
-    table plus the embedded timestep the blocks receive, six chunks of which these are the first
-    two."""
+def ada_norm_single_shift_scale(block, call, embedding_arg="timestep"):
+    """Block's norm1 shift and scale [B, C] under "ada_norm_single" (PixArt, Sana, Allegro): its
+    learned table plus the embedded timestep the blocks receive (as `embedding_arg`), six chunks
+    of which these are the first two."""
     batch = call.hidden.shape[0]
-    table = block.scale_shift_table[None] + call.extras["timestep"].reshape(batch, 6, -1)
+    table = block.scale_shift_table[None] + call.extras[embedding_arg].reshape(batch, 6, -1)
     shift, scale = table.chunk(6, dim=1)[:2]
     return shift.squeeze(1), scale.squeeze(1)
 

@@ -1,6 +1,7 @@
 """Which adapter describes a model: dispatch by class name (through the MRO), so diffusers is
 imported only by the caller."""
 
+from cachekern.models.allegro import AllegroAdapter
 from cachekern.models.base import Adapter
 from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
 from cachekern.models.chroma import ChromaAdapter
@@ -28,7 +29,7 @@ ADAPTERS = {adapter.model_class: adapter
                             QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter(),
                             Flux2Adapter(), ChromaAdapter(), HiDreamAdapter(), LTX2Adapter(),
                             BriaAdapter(), LongCatImageAdapter(), OvisImageAdapter(),
-                            ChronoEditAdapter(), HunyuanImageAdapter())}
+                            ChronoEditAdapter(), HunyuanImageAdapter(), AllegroAdapter())}
 
 
 def adapter_for(model) -> Adapter:
