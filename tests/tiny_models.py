@@ -177,6 +177,28 @@ def allegro():
     return model, inputs, 1000.0
 
 
+def kandinsky5():
+    torch.manual_seed(0)
+    model = diffusers.Kandinsky5Transformer3DModel(
+        in_visual_dim=4, in_text_dim=12, in_text_dim2=6, time_dim=8, out_visual_dim=4,
+        patch_size=(1, 2, 2), model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=3,
+        axes_dims=(2, 2, 4)).eval()
+    with torch.no_grad():       # its modulations start at zero: every block the identity
+        for name, p in model.named_parameters():
+            if "modulation" in name:
+                p.normal_(0.0, 0.3)
+
+    def inputs(seed, batch=2):
+        # Latents channels last, as its pipeline makes them; the rope positions are not batched.
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 3, 8, 8, 4, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 12, generator=g),
+                    pooled_projections=torch.randn(batch, 6, generator=g),
+                    visual_rope_pos=[torch.arange(3), torch.arange(4), torch.arange(4)],
+                    text_rope_pos=torch.arange(5))
+    return model, inputs, 1000.0
+
+
 def dit():
     torch.manual_seed(0)
     model = diffusers.DiTTransformer2DModel(
@@ -417,7 +439,8 @@ def ovis_image():
 
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
             skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
-            hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image, allegro]
+            hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image, allegro,
+            kandinsky5]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
@@ -430,13 +453,15 @@ def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
         for t in torch.linspace(1.0, 0.05, steps, device=latents.device):
             timestep = t.expand(latents.shape[0]) * timestep_scale
             if name == "sample":
-                out = model(latents, timestep, return_dict=False, **rest)[0]
+                out = model(latents, timestep, return_dict=False, **rest)
             elif "timesteps" in inspect.signature(model.forward).parameters:   # HiDream
                 out = model(hidden_states=latents, timesteps=timestep, return_dict=False,
-                            **rest)[0]
+                            **rest)
             else:
                 out = model(hidden_states=latents, timestep=timestep, return_dict=False,
-                            **rest)[0]
+                            **rest)
+            if isinstance(out, (tuple, list)):      # Kandinsky 5 returns the tensor itself
+                out = out[0]
             latents = latents - (1.0 / steps) * out
             outputs.append(out)
     return torch.stack(outputs)

@@ -12,6 +12,7 @@ from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.hidream import HiDreamAdapter
 from cachekern.models.hunyuan_video import (HunyuanImageAdapter, HunyuanVideo15Adapter,
                                              HunyuanVideoAdapter)
+from cachekern.models.kandinsky5 import Kandinsky5Adapter
 from cachekern.models.ltx2 import LTX2Adapter
 from cachekern.models.lumina2 import Lumina2Adapter
 from cachekern.models.qwen_image import QwenImageAdapter
@@ -29,7 +30,8 @@ ADAPTERS = {adapter.model_class: adapter
                             QwenImageAdapter(), HunyuanVideo15Adapter(), Lumina2Adapter(),
                             Flux2Adapter(), ChromaAdapter(), HiDreamAdapter(), LTX2Adapter(),
                             BriaAdapter(), LongCatImageAdapter(), OvisImageAdapter(),
-                            ChronoEditAdapter(), HunyuanImageAdapter(), AllegroAdapter())}
+                            ChronoEditAdapter(), HunyuanImageAdapter(), AllegroAdapter(),
+                            Kandinsky5Adapter())}
 
 
 def adapter_for(model) -> Adapter:

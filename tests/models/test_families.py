@@ -57,7 +57,7 @@ def test_per_sample_decisions_do_not_leak(family):
     model, inputs, scale = family()
     a, b = inputs(4), inputs(5)
     mixed = {k: (torch.stack([b[k][0], a[k][1]]) if isinstance(v, torch.Tensor)
-                 and k not in ("img_ids", "txt_ids") else v)
+                 and k not in ("img_ids", "txt_ids", "text_rope_pos") else v)
              for k, v in a.items()}  # sample 0 from b, sample 1 from a
     results = []
     threshold = PER_SAMPLE_THRESHOLD.get(family.__name__, 0.3)
