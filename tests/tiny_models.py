@@ -199,6 +199,25 @@ def kandinsky5():
     return model, inputs, 1000.0
 
 
+def glm_image():
+    torch.manual_seed(0)
+    model = diffusers.GlmImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=3, attention_head_dim=8,
+        num_attention_heads=2, text_embed_dim=12, time_embed_dim=8, condition_dim=4,
+        prior_vq_quantizer_codebook_size=32).eval()
+
+    def inputs(seed, batch=2):
+        # The prior tokens (one per latent patch) come from GLM-Image's autoregressive stage.
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 12, generator=g),
+                    prior_token_id=torch.randint(0, 32, (batch, 16), generator=g),
+                    prior_token_drop=torch.zeros(batch, 16, dtype=torch.bool),
+                    target_size=torch.full((batch, 2), 64.0),
+                    crop_coords=torch.zeros(batch, 2))
+    return model, inputs, 1000.0
+
+
 def dit():
     torch.manual_seed(0)
     model = diffusers.DiTTransformer2DModel(
@@ -440,7 +459,7 @@ def ovis_image():
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
             skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
             hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image, allegro,
-            kandinsky5]
+            kandinsky5, glm_image]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

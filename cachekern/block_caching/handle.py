@@ -53,7 +53,7 @@ class BlockCachingHandle:
         self.profile = policy.profile
         self.units = cached_units(model, self.profile.resnets)
         self.profile.check_units(self.units, "BlockCaching")
-        adapter = adapter_for(model)
+        self.adapter = adapter = adapter_for(model)
         if policy.cuda_graphs and adapter.graph_uncapturable:
             raise ValueError(f"BlockCaching: cuda_graphs=True captures the model's forward as "
                              f"CUDA graphs; {adapter.model_class}'s cannot be captured "
@@ -138,6 +138,9 @@ class BlockCachingHandle:
                 warn_uncached_with_gradients("BlockCaching")
             self._stats["uncached_calls"] += 1
             return original_forward(*args, **kwargs)     # the blocks see no step: all compute
+        if self.adapter.prefill_call(kwargs):           # not a step: uncached, not counted
+            self._stats["uncached_calls"] += 1
+            return original_forward(*args, **kwargs)
         branch = self._branches_named.branch()
         count = self._counts.get(branch, 0)
         step = count % self.profile.steps

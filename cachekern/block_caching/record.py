@@ -16,6 +16,7 @@ from cachekern.models.binding import attach, detach, is_patched, resolve_model
 from cachekern.models.blocks import cached_units, timestep_of, unit_inputs, wrap_calls
 from cachekern.models.context_parallel import process_group, sum_across_ranks
 from cachekern.models.branches import BranchNames
+from cachekern.models.registry import adapter_for
 
 
 def _timestep_value(args, kwargs):
@@ -32,12 +33,15 @@ class CallTracker:
 
     def __init__(self, model):
         self.model = model
+        self._prefill_call = adapter_for(model).prefill_call
         self.current = None
         self.counts = {}
         self.timesteps = {}
         self._branches_named = BranchNames()
 
     def forward(self, original_forward, args, kwargs):
+        if self._prefill_call(kwargs):      # no step: unobserved, not counted
+            return original_forward(*args, **kwargs)
         branch = self._branches_named.branch()
         step = self.counts.get(branch, 0)
         self.timesteps.setdefault(branch, []).append(_timestep_value(args, kwargs))

@@ -80,6 +80,16 @@ class Adapter:
     def block_lists(self, model) -> List[str]:
         return list(self.lists)
 
+    def runs_uncached(self, kwargs) -> bool:
+        """Whether TeaCache runs this forward call uncached: the fused stack cannot serve it
+        (by default, when one of uncacheable_args is passed)."""
+        return any(kwargs.get(name) is not None for name in self.uncacheable_args)
+
+    def prefill_call(self, kwargs) -> bool:
+        """Whether this forward call is no denoising step (e.g. a KV-cache prefill of condition
+        images): both methods run it uncached and do not count it as a step."""
+        return False
+
     def block_args_of(self, list_name) -> tuple:
         return self.list_block_args.get(list_name, self.block_args)
 

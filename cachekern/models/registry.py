@@ -9,6 +9,7 @@ from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
 from cachekern.models.flux import BriaAdapter, FluxAdapter, LongCatImageAdapter, OvisImageAdapter
 from cachekern.models.flux2 import Flux2Adapter
+from cachekern.models.glm_image import GlmImageAdapter
 from cachekern.models.hidream import HiDreamAdapter
 from cachekern.models.hunyuan_video import (HunyuanImageAdapter, HunyuanVideo15Adapter,
                                              HunyuanVideoAdapter)
@@ -31,7 +32,7 @@ ADAPTERS = {adapter.model_class: adapter
                             Flux2Adapter(), ChromaAdapter(), HiDreamAdapter(), LTX2Adapter(),
                             BriaAdapter(), LongCatImageAdapter(), OvisImageAdapter(),
                             ChronoEditAdapter(), HunyuanImageAdapter(), AllegroAdapter(),
-                            Kandinsky5Adapter())}
+                            Kandinsky5Adapter(), GlmImageAdapter())}
 
 
 def adapter_for(model) -> Adapter:

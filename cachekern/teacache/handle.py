@@ -140,7 +140,7 @@ class TeaCacheHandle:
                 warn_uncached_with_gradients("TeaCache")
             self._stats["uncached_calls"] += 1
             return original_forward(*args, **kwargs)
-        if any(kwargs.get(name) is not None for name in self.adapter.uncacheable_args):
+        if self.adapter.runs_uncached(kwargs) or self.adapter.prefill_call(kwargs):
             self._stats["uncached_calls"] += 1
             return original_forward(*args, **kwargs)
         timestep = self.adapter.timestep_of(args, kwargs)

@@ -320,7 +320,7 @@ def test_plot_profile_writes_a_heatmap(flux_profile, tmp_path):
                                          "hunyuan_video15", "lumina2", "flux2", "chroma",
                                          "hidream", "ltx2", "bria", "longcat_image",
                                          "ovis_image", "chronoedit", "hunyuan_image",
-                                         "allegro", "kandinsky5"])
+                                         "allegro", "kandinsky5", "glm_image"])
 def test_every_dit_family_profiles_caches_and_restores(family_name):
     import tiny_models
 

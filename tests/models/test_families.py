@@ -307,3 +307,46 @@ def test_hidream_watches_the_timestep_embedding_as_teacache4hidream_does():
         handle = cachekern.patch(model, TeaCache(threshold=0.3))
     assert handle.runtime.polynomial == PUBLISHED["hidream"]
     cachekern.unpatch(model)
+
+
+def test_glm_image_kv_caches_prefill_read_and_stay_idle():
+    """GLM-Image with condition images, as its pipeline runs it: a prefill call writes each
+    block's KV cache at timestep 0, then every step reads them. The prefill is no step: both
+    methods run it uncached and do not count it. TeaCache runs the reading calls uncached (the
+    stack cannot hand each block its cache); Block Caching caches them block by block, equal
+    to the unpatched run where it reuses nothing. Idle caches (text to image) are cached."""
+    from diffusers.models.transformers.transformer_glm_image import GlmImageKVCache
+
+    from tiny_models import glm_image
+
+    model, inputs, scale = glm_image()
+    condition, inp = inputs(3), inputs(4)
+
+    def edit():
+        caches = GlmImageKVCache(model.config.num_layers)
+        caches.set_mode("write")
+        with torch.no_grad():
+            model(**condition, timestep=torch.zeros(2), kv_caches=caches, return_dict=False)
+        caches.set_mode("read")
+        return sample(model, dict(inp, kv_caches=caches), timestep_scale=scale)
+
+    reference = edit()
+    with cachekern.patched(model, policy(threshold=10.0)) as handle:
+        assert torch.equal(edit(), reference)
+        stats = handle.stats()
+    assert stats["uncached_calls"] == STEPS + 1 and stats["skipped"] == 0
+    with cachekern.patched(model, policy(threshold=10.0)) as handle:
+        idle = GlmImageKVCache(model.config.num_layers)
+        sample(model, dict(inp, kv_caches=idle), timestep_scale=scale)
+        assert handle.stats()["skipped"] == STEPS - 2 and handle.stats()["uncached_calls"] == 0
+    prof = cachekern.profile(model, edit)
+    assert prof.steps == STEPS                  # the prefill is not counted
+    with cachekern.patched(model, cachekern.BlockCaching(prof, delta=0.0,
+                                                         scale_shift=None)) as handle:
+        assert torch.equal(edit(), reference)
+    with cachekern.patched(model, cachekern.BlockCaching(prof, target_compute=0.5,
+                                                         scale_shift=None)) as handle:
+        edit()
+        stats = handle.stats()
+    assert stats["uncached_calls"] == 1 and stats["blocks_reused"] > 0
+    assert stats["calls"] == STEPS
