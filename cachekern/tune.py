@@ -514,7 +514,7 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
             # measured next. Under it, what ran is a valid candidate: the correction waits
             # for what budget is left (measured first, it displaced a searched static
             # schedule 8 dB better on flux-photos at 1.5x).
-            if row["compute"] > target_compute + SLACK:
+            if fresh and row["compute"] > target_compute + SLACK:
                 queue[:0] = fresh
             else:
                 queue += fresh
