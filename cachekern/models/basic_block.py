@@ -16,6 +16,32 @@ def ada_norm_single_shift_scale(block, call, embedding_arg="timestep"):
     return shift.squeeze(1), scale.squeeze(1)
 
 
+def plain_layer_norm(norm, model_class):
+    """`norm`, checked to have no elementwise affine: the fused indicator does not apply one."""
+    if getattr(norm, "weight", None) is not None:
+        raise TypeError(f"cachekern: {model_class}'s block 0 norm1 has an elementwise affine "
+                        f"(norm_elementwise_affine=True), which the fused indicator does not "
+                        f"apply")
+    return norm
+
+
+class AdaNormSingleIndicator:
+    """Adapter mixin for blocks modulated as PixArt's "ada_norm_single" with a plain LayerNorm
+    norm1, the embedded timestep reaching them as `embedding_arg` (Sana, Allegro): the indicator
+    is block 0's modulated norm1 output."""
+
+    embedding_arg = "timestep"
+
+    def indicator(self, blocks, call):
+        norm = plain_layer_norm(blocks[0].norm1, self.model_class)
+        shift, scale = ada_norm_single_shift_scale(blocks[0], call, self.embedding_arg)
+        return Indicator(scale, shift, "layer", norm.eps)
+
+    def reference_modulated_input(self, blocks, call):
+        shift, scale = ada_norm_single_shift_scale(blocks[0], call, self.embedding_arg)
+        return blocks[0].norm1(call.hidden) * (1 + scale[:, None]) + shift[:, None]
+
+
 class BasicBlockAdapter(Adapter):
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "attention_mask", "encoder_hidden_states",
@@ -38,10 +64,7 @@ class BasicBlockAdapter(Adapter):
 
     def _layer_norm(self, block):
         norm = block.norm1.norm if block.norm_type == "ada_norm_zero" else block.norm1
-        if getattr(norm, "weight", None) is not None:
-            raise TypeError("cachekern: block 0's norm1 has an elementwise affine, which the "
-                            "fused indicator does not apply")
-        return norm
+        return plain_layer_norm(norm, self.model_class)
 
     def indicator(self, blocks, call):
         shift, scale = self._shift_scale(blocks[0], call)
