@@ -95,6 +95,66 @@ def wan():
     return _wan_like(diffusers.WanTransformer3DModel)
 
 
+def wan_vace():
+    """Wan VACE: Wan's tiny config with VACE blocks after layers 0 and 2, and a control video."""
+    torch.manual_seed(0)
+    model = diffusers.WanVACETransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
+        rope_max_seq_len=32, vace_layers=[0, 2], vace_in_channels=6).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 7, 16, generator=g),
+                    control_hidden_states=torch.randn(batch, 6, 2, 8, 8, generator=g))
+    return model, inputs, 1000.0
+
+
+def helios():
+    """Helios: Wan-like blocks; two new frames after short, mid and long history latents."""
+    torch.manual_seed(0)
+    model = diffusers.HeliosTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=3,
+        rope_dim=(2, 2, 4)).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 7, 16, generator=g),
+                    indices_hidden_states=torch.tensor([[4, 5]] * batch),
+                    indices_latents_history_short=torch.tensor([[3]] * batch),
+                    indices_latents_history_mid=torch.tensor([[1, 2]] * batch),
+                    indices_latents_history_long=torch.tensor([[0] * 4] * batch),
+                    latents_history_short=torch.randn(batch, 4, 1, 8, 8, generator=g),
+                    latents_history_mid=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    latents_history_long=torch.randn(batch, 4, 4, 8, 8, generator=g))
+    return model, inputs, 1000.0
+
+
+def wan_animate():
+    """Wan Animate: four Wan blocks with a face adapter after blocks 0 and 2; pose latents one
+    frame short of the video's, and a 16-pixel face video."""
+    torch.manual_seed(0)
+    model = diffusers.WanAnimateTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=None,
+        latent_channels=4, out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=4,
+        image_dim=None, rope_max_seq_len=32,
+        motion_encoder_channel_sizes={"16": 8, "8": 8, "4": 8}, motion_encoder_size=16,
+        motion_style_dim=8, motion_dim=4, motion_encoder_dim=8, face_encoder_hidden_dim=16,
+        face_encoder_num_heads=2, inject_face_latents_blocks=2,
+        motion_encoder_batch_size=4).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 12, 3, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 7, 16, generator=g),
+                    pose_hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    face_pixel_values=torch.randn(batch, 3, 5, 16, 16, generator=g))
+    return model, inputs, 1000.0
+
+
 def chronoedit():
     return _wan_like(diffusers.ChronoEditTransformer3DModel)
 
@@ -314,19 +374,142 @@ def cogview4():
     return model, inputs, 1000.0
 
 
+def _image_and_text_tokens(seed, batch=2):
+    """Qwen-Image's and Nucleus-Image's call: 4x4 image tokens, six text tokens and a mask."""
+    g = torch.Generator().manual_seed(seed)
+    return dict(hidden_states=torch.randn(batch, 16, 4, generator=g),
+                encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
+                encoder_hidden_states_mask=torch.ones(batch, 6),
+                img_shapes=[(1, 4, 4)] * batch)
+
+
 def qwen_image():
     torch.manual_seed(0)
     model = diffusers.QwenImageTransformer2DModel(
         patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
         num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4)).eval()
 
+    return model, _image_and_text_tokens, 1.0
+
+
+def qwen_image21():
+    """Qwen-Image 2.1: six text tokens, then a 4x4 target image (its four slots in img_mask each
+    standing for 2x2 tokens). The model returns the joint sequence; sample_family reads the
+    image's positions, as its pipeline does."""
+    torch.manual_seed(0)
+    model = diffusers.QwenImage21Transformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, context_in_dim=16, axes_dims_rope=(2, 2, 4)).eval()
+
     def inputs(seed, batch=2):
         g = torch.Generator().manual_seed(seed)
         return dict(hidden_states=torch.randn(batch, 16, 4, generator=g),
                     encoder_hidden_states=torch.randn(batch, 6, 16, generator=g),
-                    encoder_hidden_states_mask=torch.ones(batch, 6),
-                    img_shapes=[(1, 4, 4)] * batch)
+                    img_shapes=[[(1, 4, 4)]] * batch,
+                    img_mask=torch.cat([torch.zeros(batch, 6, dtype=torch.bool),
+                                        torch.ones(batch, 4, dtype=torch.bool)], dim=1))
     return model, inputs, 1.0
+
+
+def hunyuan_video_framepack():
+    """FramePack: HunyuanVideo's blocks, with an image embedding and the clean, 2x and 4x
+    history latents it packs before the two new frames."""
+    torch.manual_seed(0)
+    model = diffusers.HunyuanVideoFramepackTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+        num_layers=1, num_single_layers=2, num_refiner_layers=1, patch_size=2,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 2, 4),
+        has_image_proj=True, image_proj_dim=12, has_clean_x_embedder=True).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 16, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 5),
+                    pooled_projections=torch.randn(batch, 8, generator=g),
+                    image_embeds=torch.randn(batch, 3, 12, generator=g),
+                    guidance=torch.full((batch,), 6000.0),
+                    indices_latents=torch.tensor([3, 4]),
+                    latents_clean=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    indices_latents_clean=torch.tensor([0, 5]),
+                    latents_history_2x=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    indices_latents_history_2x=torch.tensor([1, 2]),
+                    latents_history_4x=torch.randn(batch, 4, 4, 8, 8, generator=g),
+                    indices_latents_history_4x=torch.tensor([6, 7, 8, 9]))
+    return model, inputs, 1000.0
+
+
+def nucleus_moe_image():
+    """Nucleus-Image: five blocks, the fourth with a mixture-of-experts feed-forward."""
+    torch.manual_seed(0)
+    model = diffusers.NucleusMoEImageTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=5, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, axes_dims_rope=(2, 2, 4), num_experts=4,
+        moe_intermediate_dim=16, capacity_factors=2.0).eval()
+    with torch.no_grad():       # diffusers leaves the experts' weights as torch.empty made them
+        for name, weight in model.named_parameters():
+            if name.endswith(("gate_up_proj", "down_proj")):
+                weight.normal_(0.0, 0.2)
+
+    return model, _image_and_text_tokens, 1.0
+
+
+def minimax_h3():
+    """MiniMax-H3: one packed sequence of 3 text, 4 video and 2 audio rows (the layout every
+    sample shares); the audio rows stay as given, the video rows are sampled."""
+    torch.manual_seed(0)
+    model = diffusers.MiniMaxH3Transformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, hidden_size=16, num_layers=2,
+        num_refiner_layers=1, ffn_dim=32, in_channels=4, audio_in_channels=3, text_dim=8,
+        freq_dim=16, time_embed_hidden_dim=16, time_embed_dim=8, rope_freq_dim=2).eval()
+    positions = torch.tensor([[i, 0, 0] for i in range(3)] +
+                             [[3, h, w] for h in range(2) for w in range(2)] + [[4, 0, 0], [5, 0, 0]])
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 16, generator=g),
+                    audio_hidden_states=torch.randn(batch, 2, 3, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 3, 8, generator=g),
+                    timestep_indices=torch.zeros(9, dtype=torch.long),
+                    token_tags=torch.tensor([1, 1, 1, 0, 0, 0, 0, 2, 2]), position_ids=positions,
+                    video_indices=torch.arange(3, 7), audio_indices=torch.tensor([7, 8]),
+                    text_indices=torch.arange(3))
+    return model, inputs, 1.0
+
+
+def ace_step(layer_types=None):
+    """ACE-Step 1.5: three layers, sliding-window and full attention in turn (by default
+    the first slides), over 11 audio frames (padded to the patch) with their context."""
+    torch.manual_seed(0)
+    model = diffusers.AceStepTransformer1DModel(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, in_channels=12, audio_acoustic_hidden_dim=4,
+        patch_size=2, sliding_window=4, encoder_hidden_size=8, layer_types=layer_types).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 11, 4, generator=g),
+                    context_latents=torch.randn(batch, 11, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 8, generator=g),
+                    timestep_r=torch.zeros(batch))
+    return model, inputs, 1.0
+
+
+def motif_video(decoders=1):
+    """Motif-Video: one double-stream and three single-stream blocks, the last `decoders` of
+    them decoder layers."""
+    torch.manual_seed(0)
+    model = diffusers.MotifVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+        num_layers=1, num_single_layers=3, num_decoder_layers=decoders, patch_size=2,
+        text_embed_dim=16, rope_axes_dim=(2, 2, 4)).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 2, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 16, generator=g),
+                    encoder_attention_mask=torch.ones(batch, 5))
+    return model, inputs, 1000.0
 
 
 def hunyuan_video15():
@@ -459,7 +642,8 @@ def ovis_image():
 FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mochi, sana,
             skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
             hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image, allegro,
-            kandinsky5, glm_image]
+            kandinsky5, glm_image, wan_vace, qwen_image21, hunyuan_video_framepack,
+            helios, nucleus_moe_image, wan_animate, minimax_h3, ace_step, motif_video]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
@@ -481,7 +665,12 @@ def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
                             **rest)
             if isinstance(out, (tuple, list)):      # Kandinsky 5 returns the tensor itself
                 out = out[0]
-            latents = latents - (1.0 / steps) * out
+            out = out[:, -latents.shape[1]:]       # Qwen-Image 2.1: the text positions too
+            if out.shape[1] < latents.shape[1]:    # Wan Animate: condition channels after
+                latents = torch.cat([latents[:, :out.shape[1]] - (1.0 / steps) * out,
+                                     latents[:, out.shape[1]:]], dim=1)
+            else:
+                latents = latents - (1.0 / steps) * out
             outputs.append(out)
     return torch.stack(outputs)
 

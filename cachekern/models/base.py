@@ -76,6 +76,9 @@ class Adapter:
     # Modules outside the stack whose outputs only the blocks read: in a captured call they
     # run inside the compute branch, so a skipped call does not pay for them.
     stack_only_modules: tuple = ()
+    # forward() arguments the stack reads besides what the blocks are given (WanVACE's control
+    # scales): TeaCache hands them to run_blocks in the call's extras, by name.
+    forward_inputs: tuple = ()
 
     def block_lists(self, model) -> List[str]:
         return list(self.lists)

@@ -17,6 +17,18 @@ def _signature(forward):
     return inspect.signature(forward)
 
 
+def forward_arguments(model, args, kwargs, names):
+    """{name: value} of the forward() arguments `names` in `model(*args, **kwargs)`, however
+    they were passed (None where absent)."""
+    if not names:           # most families: no binding on every call
+        return {}
+    try:
+        bound = _signature(type(model).forward).bind_partial(model, *args, **kwargs).arguments
+    except TypeError:
+        bound = kwargs
+    return {name: bound.get(name) for name in names}
+
+
 def named_inputs(model, args, kwargs):
     """Every argument of `model(*args, **kwargs)` by parameter name, or None when a graph cannot
     replay the call: a value other than tensors and plain values (None, numbers, strings) in

@@ -16,6 +16,17 @@ class HunyuanVideoAdapter(AdaLNZeroStackAdapter):
     returns = ("hidden_states", "encoder_hidden_states")
 
 
+class HunyuanVideoFramepackAdapter(HunyuanVideoAdapter):
+    """HunyuanVideoFramepackTransformer3DModel (FramePack): HunyuanVideo's blocks and call; the
+    stream also carries the clean history latents packed before the new frames, which the
+    stack caches with them (the model keeps the new frames' tokens after the blocks). No
+    published coefficients."""
+    family = "hunyuan_video_framepack"
+    model_class = "HunyuanVideoFramepackTransformer3DModel"
+    graph_uncapturable = ("its forward cuts the text to each sample's length, read from the "
+                          "mask on the host")
+
+
 class HunyuanVideo15Adapter(AdaLNZeroStackAdapter):
     """HunyuanVideo15Transformer3DModel (HunyuanVideo 1.5): one list of double-stream blocks,
     called positionally; block 0's AdaLN-Zero norm1 is the indicator, as for HunyuanVideo."""

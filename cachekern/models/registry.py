@@ -1,6 +1,7 @@
 """Which adapter describes a model: dispatch by class name (through the MRO), so diffusers is
 imported only by the caller."""
 
+from cachekern.models.ace_step import AceStepAdapter
 from cachekern.models.allegro import AllegroAdapter
 from cachekern.models.base import Adapter
 from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
@@ -12,16 +13,23 @@ from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.glm_image import GlmImageAdapter
 from cachekern.models.hidream import HiDreamAdapter
 from cachekern.models.hunyuan_video import (HunyuanImageAdapter, HunyuanVideo15Adapter,
-                                             HunyuanVideoAdapter)
+                                             HunyuanVideoAdapter, HunyuanVideoFramepackAdapter)
 from cachekern.models.kandinsky5 import Kandinsky5Adapter
 from cachekern.models.ltx2 import LTX2Adapter
 from cachekern.models.lumina2 import Lumina2Adapter
+from cachekern.models.minimax_h3 import MiniMaxH3Adapter
+from cachekern.models.motif_video import MotifVideoAdapter
+from cachekern.models.nucleus_moe import NucleusMoEImageAdapter
 from cachekern.models.qwen_image import QwenImageAdapter
+from cachekern.models.qwen_image21 import QwenImage21Adapter
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
 from cachekern.models.sana import SanaAdapter
 from cachekern.models.sd3 import SD3Adapter
 from cachekern.models.unet import UNet2DConditionAdapter
-from cachekern.models.wan import ChronoEditAdapter, SkyReelsV2Adapter, WanAdapter
+from cachekern.models.wan import (ChronoEditAdapter, HeliosAdapter, SkyReelsV2Adapter,
+                                  WanAdapter)
+from cachekern.models.wan_animate import WanAnimateAdapter
+from cachekern.models.wan_vace import WanVACEAdapter
 
 ADAPTERS = {adapter.model_class: adapter
             for adapter in (FluxAdapter(), SD3Adapter(), WanAdapter(), CogVideoXAdapter(),
@@ -32,7 +40,11 @@ ADAPTERS = {adapter.model_class: adapter
                             Flux2Adapter(), ChromaAdapter(), HiDreamAdapter(), LTX2Adapter(),
                             BriaAdapter(), LongCatImageAdapter(), OvisImageAdapter(),
                             ChronoEditAdapter(), HunyuanImageAdapter(), AllegroAdapter(),
-                            Kandinsky5Adapter(), GlmImageAdapter())}
+                            Kandinsky5Adapter(), GlmImageAdapter(), WanVACEAdapter(),
+                            QwenImage21Adapter(), HunyuanVideoFramepackAdapter(),
+                            HeliosAdapter(), NucleusMoEImageAdapter(), WanAnimateAdapter(),
+                            MiniMaxH3Adapter(), AceStepAdapter(),
+                            MotifVideoAdapter())}
 
 
 def adapter_for(model) -> Adapter:

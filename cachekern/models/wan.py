@@ -19,6 +19,9 @@ class WanAdapter(TimestepEmbeddingIndicator, Adapter):
     returns = ("hidden_states",)
 
     def coefficient_key(self, model):
+        # The published e0 fits are Wan2.1 T2V's; a family built on Wan's blocks has none.
+        if self.family != WanAdapter.family:
+            return self.family
         hidden = model.config.num_attention_heads * model.config.attention_head_dim
         return {1536: "wan_t2v_1.3b_e0", 5120: "wan_t2v_14b_e0"}.get(hidden, "wan")
 
@@ -32,9 +35,6 @@ class SkyReelsV2Adapter(WanAdapter):
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "rotary_emb",
                   "attention_mask")
 
-    def coefficient_key(self, model):
-        return self.family
-
 
 class ChronoEditAdapter(WanAdapter):
     """ChronoEditTransformer3DModel (ChronoEdit, image editing as video): Wan's blocks and call
@@ -44,5 +44,14 @@ class ChronoEditAdapter(WanAdapter):
     graph_uncapturable = ("its rotary table for an edit's two frames indexes with a host list, "
                           "copied to the GPU on every call")
 
-    def coefficient_key(self, model):
-        return self.family
+
+class HeliosAdapter(WanAdapter):
+    """HeliosTransformer3DModel (Helios, long video): Wan's blocks, each also told how many of
+    the stream's tokens are the new frames' (the short, mid and long history latents come
+    first, at timestep 0 when ``zero_history_timestep``). The indicator is the per-token
+    timestep projection the blocks receive, history rows included. No published
+    coefficients."""
+    family = "helios"
+    model_class = "HeliosTransformer3DModel"
+    block_args = ("hidden_states", "encoder_hidden_states", "temb", "rotary_emb",
+                  "original_context_length")

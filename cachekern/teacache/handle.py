@@ -14,7 +14,8 @@ from torch import nn
 from cachekern._warnings import warn
 from cachekern.models.branches import BranchNames
 from cachekern.models.context_parallel import is_context_parallel, stack_shard
-from cachekern.models.graphable import named_inputs, on_one_gpu, output_like, signature
+from cachekern.models.graphable import (forward_arguments, named_inputs, on_one_gpu, output_like,
+                                        signature)
 from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
 from cachekern.teacache.runtime import BranchState, TeaCacheRuntime
 from cachekern.teacache.shell_memo import MemoizedModule
@@ -65,6 +66,7 @@ class TeaCacheHandle:
         self._branches_named = BranchNames(policy.calls_per_step)
         self._call = None          # (branch, timestep, steps) of the forward call in progress
         self._blocks = None
+        self._forward_inputs = None  # the adapter's forward_inputs of the call in progress
         self._stand_in_lists = {}
         self._memos = {}           # cachekern.teacache.shell_memo stand-ins, by module name
         self._graphs = {}          # cachekern.teacache.graphs.GraphedStep, by branch
@@ -327,6 +329,8 @@ class TeaCacheHandle:
         ({module name: stand-in}, cuda_graphs' capture) replaces the memoized modules."""
         lists = tuple(self.adapter.block_lists(self.model))
         self._blocks = self.adapter.model_blocks(self.model)
+        self._forward_inputs = forward_arguments(self.model, args, kwargs,
+                                                 self.adapter.forward_inputs)
         stand_ins = dict(self._stand_ins(lists))
         saved = {name: self.model._modules[name] for name in stand_ins}
         for name, module in (replaced or {}).items():
@@ -348,7 +352,7 @@ class TeaCacheHandle:
             return original_forward(*args, **kwargs)
         finally:
             self.model._modules.update(saved)
-            self._call = self._blocks = None
+            self._call = self._blocks = self._forward_inputs = None
 
     def _stand_ins(self, lists):
         """The block lists the model sees during a call: the cached stack in the first, the rest
@@ -364,6 +368,7 @@ class TeaCacheHandle:
         branch, timestep, steps = self._call
         state = self._branches.setdefault(branch, BranchState())
         call = self.adapter.stack_call(args, kwargs)
+        call.extras.update(self._forward_inputs or {})
         with torch.no_grad():
             if self._capturing is not None:   # inside cachekern.teacache.graphs' capture
                 run_if, decision, prelude = self._capturing

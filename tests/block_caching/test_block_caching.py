@@ -320,7 +320,10 @@ def test_plot_profile_writes_a_heatmap(flux_profile, tmp_path):
                                          "hunyuan_video15", "lumina2", "flux2", "chroma",
                                          "hidream", "ltx2", "bria", "longcat_image",
                                          "ovis_image", "chronoedit", "hunyuan_image",
-                                         "allegro", "kandinsky5", "glm_image"])
+                                         "allegro", "kandinsky5", "glm_image", "wan_vace",
+                                         "qwen_image21", "hunyuan_video_framepack",
+                                         "helios", "nucleus_moe_image", "wan_animate",
+                                         "minimax_h3", "ace_step", "motif_video"])
 def test_every_dit_family_profiles_caches_and_restores(family_name):
     import tiny_models
 

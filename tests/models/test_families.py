@@ -56,9 +56,13 @@ PER_SAMPLE_THRESHOLD = {"unet": 1.5, "hidream": 1.5}
 def test_per_sample_decisions_do_not_leak(family):
     model, inputs, scale = family()
     a, b = inputs(4), inputs(5)
+    # Sample 0 from b, sample 1 from a, in every argument with a batch dimension (not the
+    # shared layouts: ids, rotary positions, FramePack's frame indices, MiniMax-H3's rows).
     mixed = {k: (torch.stack([b[k][0], a[k][1]]) if isinstance(v, torch.Tensor)
-                 and k not in ("img_ids", "txt_ids", "text_rope_pos") else v)
-             for k, v in a.items()}  # sample 0 from b, sample 1 from a
+                 and v.dim() and v.shape[0] == 2
+                 and k not in ("img_ids", "txt_ids", "text_rope_pos")
+                 and not k.startswith("indices_") else v)
+             for k, v in a.items()}
     results = []
     threshold = PER_SAMPLE_THRESHOLD.get(family.__name__, 0.3)
     for inp in (a, mixed):
@@ -350,3 +354,202 @@ def test_glm_image_kv_caches_prefill_read_and_stay_idle():
         stats = handle.stats()
     assert stats["uncached_calls"] == 1 and stats["blocks_reused"] > 0
     assert stats["calls"] == STEPS
+
+
+def _wan_stack_ends(model):
+    """Hooks recording, per call of a Wan-like model, the patch embedding's output (the stack's
+    input, read as tokens once the model is done adding to it in place, as Wan Animate adds
+    the pose) and what the output norm receives (the stack's output, after every hint or
+    face adapter): (inputs, outputs, hooks)."""
+    ins, outs = [], []
+    hooks = [model.patch_embedding.register_forward_hook(lambda m, a, o: ins.append(o)),
+             model.norm_out.register_forward_pre_hook(lambda m, a: outs.append(a[0]))]
+    return ins, outs, hooks
+
+
+def _assert_skips_add_step_0s_residual(ins, outs, cached_ins, cached_outs):
+    """Step 0 (computed) is the uncached one bit for bit; each skipped step's stack output is
+    its own input plus step 0's stack residual (a plain re-implementation of a skip)."""
+    def tokens(embedded):
+        return embedded.flatten(2).transpose(1, 2)
+    assert torch.equal(cached_outs[0], outs[0])
+    residual = outs[0] - tokens(ins[0])
+    for step in range(1, STEPS - 1):
+        torch.testing.assert_close(cached_outs[step], tokens(cached_ins[step]) + residual,
+                                   rtol=1e-6, atol=1e-6)
+
+
+def test_wan_vace_runs_its_vace_blocks_inside_the_stack_with_the_callers_scales():
+    """WanVACE: with control scales passed (positionally, as the last tensor argument, and by
+    keyword), threshold 0 is the uncached model bit for bit; a skipped step runs neither Wan's
+    blocks nor the VACE blocks, and gives the step's input plus the last computed step's
+    stack residual (a plain re-implementation: the residual read off the unpatched blocks)."""
+    from tiny_models import wan_vace
+
+    model, inputs, scale = wan_vace()
+    inp = dict(inputs(9), control_hidden_states_scale=torch.tensor([0.6, 1.7]))
+    reference = sample(model, inp, timestep_scale=scale)
+    unscaled = sample(model, dict(inp, control_hidden_states_scale=None), timestep_scale=scale)
+    assert not torch.allclose(reference, unscaled)      # the scales reach the output
+    with cachekern.patched(model, policy(threshold=0.0)):
+        assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+        t = torch.full((2,), 500.0)
+        with torch.no_grad():
+            positional = model(inp["hidden_states"], t, inp["encoder_hidden_states"], None,
+                               inp["control_hidden_states"], inp["control_hidden_states_scale"],
+                               return_dict=False)[0]
+    with torch.no_grad():
+        expected = model(inp["hidden_states"], t, inp["encoder_hidden_states"], None,
+                         inp["control_hidden_states"], inp["control_hidden_states_scale"],
+                         return_dict=False)[0]
+    assert torch.equal(positional, expected)
+
+    ins, outs, hooks = _wan_stack_ends(model)
+    sample(model, inp, timestep_scale=scale)
+    for h in hooks:
+        h.remove()
+    cached_ins, cached_outs, hooks = _wan_stack_ends(model)
+    ran = []
+    hooks += [b.register_forward_hook(lambda *_: ran.append(1))
+              for b in list(model.blocks) + list(model.vace_blocks)]
+    with cachekern.patched(model, policy(threshold=10.0)) as handle:
+        sample(model, inp, timestep_scale=scale)
+        computed = [r["computed"] for r in handle.history]
+    for h in hooks:
+        h.remove()
+    assert computed == [True] + [False] * (STEPS - 2) + [True]
+    assert len(ran) == 2 * (len(model.blocks) + len(model.vace_blocks))  # steps 0 and 5 only
+    _assert_skips_add_step_0s_residual(ins, outs, cached_ins, cached_outs)
+
+
+def test_qwen_image21_with_its_kv_cache_caches_the_target_tokens():
+    """Qwen-Image 2.1 as its pipeline runs it with the KV cache: step 0 prefills every block's
+    cache from the whole sequence, later steps carry the target image's tokens only. Threshold
+    0 is the uncached run bit for bit; a high threshold skips the middle steps, and a skipped
+    step's image tokens are its input plus step 0's residual over the image tokens (a plain
+    re-implementation, read off the unpatched blocks); Block Caching caches it block by block,
+    equal to the unpatched run where it reuses nothing."""
+    from diffusers.models.transformers.transformer_qwenimage21 import QwenImage21KVCache
+
+    from tiny_models import qwen_image21
+
+    model, inputs, _ = qwen_image21()
+    inp = inputs(11)
+
+    def run():
+        cache = QwenImage21KVCache(len(model.transformer_blocks))
+        latents, outputs = inp["hidden_states"].clone(), []
+        with torch.no_grad():
+            for i, t in enumerate(torch.linspace(1.0, 0.05, STEPS)):
+                out = model(**dict(inp, hidden_states=latents), timestep=t.expand(2),
+                            kv_cache=cache, kv_cache_mode="extract" if i == 0 else "cached",
+                            return_dict=False)[0][:, -latents.shape[1]:]
+                latents = latents - out / STEPS
+                outputs.append(out)
+        return torch.stack(outputs)
+
+    def stack_ends():
+        ins, outs = [], []
+        hooks = [model.transformer_blocks[0].register_forward_pre_hook(
+                     lambda m, a, k: ins.append(k["hidden_states"][:, -16:]), with_kwargs=True),
+                 model.norm_out.register_forward_pre_hook(lambda m, a: outs.append(a[0][:, -16:]))]
+        return ins, outs, hooks
+
+    ins, outs, hooks = stack_ends()
+    reference = run()
+    for h in hooks:
+        h.remove()
+    with cachekern.patched(model, policy(threshold=0.0)):
+        assert torch.equal(run(), reference)
+    _, cached_outs, hooks = stack_ends()
+    embedded = []
+    hooks.append(model.img_in.register_forward_hook(lambda m, a, o: embedded.append(o)))
+    with cachekern.patched(model, policy(threshold=10.0)) as handle:
+        run()
+        computed = [r["computed"] for r in handle.history]
+    for h in hooks:
+        h.remove()
+    assert computed == [True] + [False] * (STEPS - 2) + [True]
+    assert torch.equal(cached_outs[0], outs[0])
+    residual = outs[0] - ins[0]
+    for step in range(1, STEPS - 1):
+        torch.testing.assert_close(cached_outs[step], embedded[step] + residual,
+                                   rtol=1e-6, atol=1e-6)
+    prof = cachekern.profile(model, run)
+    with cachekern.patched(model, cachekern.BlockCaching(prof, delta=0.0, scale_shift=None)):
+        assert torch.equal(run(), reference)
+    with cachekern.patched(model, cachekern.BlockCaching(prof, target_compute=0.5,
+                                                         scale_shift=None)) as handle:
+        cached = run()
+        assert handle.stats()["blocks_reused"] > 0
+    assert cached.isfinite().all()
+    # Per-sample decisions split a call only where its samples decide apart: one cache holds
+    # the whole batch, so such a split is refused, naming the way out.
+    from cachekern.models import adapter_for
+    from cachekern.models.base import StackCall
+
+    split = StackCall(torch.randn(2, 16, 16), dict(kv_cache=QwenImage21KVCache(2),
+                                                   modulation=torch.randn(3, 64)))
+    with pytest.raises(ValueError, match="per_sample' cannot split .* use_kv_cache=False"):
+        adapter_for(model).select(split, torch.tensor([1]))
+
+
+def test_wan_animate_runs_its_face_adapters_inside_the_stack():
+    """Wan Animate: a skipped step runs neither Wan's blocks nor the face adapters, and gives
+    the step's input plus the last computed step's stack residual (read off the unpatched
+    model, face adapters included); the face encoder still runs on every call."""
+    from tiny_models import wan_animate
+
+    model, inputs, scale = wan_animate()
+    inp = inputs(12)
+
+    ins, outs, hooks = _wan_stack_ends(model)
+    sample(model, inp, timestep_scale=scale)
+    for h in hooks:
+        h.remove()
+    cached_ins, cached_outs, hooks = _wan_stack_ends(model)
+    ran, encoded = [], []
+    hooks += [m.register_forward_hook(lambda *_: ran.append(1))
+              for m in list(model.blocks) + list(model.face_adapter)]
+    hooks.append(model.face_encoder.register_forward_hook(lambda *_: encoded.append(1)))
+    with cachekern.patched(model, policy(threshold=10.0)) as handle:
+        sample(model, inp, timestep_scale=scale)
+        computed = [r["computed"] for r in handle.history]
+    for h in hooks:
+        h.remove()
+    assert computed == [True] + [False] * (STEPS - 2) + [True]
+    assert len(ran) == 2 * (len(model.blocks) + len(model.face_adapter)) and len(encoded) == STEPS
+    _assert_skips_add_step_0s_residual(ins, outs, cached_ins, cached_outs)
+
+
+def test_ace_step_gives_the_sliding_window_mask_to_its_sliding_layers_only():
+    """ACE-Step with a full-attention layer first (so the model hands the stack no mask): the
+    stack builds the sliding window's mask as the model does, and threshold 0 is the uncached
+    model bit for bit; the same where a sliding layer comes first."""
+    from tiny_models import ace_step
+
+    for layers in (["full_attention", "sliding_attention", "sliding_attention"], None):
+        model, inputs, scale = ace_step(layers)
+        inp = inputs(13)
+        reference = sample(model, inp, timestep_scale=scale)
+        with cachekern.patched(model, policy(threshold=0.0)) as handle:
+            assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+            assert handle.stats()["skipped"] == 0
+
+
+def test_motif_video_without_decoder_layers_and_with_two():
+    """Motif-Video's decoder layers (the family builder has one) run inside the stack;
+    without any, or with two, threshold 0 is still the uncached model bit for bit, and a high
+    threshold skips."""
+    from tiny_models import motif_video
+
+    for decoders in (0, 2):
+        model, inputs, scale = motif_video(decoders)
+        inp = inputs(14)
+        reference = sample(model, inp, timestep_scale=scale)
+        with cachekern.patched(model, policy(threshold=0.0)):
+            assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+        with cachekern.patched(model, policy(threshold=10.0)) as handle:
+            sample(model, inp, timestep_scale=scale)
+            assert handle.stats()["skipped"] == STEPS - 2
+        assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
