@@ -11,16 +11,25 @@ RECORD_FIELDS = d.RECORD_FIELDS
 
 
 class DeviceDecision:
-    """The buffers and constants of one branch's device decision: `state` (STATE_SIZE float64,
-    see the indices above), `record` (the last call's RECORD_FIELDS), and the two flags a
-    graph's conditional nodes read (`compute`, `skip`: bool scalars)."""
+    """The buffers and constants of one branch's device decision: `state` (float64, see the
+    kernel's indices), `record` (the last call's record), and the flags a graph's conditional
+    nodes read (`compute`, `skip`: bool scalars; per-sample decisions: `patterns`, one flag per
+    pattern p of samples that compute, sample b computing when bit b of p is set, and
+    `indices`, each pattern's sample indices on the device)."""
 
-    def __init__(self, policy, polynomial, num_steps, device):
+    def __init__(self, policy, polynomial, num_steps, device, batch=1):
         f64 = dict(dtype=torch.float64, device=device)
-        self.state = torch.zeros(d.STATE_SIZE, **f64)
-        self.record = torch.zeros(len(d.RECORD_FIELDS), **f64)
+        self.per_sample = policy.decision == "per_sample"
+        self.batch = batch
+        self.state = torch.zeros(d.state_size(batch, self.per_sample), **f64)
+        self.record = torch.zeros(d.record_size(batch, self.per_sample), **f64)
         self.compute = torch.ones((), dtype=torch.bool, device=device)
         self.skip = torch.zeros((), dtype=torch.bool, device=device)
+        self.patterns = self.indices = None
+        if self.per_sample:
+            self.patterns = torch.zeros(2 ** batch, dtype=torch.bool, device=device)
+            self.indices = {p: torch.tensor([b for b in range(batch) if p >> b & 1],
+                                            device=device) for p in range(1, 2 ** batch - 1)}
         self.params = torch.tensor([float(policy.threshold)], **f64)
         coefficients = [float(c) for c in polynomial] if polynomial is not None else []
         self.coefficients = torch.tensor(coefficients or [0.0], **f64)
@@ -45,7 +54,8 @@ class DeviceDecision:
                         warmup_steps=policy.warmup_steps,
                         num_steps=self.num_steps if compute_last else 0,
                         max_skips=policy.max_consecutive_skips or 0,
-                        compute_last=compute_last, clamp=policy.clamp, schedule=self.schedule)
+                        compute_last=compute_last, clamp=policy.clamp, schedule=self.schedule,
+                        patterns=self.patterns, batch=self.batch)
         if self.forecast is not None:
             self.forecast(self.record)
 
@@ -53,10 +63,14 @@ class DeviceDecision:
     def load(self, branch_state):
         """Starts from the host's state of the branch (what eager calls left)."""
         s = branch_state
+        per_sample = self.per_sample
         values = [s.last_timestep if s.last_timestep is not None else 0.0, float(s.step),
-                  s.accumulated if s.accumulated is not None else 0.0,
-                  float(s.skips or 0), float(s.residual is not None),
+                  s.accumulated if s.accumulated is not None and not per_sample else 0.0,
+                  float(s.skips or 0) if not per_sample else 0.0, float(s.residual is not None),
                   float(s.last_timestep is not None)]
+        if per_sample:
+            values += [float(a) for a in s.accumulated or [0.0] * self.batch]
+            values += [float(k) for k in s.skips or [0] * self.batch]
         # From pinned memory without waiting: the graphed path makes no host synchronisation.
         host = torch.tensor(values, dtype=torch.float64)
         if self.state.is_cuda:
@@ -72,16 +86,28 @@ class DeviceDecision:
         s = branch_state
         s.last_timestep = values[d.LAST_TIMESTEP] if values[d.HAS_LAST_TIMESTEP] else None
         s.step = int(values[d.STEP])
-        s.accumulated = values[d.ACCUMULATED]
-        s.skips = int(values[d.SKIPS])
+        if self.per_sample:
+            b, start = self.batch, d.STATE_SIZE
+            s.accumulated = values[start:start + b]
+            s.skips = [int(k) for k in values[start + b:start + 2 * b]]
+        else:
+            s.accumulated = values[d.ACCUMULATED]
+            s.skips = int(values[d.SKIPS])
         if not values[d.HAS_RESIDUAL]:
             s.residual = None
         if self.forecast is not None:
             self.forecast.store(branch_state)
 
 
-def record_from_row(row, branch):
-    """A history record (as TeaCacheRuntime.record writes it) from one logged row."""
-    step, timestep, rel, accumulated, computed = row
-    return dict(step=int(step), branch=branch, timestep=timestep, computed=bool(computed),
-                rel_l1=rel, accumulated=accumulated)
+def record_from_row(row, branch, batch=None):
+    """A history record (as TeaCacheRuntime.record writes it) from one logged row; `batch`:
+    the row holds per-sample decisions of that many samples (computed is then a list)."""
+    if batch is None:
+        step, timestep, rel, accumulated, computed = row[:len(RECORD_FIELDS)]
+        return dict(step=int(step), branch=branch, timestep=timestep, computed=bool(computed),
+                    rel_l1=rel, accumulated=accumulated)
+    step, timestep = row[:2]
+    rel, accumulated, computed = (row[2 + i * batch:2 + (i + 1) * batch] for i in range(3))
+    return dict(step=int(step), branch=branch, timestep=timestep,
+                computed=[bool(c) for c in computed], rel_l1=list(rel),
+                accumulated=list(accumulated))

@@ -105,31 +105,38 @@ class DeferredModule(torch.nn.Module):
         return placeholders
 
     def run_deferred(self):
+        """Runs the deferred calls (in each branch that computes: per-sample decisions capture
+        one per pattern); a new capture starts a new list."""
         for args, kwargs, placeholders in self.calls:
             out = self.module(*args, **kwargs)
             for target, value in zip(pytree.tree_leaves(placeholders), pytree.tree_leaves(out)):
                 if isinstance(target, torch.Tensor):
                     target.copy_(value)
-        self.calls = []
 
 
 class DecisionLog:
     """The records of graphed calls, copied to pinned host memory as they happen and read in
     one synchronisation when asked for (or when the buffer fills)."""
 
-    def __init__(self, device, capacity=512):
-        self.rows = torch.empty((capacity, len(RECORD_FIELDS)), dtype=torch.float64,
-                                pin_memory=True)
-        self.pending = []              # (branch, batch) per row written
+    def __init__(self, device, capacity=512, width=len(RECORD_FIELDS)):
+        self.capacity = capacity
+        self.rows = torch.empty((capacity, width), dtype=torch.float64, pin_memory=True)
+        self.pending = []              # (branch, batch, width) per row written
         self.done = torch.cuda.Event()
         self.device = device
 
     def append(self, record, branch, batch):
-        """Enqueues the copy of this call's record; returns the rows read so far when the buffer
-        was full (their copies waited for), else an empty list."""
-        flushed = self.flush() if len(self.pending) == self.rows.shape[0] else []
-        self.rows[len(self.pending)].copy_(record, non_blocking=True)
-        self.pending.append((branch, batch))
+        """Enqueues the copy of this call's record (per-sample records are wider); returns the
+        rows read so far when the buffer was full or too narrow (their copies waited for), else
+        an empty list."""
+        width = record.numel()
+        full = len(self.pending) == self.rows.shape[0] or width > self.rows.shape[1]
+        flushed = self.flush() if full else []
+        if width > self.rows.shape[1]:
+            self.rows = torch.empty((self.capacity, width), dtype=torch.float64,
+                                    pin_memory=True)
+        self.rows[len(self.pending), :width].copy_(record, non_blocking=True)
+        self.pending.append((branch, batch, width))
         self.done.record()
         return flushed
 
@@ -139,6 +146,7 @@ class DecisionLog:
             return []
         self.done.synchronize()
         rows = self.rows[:len(self.pending)].tolist()
-        out = [(branch, batch, row) for (branch, batch), row in zip(self.pending, rows)]
+        out = [(branch, batch, row[:width])
+               for (branch, batch, width), row in zip(self.pending, rows)]
         self.pending = []
         return out

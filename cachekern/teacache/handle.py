@@ -17,6 +17,7 @@ from cachekern.models.context_parallel import is_context_parallel, stack_shard
 from cachekern.models.graphable import (forward_arguments, named_inputs, on_one_gpu, output_like,
                                         signature)
 from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
+from cachekern.teacache.policy import PER_SAMPLE_GRAPH_BATCH
 from cachekern.teacache.runtime import BranchState, TeaCacheRuntime
 from cachekern.teacache.shell_memo import MemoizedModule
 
@@ -257,7 +258,8 @@ class TeaCacheHandle:
 
         branch = self._call[0]
         decision, scratch = (DeviceDecision(self.policy, self.runtime.polynomial, steps,
-                                            state.residual.device) for _ in range(2))
+                                            state.residual.device, state.residual.shape[0])
+                             for _ in range(2))
         if forecasts(self.policy):      # the slots are the ones _graphed keyed the graph on
             decision.forecast = DeviceForecast(self.policy, state.slots)
             scratch.forecast = DeviceForecast(self.policy, [s.clone() for s in state.slots])
@@ -277,7 +279,7 @@ class TeaCacheHandle:
             self._capturing = (run_if, scratch, None) if run_if is None else \
                 (run_if, decision, prelude)
             for module in deferred.values():
-                module.deferring = run_if is not None
+                module.deferring, module.calls = run_if is not None, []
             try:
                 return self._eager(original_forward, (), dict(static, return_dict=False),
                                    replaced=deferred)[0]
@@ -302,9 +304,11 @@ class TeaCacheHandle:
     def _add_records(self, rows):
         from cachekern.teacache.device_decision import record_from_row
 
+        per_sample = self.policy.decision == "per_sample"
         for branch, batch, row in rows:
-            record = record_from_row(row, branch)
-            self._record(dict(record, compute=[record["computed"]] * batch), branch)
+            record = record_from_row(row, branch, batch if per_sample else None)
+            compute = record["computed"] if per_sample else [record["computed"]] * batch
+            self._record(dict(record, compute=compute), branch)
 
     def _record(self, decision, branch):
         """Counts a call and appends its history record (decision: as TeaCacheRuntime.run
@@ -354,6 +358,18 @@ class TeaCacheHandle:
             self.model._modules.update(saved)
             self._call = self._blocks = self._forward_inputs = None
 
+    def _check_graphable_batch(self, hidden):
+        """Per-sample decisions under graphs capture a branch per pattern of samples: said at
+        the first call whose batch is too large for that, before it runs."""
+        policy = self.policy
+        if policy.cuda_graphs and policy.decision == "per_sample" and hidden.is_cuda and \
+                hidden.shape[0] > PER_SAMPLE_GRAPH_BATCH:
+            raise ValueError(f"TeaCache: cuda_graphs=True with decision='per_sample' captures "
+                             f"one branch per pattern of computing samples (2**batch), for "
+                             f"batches of at most {PER_SAMPLE_GRAPH_BATCH} samples; this call's "
+                             f"stack has {hidden.shape[0]}: use decision='global', or "
+                             f"cuda_graphs=False, or a smaller batch")
+
     def _stand_ins(self, lists):
         """The block lists the model sees during a call: the cached stack in the first, the rest
         empty. Built once per set of lists (building modules per call costs host time that a
@@ -373,12 +389,13 @@ class TeaCacheHandle:
             if self._capturing is not None:   # inside cachekern.teacache.graphs' capture
                 run_if, decision, prelude = self._capturing
                 if run_if is None:
-                    out = self.runtime.graph_warm_up(call, self._blocks, state, decision,
-                                                     timestep)
+                    out = self.runtime.graph_warm_up(self.model, call, self._blocks, state,
+                                                     decision, timestep)
                 else:
                     out = self.runtime.graph_capture(self.model, call, self._blocks, state,
                                                      decision, timestep, run_if, prelude)
             else:
+                self._check_graphable_batch(call.hidden)
                 out, decision = self.runtime.run(self.model, call, self._blocks, state,
                                                  timestep, steps,
                                                  stack_shard(self.model, self._blocks[0]))

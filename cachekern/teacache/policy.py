@@ -16,6 +16,9 @@ from cachekern._warnings import warn
 from cachekern.teacache import coefficients as published
 
 DECISIONS = ("global", "per_sample")
+# cuda_graphs with per-sample decisions captures the blocks once per pattern of samples that
+# compute: 2**batch - 2 sub-batch branches besides the whole batch's.
+PER_SAMPLE_GRAPH_BATCH = 4
 FORECAST_TIMES = ("timestep", "step")
 FORECAST_OF = ("residual", "output")
 FORECAST_BASES = ("lagrange", "taylor")
@@ -60,9 +63,11 @@ class TeaCache:
             weights) and static schedules (compute_steps) are graphed too: the history ring
             and the forecast's weights live on the device (cachekern.teacache.device_forecast).
             Every family whose forward can be captured whole (those that read the host
-            inside their forward are refused at patch time, with the reason); global
-            decisions; not with parity, reuse_modulated or forecast_of="output". On the CPU
-            it changes nothing.
+            inside their forward are refused at patch time, with the reason). Per-sample
+            decisions are graphed with plain reuse (no forecast): the graph holds one branch
+            for each pattern of samples that compute (2**batch, so batches of at most
+            PER_SAMPLE_GRAPH_BATCH samples). Not with parity, reuse_modulated or
+            forecast_of="output". On the CPU it changes nothing.
             Needs a CUDA 12.4+ driver.
         forecast_order: what a skipped call adds to its input: 0, the last computed residual
             (the published method); 1 or 2, the polynomial through the last 1 + order computed
@@ -179,11 +184,14 @@ class TeaCache:
         if self.parity and self.reuse_modulated:
             raise ValueError("TeaCache: parity=True computes the indicator the published way, "
                              "which reuse_modulated=True cannot serve to block 0; choose one")
-        if self.cuda_graphs and (self.parity or self.reuse_modulated or
-                                 self.decision != "global"):
-            raise ValueError("TeaCache: cuda_graphs=True graphs the global decision with the "
-                             "fused kernels; it cannot be combined with parity=True, "
-                             "reuse_modulated=True or decision='per_sample'")
+        if self.cuda_graphs and (self.parity or self.reuse_modulated):
+            raise ValueError("TeaCache: cuda_graphs=True decides with the fused kernels; it "
+                             "cannot be combined with parity=True or reuse_modulated=True")
+        if self.cuda_graphs and self.decision == "per_sample" and \
+                (self.forecast_order > 0 or self.forecast_weights is not None):
+            raise ValueError("TeaCache: cuda_graphs=True with decision='per_sample' reuses "
+                             "residuals (each sample's forecast history is not graphed); pass "
+                             "forecast_order=0, or decision='global', or cuda_graphs=False")
         if self.parity and self.decision != "global":
             raise ValueError("TeaCache: parity=True reproduces the published, global decision; "
                              "it cannot be combined with decision='per_sample'")

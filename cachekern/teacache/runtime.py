@@ -346,7 +346,8 @@ class TeaCacheRuntime:
                                               weights)
 
     # -- one call inside a CUDA graph (cachekern.teacache.graphs) -----------------------------
-    def graph_warm_up(self, call: StackCall, blocks, state: BranchState, decision, timestep):
+    def graph_warm_up(self, model, call: StackCall, blocks, state: BranchState, decision,
+                      timestep):
         """Runs once the kernels a capture will launch, on scratch copies of the state, so that
         Triton compiles them outside the capture: leaves the branch untouched and skips the
         blocks (the branch's first, eager call ran them at these shapes)."""
@@ -359,6 +360,13 @@ class TeaCacheRuntime:
         slots = forecast.slots if forecast is not None else [state.residual.clone()]
         hidden = self.kernels.residual_reuse(dense.hidden, slots[0])
         self.kernels.residual_capture(hidden, dense.hidden, out=slots[0])
+        if decision.per_sample:     # each sub-batch size: the blocks (a compiled block
+            sizes = {}              # specialises on it) and the kernels, outside the capture
+            for index in decision.indices.values():
+                sizes.setdefault(len(index), index)
+            for index in sizes.values():
+                sub_out = self.adapter.run_blocks(model, self.adapter.select(call, index), blocks)
+                self._kept(sub_out.hidden.contiguous(), dense.hidden[index])
         if forecast is not None:
             batch = dense.hidden.shape[0]
             for length in forecast.lengths:
@@ -413,6 +421,10 @@ class TeaCacheRuntime:
         out = run_if(decision.compute, compute)
         if forecast is None:
             run_if(decision.skip, skip)
+            if decision.per_sample:   # then the samples that compute, one branch per pattern
+                for pattern, index in decision.indices.items():
+                    run_if(decision.patterns[pattern], lambda index=index: self._graph_samples(
+                        model, call, dense, blocks, state, index, out, prelude))
             return out
         batch = dense.hidden.shape[0]
         for j, slot in enumerate(forecast.slots):
@@ -425,3 +437,19 @@ class TeaCacheRuntime:
                        dense.hidden, forecast.slots, forecast.weights_for(length, batch),
                        out=out.hidden, slot_order=forecast.slot_order))
         return out
+
+    def _graph_samples(self, model, call, dense, blocks, state, index, out, prelude):
+        """One pattern's branch of per-sample decisions under graphs: what `_execute` does for
+        the samples `index` after the skip branch wrote every sample's reuse into `out`."""
+        if prelude is not None:
+            prelude()
+        sub = self.adapter.select(call, index)
+        sub_out = self.adapter.run_blocks(model, sub, blocks)
+        out.hidden[index] = sub_out.hidden
+        state.residual[index] = self._kept(sub_out.hidden.contiguous(), dense.hidden[index])
+        for name, value in sub_out.extras.items():
+            full = out.extras.get(name)
+            if isinstance(value, torch.Tensor) and isinstance(full, torch.Tensor) \
+                    and value is not sub.extras.get(name) and full is not call.extras.get(name) \
+                    and full.shape[:1] == call.hidden.shape[:1]:
+                full[index] = value

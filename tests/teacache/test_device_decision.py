@@ -1,7 +1,8 @@
 """TeaCache's decision on the device (cachekern.teacache.device_decision and its kernel, cachekern.kernels.teacache_decision), which CUDA graphs
 branch on, must take the host's decisions bit for bit: the same records and the same state,
 across warm-up, thresholds, polynomials, clamping, skip limits, the forced last step, a new
-generation (the timestep going back up), NaN and zero sums."""
+generation (the timestep going back up), NaN and zero sums; per-sample decisions too, with the
+flag of the pattern of samples that compute."""
 
 import math
 import random
@@ -112,6 +113,59 @@ def test_device_decisions_equal_the_hosts_bit_for_bit(batch, settings):
     assert bits(back.accumulated) == bits(host_state.accumulated)
 
 
+def same_float(a, b):
+    return bits(a) == bits(b) or (math.isnan(a) and math.isnan(b))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("settings", POLICIES)
+def test_per_sample_device_decisions_equal_the_hosts_bit_for_bit(batch, settings):
+    """Per-sample decisions: each sample's record and state, and the flag of the pattern of
+    samples that compute (the graph's branch), as the host decides them."""
+    settings = dict(settings)
+    key = settings.pop("coefficients")
+    polynomial = PUBLISHED.get(key, key) if isinstance(key, str) else key
+    policy = TeaCache(coefficients=None, decision="per_sample", **settings)
+    rng = random.Random(hash((batch, repr(settings), "per_sample")) % 1000)
+    calls = calls_of(rng, batch, 24)
+    num_steps = 12
+    runtime = SimpleNamespace(policy=policy, polynomial=polynomial)
+    host = BranchState()
+    decision = DeviceDecision(policy, polynomial, num_steps, DEVICE, batch)
+    decision.load(BranchState())
+    patterns_seen = set()
+    for diff, prev, t in calls:
+        values = torch.tensor([t] + diff + prev, dtype=torch.float32).tolist()
+        want = TeaCacheRuntime.decide(runtime, host, values, True, torch.tensor(t), batch,
+                                      num_steps)
+        if any(want["compute"]):
+            host.residual = torch.zeros(1)
+        f32 = dict(dtype=torch.float32, device=DEVICE)
+        decision(torch.tensor(diff, **f32), torch.tensor(prev, **f32),
+                 torch.tensor([t], dtype=torch.float32, device=DEVICE))
+        got = record_from_row(decision.record.tolist(), "b", batch)
+        assert got["step"] == want["step"] and same_float(got["timestep"], want["timestep"])
+        assert got["computed"] == want["compute"]
+        for name in ("rel_l1", "accumulated"):
+            assert all(same_float(g, w) for g, w in zip(got[name], want[name])), (name, got, want)
+        pattern = sum(1 << b for b, c in enumerate(want["compute"]) if c)
+        patterns_seen.add(pattern)
+        flags = decision.patterns.tolist()
+        assert flags == [p == pattern for p in range(2 ** batch)]
+        assert decision.compute.item() == all(want["compute"])
+        assert decision.skip.item() == (not all(want["compute"]))
+    if 0 < policy.threshold < 1e9 and batch > 1:
+        assert any(0 < p < 2 ** batch - 1 for p in patterns_seen), patterns_seen   # mixed
+    back = BranchState()
+    back.residual = torch.zeros(1)
+    decision.store(back)
+    assert (back.step, back.skips) == (host.step, host.skips)
+    assert all(same_float(a, b) for a, b in zip(back.accumulated, host.accumulated))
+    again = DeviceDecision(policy, polynomial, num_steps, DEVICE, batch)
+    again.load(back)                     # and back onto the device unchanged
+    assert torch.equal(again.state, decision.state)
+
+
 def test_state_round_trips_through_load_and_store():
     state = BranchState()
     state.step, state.accumulated, state.skips, state.last_timestep = 4, 0.125, 2, 0.5
@@ -125,29 +179,39 @@ def test_state_round_trips_through_load_and_store():
     assert back.residual is not None
 
 
+@pytest.mark.parametrize("decision_kind,batch", [("global", 1), ("per_sample", 2)])
 @pytest.mark.parametrize("schedule", [[True, False, False, True, False, True],
                                       [True, True, False] * 5])
-def test_a_static_schedule_decides_on_the_device_as_on_the_host(schedule):
-    policy = TeaCache(compute_steps=schedule, forecast_order=1)
+def test_a_static_schedule_decides_on_the_device_as_on_the_host(schedule, decision_kind, batch):
+    per_sample = decision_kind == "per_sample"
+    policy = TeaCache(compute_steps=schedule, forecast_order=0 if per_sample else 1,
+                      decision=decision_kind)
     rng = random.Random(len(schedule))
     calls = calls_of(rng, 1, 20)          # a new generation at call 10; steps past the list
     runtime = SimpleNamespace(policy=policy, polynomial=None)
     state, expected = BranchState(), []
-    decision = DeviceDecision(policy, None, None, DEVICE)
+    decision = DeviceDecision(policy, None, None, DEVICE, batch)
     decision.load(BranchState())
     got = []
     for diff, prev, t in calls:
         values = torch.tensor([t], dtype=torch.float32).tolist()
-        r = TeaCacheRuntime.decide(runtime, state, values, False, torch.tensor(t), 1, None)
+        r = TeaCacheRuntime.decide(runtime, state, values, False, torch.tensor(t), batch, None)
         if r["compute"][0]:
             state.residual = torch.zeros(1)
-        expected.append((r["step"], r["compute"][0], bits(r["timestep"])))
+        expected.append((r["step"], r["compute"] if per_sample else r["compute"][0],
+                         bits(r["timestep"])))
         decision(None, None, torch.tensor([t], dtype=torch.float32, device=DEVICE))
-        row = record_from_row(decision.record.tolist(), "b")
+        row = record_from_row(decision.record.tolist(), "b", batch if per_sample else None)
         got.append((row["step"], row["computed"], bits(row["timestep"])))
-        assert math.isnan(row["rel_l1"]) and row["accumulated"] == 0.0
+        if per_sample:
+            assert all(math.isnan(v) for v in row["rel_l1"]) and row["accumulated"] == [0.0] * 2
+            computed = row["computed"][0]
+            assert decision.patterns.tolist() == [computed, False, False, not computed][::-1]
+        else:
+            assert math.isnan(row["rel_l1"]) and row["accumulated"] == 0.0
     assert got == expected
-    assert 0 < sum(not c for _, c, _ in got) < len(got)
+    computed = [c[0] if per_sample else c for _, c, _ in got]
+    assert 0 < sum(not c for c in computed) < len(got)
 
 
 def test_the_forecast_history_round_trips_through_load_and_store():

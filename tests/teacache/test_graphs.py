@@ -43,8 +43,8 @@ def ungraphable_call(model, inp, latents, t):
     """A call no graph can replay, so it runs eagerly: an attention argument that is not a
     tensor or a plain value (which the attention processors ignore with a warning)."""
     return model(latents, encoder_hidden_states=inp["enc"], pooled_projections=inp["pooled"],
-                 timestep=t.expand(1), img_ids=inp["img_ids"], txt_ids=inp["txt_ids"],
-                 joint_attention_kwargs={"unused": object()}, return_dict=False)[0]
+                 timestep=t.expand(latents.shape[0]), img_ids=inp["img_ids"],
+                 txt_ids=inp["txt_ids"], joint_attention_kwargs={"unused": object()}, return_dict=False)[0]
 
 
 @pytest.mark.gpu
@@ -167,6 +167,61 @@ def test_graphed_calls_never_synchronise_and_an_eager_call_between_them_fits():
 
 
 @pytest.mark.gpu
+def test_per_sample_decisions_graph_each_pattern_with_no_synchronisation():
+    """decision="per_sample": the graph branches on the pattern of samples that compute (each
+    computing only its samples, as eagerly); an eager call in between hands each sample's
+    accumulator to the host and back."""
+    model = tiny_flux(device="cuda")
+    inp = make_inputs(4, batch=3, device="cuda")
+    inp["x"] = inp["x"] * torch.tensor([1.0, 3.0, 0.3], device="cuda")[:, None, None]
+
+    def run(graphs):
+        p = TeaCache(threshold=0.3, coefficients=None, num_inference_steps=STEPS,
+                     decision="per_sample", cuda_graphs=graphs)
+        with cachekern.patched(model, p) as handle:
+            outputs, latents = [], inp["x"].clone()
+            with torch.no_grad():
+                for i, t in enumerate(torch.linspace(1.0, 0.05, STEPS, device="cuda")):
+                    if i == 5:
+                        out = ungraphable_call(model, inp, latents, t)
+                    elif graphs and i >= 2:
+                        torch.cuda.set_sync_debug_mode("error")
+                        try:
+                            out = call(model, inp, latents, t)
+                        finally:
+                            torch.cuda.set_sync_debug_mode(0)
+                    else:
+                        out = call(model, inp, latents, t)
+                    latents = latents - (1.0 / STEPS) * out
+                    outputs.append(out)
+            captured = len(handle._graphs)
+        return torch.stack(outputs), [dict(h) for h in handle.history], handle.stats(), captured
+
+    eager, eager_history, eager_stats, _ = run(False)
+    graphed, history, stats, captured = run(True)
+    assert captured == 1
+    assert repr(history) == repr(eager_history)
+    counts = ("calls", "computed", "skipped", "samples_computed", "samples_skipped")
+    assert [stats[k] for k in counts] == [eager_stats[k] for k in counts]
+    mixed = [h["computed"] for h in history if 0 < sum(h["computed"]) < 3]
+    assert mixed, history                      # the test exercises a mixed pattern
+    assert torch.equal(graphed, eager)
+
+
+@pytest.mark.gpu
+def test_per_sample_graphs_refuse_a_batch_with_too_many_patterns_before_it_runs():
+    from cachekern.teacache.policy import PER_SAMPLE_GRAPH_BATCH
+
+    model = tiny_flux(device="cuda")
+    inp = make_inputs(4, batch=PER_SAMPLE_GRAPH_BATCH + 1, device="cuda")
+    with cachekern.patched(model, TeaCache(decision="per_sample", cuda_graphs=True,
+                                           coefficients=None)) as handle:
+        with pytest.raises(ValueError, match="per_sample.*at most 4 samples.*has 5"):
+            call(model, inp, inp["x"], torch.tensor(1.0, device="cuda"))
+        assert handle.stats()["calls"] == 0
+
+
+@pytest.mark.gpu
 def test_repatching_captures_again_without_error():
     model = tiny_flux(device="cuda")
     inp = make_inputs(2, device="cuda")
@@ -215,9 +270,12 @@ def test_on_the_cpu_graphs_change_nothing():
 
 def test_what_graphs_cannot_serve_is_refused_clearly():
     for combination in (dict(parity=True), dict(reuse_modulated=True),
-                        dict(decision="per_sample")):
+                        dict(decision="per_sample", forecast_order=1),
+                        dict(decision="per_sample", compute_steps=[True, False],
+                             forecast_weights=[None, [1.0]])):
         with pytest.raises(ValueError, match="cuda_graphs=True"):
             TeaCache(cuda_graphs=True, **combination)
+    TeaCache(cuda_graphs=True, decision="per_sample")      # plain reuse is graphed
     with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
         TeaCache(cuda_graphs="yes")
     model = lumina2()[0]

@@ -1,7 +1,7 @@
 """TeaCache(cuda_graphs=True) on a tiny config of every supported family (GPU): each call after
 a branch's first replays one CUDA graph that decides on the device, and two generations in a
 row give the eager path's outputs, decisions and counts bit for bit, with online thresholds,
-forecasts and static schedules alike."""
+forecasts, static schedules and per-sample decisions alike."""
 
 import pytest
 import torch
@@ -17,6 +17,7 @@ SETTINGS = {
     "threshold": dict(threshold=0.4),
     "forecast": dict(threshold=0.4, forecast_order=2),
     "static": dict(compute_steps=[True, True, False, True, False, True], forecast_order=1),
+    "per_sample": dict(threshold=0.4, decision="per_sample"),
 }
 
 
