@@ -237,6 +237,21 @@ def allegro():
     return model, inputs, 1000.0
 
 
+def latte():
+    torch.manual_seed(0)
+    model = diffusers.LatteTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+        num_layers=2, cross_attention_dim=16, attention_bias=True, sample_size=8, patch_size=2,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=12, video_length=3).eval()
+
+    def inputs(seed, batch=2):
+        g = torch.Generator().manual_seed(seed)
+        return dict(hidden_states=torch.randn(batch, 4, 3, 8, 8, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 12, generator=g))
+    return model, inputs, 1000.0
+
+
 def kandinsky5():
     torch.manual_seed(0)
     model = diffusers.Kandinsky5Transformer3DModel(
@@ -643,7 +658,7 @@ FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mo
             skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
             hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image, allegro,
             kandinsky5, glm_image, wan_vace, qwen_image21, hunyuan_video_framepack,
-            helios, nucleus_moe_image, wan_animate, minimax_h3, ace_step, motif_video]
+            helios, nucleus_moe_image, wan_animate, minimax_h3, ace_step, motif_video, latte]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

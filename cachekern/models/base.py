@@ -126,6 +126,13 @@ class Adapter:
         values.update(kwargs)
         return StackCall(values.pop("hidden_states"), values)
 
+    def with_forward_inputs(self, call: StackCall, inputs: dict) -> StackCall:
+        """The stack's call given the forward() arguments named in `forward_inputs`: by default
+        they join its extras, by name (a family whose cached stream needs them to be laid out,
+        Latte's frames, overrides this)."""
+        call.extras.update(inputs)
+        return call
+
     def run_blocks(self, model, call: StackCall, blocks) -> StackCall:
         extras = dict(call.extras)
         hidden = call.hidden

@@ -383,8 +383,8 @@ class TeaCacheHandle:
     def _run_stack(self, args, kwargs):
         branch, timestep, steps = self._call
         state = self._branches.setdefault(branch, BranchState())
-        call = self.adapter.stack_call(args, kwargs)
-        call.extras.update(self._forward_inputs or {})
+        call = self.adapter.with_forward_inputs(self.adapter.stack_call(args, kwargs),
+                                                self._forward_inputs or {})
         with torch.no_grad():
             if self._capturing is not None:   # inside cachekern.teacache.graphs' capture
                 run_if, decision, prelude = self._capturing

@@ -161,20 +161,26 @@ def test_the_fused_indicator_is_block_0s_own_modulated_input(family):
     block 0's own arguments."""
     from cachekern import kernels
     from cachekern.models import adapter_for
+    from cachekern.models.graphable import forward_arguments
 
     model, inputs, scale = family()
     adapter = adapter_for(model)
     blocks = adapter.model_blocks(model)
-    seen = []
-    hook = blocks[0].register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append((args, kwargs)), with_kwargs=True)
+    seen, forward = [], []
+    hooks = [blocks[0].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((args, kwargs)), with_kwargs=True),
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: forward.append((args, kwargs)), with_kwargs=True)]
     try:
         sample(model, inputs(7), steps=2, timestep_scale=scale)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     if family.__name__ in ("unet", "hidream"):
         return      # their indicator is the time embedding, read outside the blocks
-    call = adapter.stack_call(*seen[-1])
+    call = adapter.with_forward_inputs(
+        adapter.stack_call(*seen[-1]),
+        forward_arguments(model, *forward[-1], adapter.forward_inputs))
     with torch.no_grad():
         indicator = adapter.indicator(blocks, call)
         reference = adapter.reference_modulated_input(blocks, call)
@@ -553,3 +559,50 @@ def test_motif_video_without_decoder_layers_and_with_two():
             sample(model, inp, timestep_scale=scale)
             assert handle.stats()["skipped"] == STEPS - 2
         assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+
+
+def test_latte_without_temporal_attention_and_with_one_frame():
+    """Latte's stack runs its (spatial, temporal) pairs with the model's reshapes: with
+    enable_temporal_attentions=False (spatial blocks only) and on a one-frame video (no
+    frame positions added), threshold 0 is the uncached model bit for bit and a high threshold
+    skips; a skipped call's output is the kept residual on the stack's input."""
+    from tiny_models import latte
+
+    model, inputs, scale = latte()
+    for temporal, frames in ((False, 3), (True, 1)):
+        inp = inputs(15)
+        inp["hidden_states"] = inp["hidden_states"][:, :, :frames].contiguous()
+        inp["enable_temporal_attentions"] = temporal
+        reference = sample(model, inp, timestep_scale=scale)
+        with cachekern.patched(model, policy(threshold=0.0)):
+            assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+        with cachekern.patched(model, policy(threshold=10.0)) as handle:
+            sample(model, inp, timestep_scale=scale)
+            assert handle.stats()["skipped"] == STEPS - 2
+        assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+
+    # Three frames with temporal attention: a skipped step's stack output (norm_out's input) is
+    # its input (pos_embed's output) plus step 0's stack residual, and no block runs.
+    inp = inputs(16)
+
+    def stack_ends():
+        ins, outs = [], []
+        return ins, outs, [model.pos_embed.register_forward_hook(lambda m, a, o: ins.append(o)),
+                           model.norm_out.register_forward_pre_hook(
+                               lambda m, a: outs.append(a[0]))]
+    ins, outs, hooks = stack_ends()
+    sample(model, inp, timestep_scale=scale)
+    cached_ins, cached_outs, more = stack_ends()
+    ran = []
+    hooks += more + [b.register_forward_hook(lambda *_: ran.append(1))
+                     for b in list(model.transformer_blocks) +
+                     list(model.temporal_transformer_blocks)]
+    with cachekern.patched(model, policy(threshold=10.0)):
+        sample(model, inp, timestep_scale=scale)
+    for h in hooks:
+        h.remove()
+    assert len(ran) == 2 * 4          # steps 0 and 5, two pairs of blocks
+    assert torch.equal(cached_outs[0], outs[0])
+    for step in range(1, STEPS - 1):
+        torch.testing.assert_close(cached_outs[step], cached_ins[step] + outs[0] - ins[0],
+                                   rtol=1e-6, atol=1e-6)
