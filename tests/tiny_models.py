@@ -274,6 +274,27 @@ def kandinsky5():
     return model, inputs, 1000.0
 
 
+def kandinsky6(audio=True):
+    torch.manual_seed(0)
+    model = diffusers.Kandinsky6Transformer3DModel(
+        in_visual_dim=4, out_visual_dim=4, in_text_dim=12, in_text_dim2=6, time_dim=8,
+        patch_size=(1, 2, 2), model_dim=16, ff_dim=32, num_text_blocks=1, num_visual_blocks=3,
+        axes_dims=(2, 2, 4), visual_cond=False, in_audio_dim=5, out_audio_dim=5, model_dim_a=8,
+        time_dim_a=8, ff_dim_a=16, axes_dims_a=(2, 2, 4), ca_rope=True, cross_gates=True,
+        fix_modulation=True).eval()
+
+    def inputs(seed, batch=2):
+        # Video latents channels last, as its pipeline makes them; audio [B, length, channels].
+        g = torch.Generator().manual_seed(seed)
+        inp = dict(hidden_states=torch.randn(batch, 3, 8, 8, 4, generator=g),
+                   encoder_hidden_states=torch.randn(batch, 5, 12, generator=g),
+                   pooled_projections=torch.randn(batch, 6, generator=g))
+        if audio:
+            inp["audio_hidden_states"] = torch.randn(batch, 7, 5, generator=g)
+        return inp
+    return model, inputs, 1000.0
+
+
 def glm_image():
     torch.manual_seed(0)
     model = diffusers.GlmImageTransformer2DModel(
@@ -658,7 +679,8 @@ FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mo
             skyreels_v2, unet, cogview4, qwen_image, hunyuan_video15, lumina2, flux2, chroma,
             hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image, allegro,
             kandinsky5, glm_image, wan_vace, qwen_image21, hunyuan_video_framepack,
-            helios, nucleus_moe_image, wan_animate, minimax_h3, ace_step, motif_video, latte]
+            helios, nucleus_moe_image, wan_animate, minimax_h3, ace_step, motif_video, latte,
+            kandinsky6]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

@@ -9,25 +9,12 @@ The indicator is block 0's modulated video input (RMSNorm, shift and scale from 
 plus the timestep embedding), computed the model's way on the unpacked video stream. Calls
 with spatio-temporal guidance (per-block perturbation) run uncached. No published polynomial."""
 
-import math
-
 import torch
 
 from cachekern.models.base import Adapter, Indicator, StackCall
+from cachekern.models.packed_streams import pack as _pack, unpack as _unpack
 
 _STREAMS = "_cachekern_streams"     # the two streams' per-sample shapes, to unpack
-
-
-def _pack(video, audio):
-    batch = video.shape[0]
-    return torch.cat([video.reshape(batch, 1, -1), audio.reshape(batch, 1, -1)], dim=2)
-
-
-def _unpack(packed, shapes):
-    video_shape, audio_shape = shapes
-    batch, split = packed.shape[0], math.prod(video_shape)
-    return (packed[:, 0, :split].reshape(batch, *video_shape),
-            packed[:, 0, split:].reshape(batch, *audio_shape))
 
 
 class LTX2Adapter(Adapter):

@@ -15,6 +15,7 @@ from cachekern.models.hidream import HiDreamAdapter
 from cachekern.models.hunyuan_video import (HunyuanImageAdapter, HunyuanVideo15Adapter,
                                              HunyuanVideoAdapter, HunyuanVideoFramepackAdapter)
 from cachekern.models.kandinsky5 import Kandinsky5Adapter
+from cachekern.models.kandinsky6 import Kandinsky6Adapter
 from cachekern.models.latte import LatteAdapter
 from cachekern.models.ltx2 import LTX2Adapter
 from cachekern.models.lumina2 import Lumina2Adapter
@@ -45,7 +46,7 @@ ADAPTERS = {adapter.model_class: adapter
                             QwenImage21Adapter(), HunyuanVideoFramepackAdapter(),
                             HeliosAdapter(), NucleusMoEImageAdapter(), WanAnimateAdapter(),
                             MiniMaxH3Adapter(), AceStepAdapter(),
-                            MotifVideoAdapter(), LatteAdapter())}
+                            MotifVideoAdapter(), LatteAdapter(), Kandinsky6Adapter())}
 
 
 def adapter_for(model) -> Adapter:

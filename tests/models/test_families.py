@@ -606,3 +606,65 @@ def test_latte_without_temporal_attention_and_with_one_frame():
     for step in range(1, STEPS - 1):
         torch.testing.assert_close(cached_outs[step], cached_ins[step] + outs[0] - ins[0],
                                    rtol=1e-6, atol=1e-6)
+
+
+def test_kandinsky6_serves_video_and_audio_from_one_packed_residual():
+    """Kandinsky 6 with audio: threshold 0 gives both outputs of the uncached model bit for
+    bit; a skipped step runs no fused block and gives each stream its input plus step 0's
+    residual of that stream (a plain re-implementation: the residuals read off the unpatched
+    blocks). Video alone (no audio_hidden_states) caches the video tokens as they are."""
+    from tiny_models import kandinsky6
+
+    model, inputs, _ = kandinsky6()
+    inp = inputs(17)
+    t = [torch.full((2,), v) for v in (900.0, 800.0, 700.0)]
+
+    def run():
+        with torch.no_grad():
+            return [model(timestep=step, return_dict=False, **inp) for step in t]
+
+    blocks = model.visual_transformer_blocks
+
+    def stack_ends():
+        ins, outs = [], []
+        return ins, outs, [
+            blocks[0].register_forward_pre_hook(lambda m, a: ins.append(a[:2])),
+            blocks[-1].register_forward_hook(lambda m, a, o: outs.append(o))]
+    reference = run()
+    ins, outs, hooks = stack_ends()
+    run()
+    for h in hooks:
+        h.remove()
+    with cachekern.patched(model, policy(threshold=0.0, num_inference_steps=3)):
+        for got, want in zip(run(), reference):
+            assert all(torch.equal(g, w) for g, w in zip(got, want))
+    ran = []
+    hooks = [b.register_forward_hook(lambda *_: ran.append(1)) for b in blocks]
+    with cachekern.patched(model, policy(threshold=10.0, num_inference_steps=4)):
+        cached = run()
+    for h in hooks:
+        h.remove()
+    assert len(ran) == len(blocks)               # step 0 only; steps 1 and 2 skipped
+    assert all(torch.equal(g, w) for g, w in zip(cached[0], reference[0]))
+    for stream in (0, 1):
+        assert not torch.equal(cached[1][stream], reference[1][stream])
+    # The skipped steps' outputs through the model's own output layers, from input + residual.
+    (video0, audio0), (video_out0, audio_out0) = ins[0], outs[0]
+    for step in (1, 2):
+        video, audio = ins[step]
+        served = (video + (video_out0 - video0), audio + (audio_out0 - audio0))
+        with torch.no_grad():
+            temb_v = model.video_time_embeddings(t[step]) + \
+                model.video_pooled_text_embeddings(inp["pooled_projections"])
+            temb_a = model.audio_time_embeddings(t[step]) + \
+                model.audio_pooled_text_embeddings(inp["pooled_projections"])
+            expected_video = model.out_layer(served[0].reshape(2, 3, 4, 4, -1), temb_v)
+            expected_audio = model.audio_out_layer(served[1], temb_a)
+        torch.testing.assert_close(cached[step][0], expected_video, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cached[step][1], expected_audio, rtol=1e-5, atol=1e-5)
+
+    model, inputs, _ = kandinsky6(audio=False)
+    inp = inputs(18)
+    reference = run()
+    with cachekern.patched(model, policy(threshold=0.0, num_inference_steps=3)):
+        assert all(torch.equal(g[0], w[0]) for g, w in zip(run(), reference))
