@@ -295,6 +295,27 @@ def kandinsky6(audio=True):
     return model, inputs, 1000.0
 
 
+def sana_wm_refiner():
+    torch.manual_seed(0)
+    model = diffusers.SanaWMLTX2RefinerTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+        cross_attention_dim=16, audio_in_channels=4, audio_num_attention_heads=2,
+        audio_attention_head_dim=4, audio_cross_attention_dim=8, num_layers=3,
+        caption_channels=12).eval()
+
+    def inputs(seed, batch=2, frames=(2, 3)):
+        # The active window's tokens (two frames of 4 × 4) and its rotary table at their
+        # absolute frame positions, as the refiner's pipeline builds them.
+        g = torch.Generator().manual_seed(seed)
+        rope = model.build_rotary_emb_for_absolute_positions(
+            batch_size=batch, frame_positions=list(frames), height=4, width=4, device="cpu",
+            fps=24.0)
+        return dict(hidden_states=torch.randn(batch, 16 * len(frames), 4, generator=g),
+                    encoder_hidden_states=torch.randn(batch, 5, 12, generator=g),
+                    video_rotary_emb=rope)
+    return model, inputs, 1000.0
+
+
 def glm_image():
     torch.manual_seed(0)
     model = diffusers.GlmImageTransformer2DModel(
@@ -680,7 +701,7 @@ FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mo
             hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image, allegro,
             kandinsky5, glm_image, wan_vace, qwen_image21, hunyuan_video_framepack,
             helios, nucleus_moe_image, wan_animate, minimax_h3, ace_step, motif_video, latte,
-            kandinsky6]
+            kandinsky6, sana_wm_refiner]
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):

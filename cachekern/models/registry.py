@@ -26,6 +26,7 @@ from cachekern.models.qwen_image import QwenImageAdapter
 from cachekern.models.qwen_image21 import QwenImage21Adapter
 from cachekern.models.rms_modulated import LTXVideoAdapter, MochiAdapter
 from cachekern.models.sana import SanaAdapter
+from cachekern.models.sana_wm_refiner import SanaWMRefinerAdapter
 from cachekern.models.sd3 import SD3Adapter
 from cachekern.models.unet import UNet2DConditionAdapter
 from cachekern.models.wan import (ChronoEditAdapter, HeliosAdapter, SkyReelsV2Adapter,
@@ -46,7 +47,8 @@ ADAPTERS = {adapter.model_class: adapter
                             QwenImage21Adapter(), HunyuanVideoFramepackAdapter(),
                             HeliosAdapter(), NucleusMoEImageAdapter(), WanAnimateAdapter(),
                             MiniMaxH3Adapter(), AceStepAdapter(),
-                            MotifVideoAdapter(), LatteAdapter(), Kandinsky6Adapter())}
+                            MotifVideoAdapter(), LatteAdapter(), Kandinsky6Adapter(),
+                            SanaWMRefinerAdapter())}
 
 
 def adapter_for(model) -> Adapter:

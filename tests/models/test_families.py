@@ -668,3 +668,71 @@ def test_kandinsky6_serves_video_and_audio_from_one_packed_residual():
     reference = run()
     with cachekern.patched(model, policy(threshold=0.0, num_inference_steps=3)):
         assert all(torch.equal(g[0], w[0]) for g, w in zip(run(), reference))
+
+
+def test_sana_wm_refiner_caches_the_denoising_steps_of_a_kv_cached_window():
+    """SANA-WM's refiner as its pipeline runs a window: a call seeds the cache's sink, the
+    denoising steps read it, a last call appends the refined window to the history. The cache
+    writing calls are no steps (uncached, not counted) for either method; with threshold 0 (or
+    a Block Caching schedule that computes everything) outputs and the cache's history are the
+    uncached ones bit for bit; a high threshold skips every step but the first and the last;
+    per-sample decisions cannot split the cache and say so."""
+    from diffusers.models.transformers.transformer_sana_wm_refiner import SanaWMRefinerKVCache
+
+    from tiny_models import sana_wm_refiner
+
+    model, inputs, scale = sana_wm_refiner()
+    layers = len(model.transformer_blocks)
+
+    def window(spread=1.0):
+        cache = SanaWMRefinerKVCache(layers)
+        sink, inp = inputs(20, frames=(0, 1)), inputs(21)
+        inp["hidden_states"][1] *= spread      # samples that change at different rates
+        with torch.no_grad():
+            model(hidden_states=sink["hidden_states"], timestep=torch.zeros(2),
+                  encoder_hidden_states=sink["encoder_hidden_states"],
+                  video_rotary_emb=sink["video_rotary_emb"], kv_cache=cache,
+                  kv_cache_mode="capture_pre_rope", return_dict=False)
+            for i in range(layers):
+                cache.get(i).store_sink(*cache.get(i).get_captured_pre_rope())
+            cache.sink_pe = sink["video_rotary_emb"]
+            latents, outputs = inp["hidden_states"].clone(), []
+            for t in torch.linspace(1.0, 0.05, STEPS):
+                out = model(hidden_states=latents, timestep=t.expand(2) * scale,
+                            encoder_hidden_states=inp["encoder_hidden_states"],
+                            video_rotary_emb=inp["video_rotary_emb"], kv_cache=cache,
+                            kv_cache_mode="inject", return_dict=False)[0]
+                latents = latents - out / STEPS
+                outputs.append(out)
+            model(hidden_states=latents, timestep=torch.zeros(2),
+                  encoder_hidden_states=inp["encoder_hidden_states"],
+                  video_rotary_emb=inp["video_rotary_emb"], kv_cache=cache,
+                  kv_cache_mode="inject_and_capture_post_rope", return_dict=False)
+        return torch.stack(outputs), cache.get(layers - 1).get_captured_post_rope()
+
+    reference, history = window()
+    with cachekern.patched(model, policy(threshold=0.0)) as handle:
+        outputs, kept = window()
+        assert handle.stats()["uncached_calls"] == 2 and handle.stats()["calls"] == STEPS
+    assert torch.equal(outputs, reference)
+    assert all(torch.equal(a, b) for a, b in zip(kept, history))
+    with cachekern.patched(model, policy(threshold=10.0)) as handle:
+        skipped, _ = window()
+        assert handle.stats()["skipped"] == STEPS - 2
+    assert not torch.equal(skipped, reference) and skipped.isfinite().all()
+    refused = []
+    for threshold in (0.1, 0.2, 0.3, 0.4):    # until the samples' decisions differ
+        with cachekern.patched(model, policy(threshold=threshold, decision="per_sample")):
+            try:
+                window(spread=3.0)
+            except ValueError as error:
+                refused.append(str(error))
+                break
+    assert refused and "per_sample' cannot split" in refused[0] and "KV cache" in refused[0]
+    prof = cachekern.profile(model, lambda: window()[0])
+    assert prof.steps == STEPS
+    with cachekern.patched(model, cachekern.BlockCaching(prof, delta=0.0, scale_shift=None)):
+        outputs, kept = window()
+    reference, history = window()
+    assert torch.equal(outputs, reference)
+    assert all(torch.equal(a, b) for a, b in zip(kept, history))
