@@ -316,6 +316,37 @@ def sana_wm_refiner():
     return model, inputs, 1000.0
 
 
+def cosmos3_omni():
+    torch.manual_seed(0)
+    model = diffusers.Cosmos3OmniTransformer(
+        head_dim=8, hidden_size=16, intermediate_size=32, num_attention_heads=2,
+        num_hidden_layers=3, num_key_value_heads=1, latent_channel=4, latent_patch_size=2,
+        patch_latent_dim=16, vocab_size=50, rope_axes_dim=(2, 1, 1)).eval()
+
+    def inputs(seed, batch=1):
+        # One packed sequence, as its pipeline builds it: five text tokens, then one video of
+        # two frames of 4 × 4 latents (2 × 2 patches each), every frame noisy. The sampler
+        # updates vision_tokens[0] and fills vision_timesteps.
+        g = torch.Generator().manual_seed(seed)
+        frames, text, patches = 2, 5, 4
+        tokens = frames * patches
+        length = text + tokens
+        grid = torch.stack([torch.arange(frames).repeat_interleave(patches),
+                            torch.arange(2).repeat_interleave(2).repeat(frames),
+                            torch.arange(2).repeat(2 * frames)])
+        positions = torch.cat([torch.arange(text).expand(3, text), grid + text], dim=1)
+        return dict(input_ids=torch.randint(0, 50, (text,), generator=g),
+                    text_indexes=torch.arange(text), position_ids=positions, und_len=text,
+                    sequence_length=length,
+                    vision_tokens=[torch.randn(1, 4, frames, 4, 4, generator=g)],
+                    vision_token_shapes=[(frames, 2, 2)],
+                    vision_sequence_indexes=torch.arange(text, length),
+                    vision_mse_loss_indexes=torch.arange(text, length),
+                    vision_noisy_frame_indexes=[torch.arange(frames)],
+                    vision_timesteps=torch.zeros(tokens))
+    return model, inputs, 1000.0
+
+
 def glm_image():
     torch.manual_seed(0)
     model = diffusers.GlmImageTransformer2DModel(
@@ -701,12 +732,16 @@ FAMILIES = [flux, sd3, wan, cogvideox, hunyuan_video, pixart, dit, ltx_video, mo
             hidream, ltx2, bria, longcat_image, ovis_image, chronoedit, hunyuan_image, allegro,
             kandinsky5, glm_image, wan_vace, qwen_image21, hunyuan_video_framepack,
             helios, nucleus_moe_image, wan_animate, minimax_h3, ace_step, motif_video, latte,
-            kandinsky6, sana_wm_refiner]
+            kandinsky6, sana_wm_refiner, cosmos3_omni]
+# Families whose call is one packed sequence with no batch dimension (no per-sample split).
+UNBATCHED = ("cosmos3_omni",)
 
 
 def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
     """A flow-matching Euler loop over a family's inputs; returns every step's model output. A
     UNet (inputs with a `sample`) is called as pipelines call it: unet(latents, t, ...)."""
+    if "vision_tokens" in inp:      # Cosmos 3 Omni: one packed sequence
+        return _sample_packed(model, inp, steps, timestep_scale)
     name = "sample" if "sample" in inp else "hidden_states"
     latents, outputs = inp[name].clone(), []
     rest = {k: v for k, v in inp.items() if k != name}
@@ -729,6 +764,21 @@ def sample_family(model, inp, steps=FAMILY_STEPS, timestep_scale=1.0):
                                      latents[:, out.shape[1]:]], dim=1)
             else:
                 latents = latents - (1.0 / steps) * out
+            outputs.append(out)
+    return torch.stack(outputs)
+
+
+def _sample_packed(model, inp, steps, timestep_scale):
+    """sample_family's loop for Cosmos 3 Omni: the video latents are vision_tokens[0], every
+    noisy token takes the step's timestep."""
+    latents, outputs = inp["vision_tokens"][0].clone(), []
+    tokens = inp["vision_timesteps"].shape[0]
+    with torch.no_grad():
+        for t in torch.linspace(1.0, 0.05, steps, device=latents.device):
+            out = model(**dict(inp, vision_tokens=[latents],
+                               vision_timesteps=(t * timestep_scale).expand(tokens)),
+                        return_dict=False)[0][0]
+            latents = latents - (1.0 / steps) * out
             outputs.append(out)
     return torch.stack(outputs)
 

@@ -8,6 +8,7 @@ from cachekern.models.basic_block import DiTAdapter, PixArtAdapter
 from cachekern.models.chroma import ChromaAdapter
 from cachekern.models.cogvideox import CogVideoXAdapter
 from cachekern.models.cogview4 import CogView4Adapter
+from cachekern.models.cosmos3_omni import Cosmos3OmniAdapter
 from cachekern.models.flux import BriaAdapter, FluxAdapter, LongCatImageAdapter, OvisImageAdapter
 from cachekern.models.flux2 import Flux2Adapter
 from cachekern.models.glm_image import GlmImageAdapter
@@ -48,7 +49,7 @@ ADAPTERS = {adapter.model_class: adapter
                             HeliosAdapter(), NucleusMoEImageAdapter(), WanAnimateAdapter(),
                             MiniMaxH3Adapter(), AceStepAdapter(),
                             MotifVideoAdapter(), LatteAdapter(), Kandinsky6Adapter(),
-                            SanaWMRefinerAdapter())}
+                            SanaWMRefinerAdapter(), Cosmos3OmniAdapter())}
 
 
 def adapter_for(model) -> Adapter:

@@ -324,7 +324,7 @@ def test_plot_profile_writes_a_heatmap(flux_profile, tmp_path):
                                          "qwen_image21", "hunyuan_video_framepack",
                                          "helios", "nucleus_moe_image", "wan_animate",
                                          "minimax_h3", "ace_step", "motif_video", "latte",
-                                         "kandinsky6", "sana_wm_refiner"])
+                                         "kandinsky6", "sana_wm_refiner", "cosmos3_omni"])
 def test_every_dit_family_profiles_caches_and_restores(family_name):
     import tiny_models
 
