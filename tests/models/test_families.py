@@ -782,3 +782,21 @@ def test_cosmos3_omni_skips_serve_the_generated_tokens_from_one_residual():
     torch.testing.assert_close(cached_outs[1][1], ins[1][1] + (generated_out0 - generated0),
                                rtol=1e-6, atol=1e-6)
     assert torch.equal(ins[1][0], text0) and not torch.equal(text_out0, text0)
+
+
+def test_every_diffusers_transformer_with_a_cache_mixin_has_an_adapter():
+    """Issue 18's list: each model class diffusers exports with CacheMixin (its own caches'
+    hook) and a block stack is one cachekern serves; ControlNets feed a model, they are none."""
+    import inspect
+
+    import diffusers
+    from diffusers.models.cache_utils import CacheMixin
+
+    from cachekern.models.registry import ADAPTERS
+
+    classes = [name for name in dir(diffusers)
+               if inspect.isclass(getattr(diffusers, name, None))
+               and issubclass(getattr(diffusers, name), CacheMixin)
+               and name != "CacheMixin" and "ControlNet" not in name]
+    assert len(classes) >= 30          # diffusers 0.42 has 34
+    assert [name for name in classes if name not in ADAPTERS] == []
