@@ -2,7 +2,8 @@
 HunyuanVideo dimensions (random bf16 weights): a full step, a skipped step, what deciding adds
 to a step that computes, host synchronisations per call, and a whole generation on a fixed
 pattern of computed steps against the ideal N/K; Block Caching's generation too, eager and
-graphed, on the schedule one profiled generation gives.
+graphed, on the schedule one profiled generation gives; and the peers as they run
+(benchmarks.graph_peers: diffusers' FirstBlockCache and TaylorSeer, cache-dit's DBCache).
 
     python -m benchmarks.bench_graphs_families --out graphs_families.md [--preset small]
         [--families flux,wan,hunyuan_video] [--compile]
@@ -23,6 +24,7 @@ import cachekern
 from cachekern.block_caching.schedule import compute_fraction
 from cachekern.models.blocks import cached_units
 from cachekern.models.flops import counting_unit_flops
+from benchmarks.graph_peers import peer_rows
 from benchmarks.harness import (PRESETS, UserGraph, build_model, build_wan, environment,
                                 make_inputs, markdown_table, report, syncs_per_call,
                                 warm_up_gpu)
@@ -204,6 +206,9 @@ def measure(name, model, fixed, scale, reps, steps):
         gens[f"TeaCache, {'graphed' if graphs else 'eager'}"] = generation_ms(call, steps,
                                                                                kwargs)
         cachekern.unpatch(model)
+    peers, peer_gens = peer_rows(model, eager, kwargs, steps, reps, event_ms, generation_ms,
+                                 syncs_per_call)
+    rows.update(peers)
     del user
     try:
         bc_gens, bc_ideal = block_caching_generations(model, eager, kwargs, steps)
@@ -211,7 +216,7 @@ def measure(name, model, fixed, scale, reps, steps):
     except (RuntimeError, ValueError) as error:    # reported; the family's other rows kept
         print(f"{name}: Block Caching did not run: {error}", flush=True)
         bc_ideal = None
-    return rows, gens, steps / k, bc_ideal
+    return rows, gens, steps / k, bc_ideal, peer_gens
 
 
 def block_caching_generations(model, eager, calls, steps, target=0.5):
@@ -255,7 +260,7 @@ def main(preset, families, reps, steps, out_path, compile_blocks=False):
         if compile_blocks:      # regional compilation: each block type compiles once
             model.compile_repeated_blocks(fullgraph=True)
             name += ", blocks compiled (inductor)"
-        rows, gens, ideal, bc_ideal = measure(name, model, fixed, scale, reps, steps)
+        rows, gens, ideal, bc_ideal, peer_gens = measure(name, model, fixed, scale, reps, steps)
         full_eager, full_graph = rows["full, eager"][0], rows["full, graphed by hand"][0]
         table = []
         for label, (ms, syncs) in rows.items():
@@ -275,6 +280,9 @@ def main(preset, families, reps, steps, out_path, compile_blocks=False):
                 gen_rows.append([f"{method}, {kind}", f"{base:.1f}", f"{cached:.1f}",
                                  f"{base / cached:.3f}×", f"{best:.3f}×",
                                  f"{base / cached / best:.1%}"])
+        for label, (base, cached, best) in peer_gens.items():
+            gen_rows.append([label, f"{base:.1f}", f"{cached:.1f}", f"{base / cached:.3f}×",
+                             f"{best:.3f}×", f"{base / cached / best:.1%}"])
         sections += ["", f"#### {name}", "",
                      markdown_table(["call", "ms", "relative", "host syncs per call"], table),
                      "",

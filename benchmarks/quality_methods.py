@@ -244,7 +244,7 @@ def seacache(steps, sigmas, thresholds, orders=(0, 1), max_cached=(2, 4)):
             for o in orders for k in max_cached for t in thresholds]
 
 
-def _quiet_cache_dit():
+def quiet_cache_dit():
     for name in list(logging.root.manager.loggerDict):
         if name.startswith("cache_dit"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -259,7 +259,7 @@ def dbcache(steps, thresholds, warmups=(2,), calibrator_orders=(None, 1)):
         import cache_dit
     except ImportError:
         return []
-    _quiet_cache_dit()
+    quiet_cache_dit()
 
     def applier(threshold, warmup, order):
         def apply(model):
@@ -269,7 +269,7 @@ def dbcache(steps, thresholds, warmups=(2,), calibrator_orders=(None, 1)):
                 Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold,
                 max_warmup_steps=warmup, num_inference_steps=steps, enable_separate_cfg=True),
                 calibrator_config=calibrator)
-            _quiet_cache_dit()
+            quiet_cache_dit()
             return lambda: cache_dit.disable_cache(model)
         return apply
 
