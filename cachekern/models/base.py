@@ -73,6 +73,10 @@ class Adapter:
     # that depends on tensor values), for the cuda_graphs=True error of both methods; "" where
     # it can.
     graph_uncapturable: str = ""
+    # Why even the block stack cannot be captured (a host read inside the blocks, a KV cache
+    # object they read): "" where it can. A family with graph_uncapturable set and this empty
+    # runs its forward eagerly and TeaCache graphs the stack (cachekern.teacache.stack_graphs).
+    stack_graph_uncapturable: str = ""
     # Modules outside the stack whose outputs only the blocks read: in a captured call they
     # run inside the compute branch, so a skipped call does not pay for them.
     stack_only_modules: tuple = ()

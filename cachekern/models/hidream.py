@@ -56,6 +56,7 @@ class HiDreamAdapter(SelectsWithIndex, Adapter):
     list_returns = {"single_stream_blocks": ("hidden_states",)}
     graph_uncapturable = ("its mixture-of-experts feed-forward copies the tokens per expert to "
                           "the host (.cpu()) in every block")
+    stack_graph_uncapturable = graph_uncapturable
 
     def stand_ins(self, lists, stack, model=None):
         if model is None:

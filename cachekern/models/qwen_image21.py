@@ -32,6 +32,8 @@ class QwenImage21Adapter(Adapter):
     forward_inputs = ("kv_cache",)
     graph_uncapturable = ("its rotary table reads the token layout on the host (.tolist()), "
                           "and its forward counts the prefix tokens on the host")
+    stack_graph_uncapturable = ("with its pipeline's KV cache each block reads and fills its "
+                                "layer of the cache, a Python object a graph cannot replay")
 
     def stack_call(self, args, kwargs):
         call = super().stack_call(args, kwargs)

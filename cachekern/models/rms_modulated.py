@@ -45,6 +45,7 @@ class MochiAdapter(Adapter):
     model_class = "MochiTransformer3DModel"
     graph_uncapturable = ("its attention picks each sample's valid text tokens with "
                           "torch.nonzero, a host read")
+    stack_graph_uncapturable = graph_uncapturable
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "encoder_attention_mask",
                   "image_rotary_emb")

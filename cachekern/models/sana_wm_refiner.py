@@ -40,6 +40,7 @@ class SanaWMRefinerAdapter(Adapter):
     forward_inputs = ("kv_cache",)
     graph_uncapturable = ("its calls carry the sliding-window KV cache, a Python object whose "
                           "layers the blocks read and which its pipeline rebuilds per window")
+    stack_graph_uncapturable = graph_uncapturable
 
     def stand_ins(self, lists, stack, model=None):
         """As many stand-ins as blocks (its forward checks the cache's layer count against

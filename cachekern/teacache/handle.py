@@ -58,10 +58,13 @@ class TeaCacheHandle:
         self.runtime.check_model(self._model_blocks())
         if policy.cuda_graphs and is_context_parallel(model):
             raise ValueError(GRAPHS_UNDER_CONTEXT_PARALLELISM)
-        if policy.cuda_graphs and adapter.graph_uncapturable:
-            raise ValueError(f"TeaCache: cuda_graphs=True needs a family whose forward can be "
-                             f"captured as one CUDA graph; {adapter.model_class}'s cannot "
-                             f"({adapter.graph_uncapturable}); use cuda_graphs=False")
+        if policy.cuda_graphs and adapter.stack_graph_uncapturable:
+            raise ValueError(f"TeaCache: cuda_graphs=True needs a family whose block stack can "
+                             f"be captured as a CUDA graph; {adapter.model_class}'s cannot "
+                             f"({adapter.stack_graph_uncapturable}); use cuda_graphs=False")
+        # A forward that reads the host runs eagerly; its stack is graphed
+        # (cachekern.teacache.stack_graphs).
+        self._stack_graphs = policy.cuda_graphs and bool(adapter.graph_uncapturable)
         self._history = []
         self._branches = {}
         self._branches_named = BranchNames(policy.calls_per_step)
@@ -154,6 +157,8 @@ class TeaCacheHandle:
             return self._eager(original_forward, args, kwargs)
         if is_context_parallel(self.model):     # enabled after patch
             raise ValueError(GRAPHS_UNDER_CONTEXT_PARALLELISM)
+        if self._stack_graphs:
+            return self._eager(original_forward, args, kwargs)
         inputs = named_inputs(self.model, args, kwargs)
         out = self._graphed(original_forward, inputs)
         if out is not None:
@@ -253,16 +258,10 @@ class TeaCacheHandle:
 
     def _capture(self, original_forward, kwargs, key, state, steps):
         from cachekern.teacache import graphs
-        from cachekern.teacache.device_decision import DeviceDecision
-        from cachekern.teacache.device_forecast import DeviceForecast, forecasts
 
         branch = self._call[0]
-        decision, scratch = (DeviceDecision(self.policy, self.runtime.polynomial, steps,
-                                            state.residual.device, state.residual.shape[0])
-                             for _ in range(2))
-        if forecasts(self.policy):      # the slots are the ones _graphed keyed the graph on
-            decision.forecast = DeviceForecast(self.policy, state.slots)
-            scratch.forecast = DeviceForecast(self.policy, [s.clone() for s in state.slots])
+        # The slots of the forecast are the ones _graphed keyed the graph on.
+        decision, scratch = self._device_decisions(state, steps)
         # What only the blocks read runs inside the compute branch (a skip does not pay it).
         deferred = {name: graphs.DeferredModule(self.model._modules[name])
                     for name in self.adapter.stack_only_modules
@@ -358,6 +357,66 @@ class TeaCacheHandle:
             self.model._modules.update(saved)
             self._call = self._blocks = self._forward_inputs = None
 
+    def _stack_graphed(self, call, state, branch, timestep, steps):
+        """The stack call through its CUDA graph (cachekern.teacache.stack_graphs): its output,
+        or None when the call runs eagerly (its inputs are not graphable, or the branch has no
+        state for this signature yet: its first such call leaves the buffers the graph uses)."""
+        from cachekern.teacache import device_forecast, graphs
+        from cachekern.teacache.stack_graphs import StackGraph, stack_inputs
+
+        static = self.policy.compute_steps is not None
+        if state.residual is None or (state.prev is None and not static) or \
+                state.signature != (tuple(call.hidden.shape), call.hidden.dtype,
+                                    call.hidden.device):
+            return None
+        inputs = stack_inputs(call, timestep)
+        if inputs is None:
+            return None
+        if device_forecast.forecasts(self.policy):
+            buffers = device_forecast.ensure_slots(state, self.policy.forecast_order + 1)
+        else:
+            buffers = [state.residual]
+        key = (signature(inputs), steps, state.prev.data_ptr() if not static else 0) + \
+            tuple(t.data_ptr() for t in buffers)
+        graph = self._graphs.get(branch)
+        if graph is None or graph.key != key:
+            if graph is not None:
+                self._to_host(branch)
+                graph.release()
+            decision, scratch = self._device_decisions(state, steps)
+            blocks = self._blocks
+
+            def run(stack_call, stack_timestep, run_if):
+                if run_if is None:
+                    return self.runtime.graph_warm_up(self.model, stack_call, blocks, state,
+                                                      scratch, stack_timestep)
+                return self.runtime.graph_capture(self.model, stack_call, blocks, state,
+                                                  decision, stack_timestep, run_if)
+            graph = self._graphs[branch] = StackGraph(key, inputs, decision, run)
+        if state.device_decision is not graph.decision:   # the host's state is the newer
+            graph.decision.load(state)
+            state.device_decision = graph.decision
+        if self._log is None:
+            self._log = graphs.DecisionLog(state.residual.device)
+        out = graph.replay(inputs)
+        self._add_records(self._log.append(graph.decision.record, branch,
+                                           state.residual.shape[0]))
+        return out
+
+    def _device_decisions(self, state, steps):
+        """A branch's device decision and a scratch one for the warm-up, with their forecasts
+        on the slots the graph is keyed on."""
+        from cachekern.teacache.device_decision import DeviceDecision
+        from cachekern.teacache.device_forecast import DeviceForecast, forecasts
+
+        decision, scratch = (DeviceDecision(self.policy, self.runtime.polynomial, steps,
+                                            state.residual.device, state.residual.shape[0])
+                             for _ in range(2))
+        if forecasts(self.policy):
+            decision.forecast = DeviceForecast(self.policy, state.slots)
+            scratch.forecast = DeviceForecast(self.policy, [s.clone() for s in state.slots])
+        return decision, scratch
+
     def _check_graphable_batch(self, hidden):
         """Per-sample decisions under graphs capture a branch per pattern of samples: said at
         the first call whose batch is too large for that, before it runs."""
@@ -396,6 +455,11 @@ class TeaCacheHandle:
                                                      decision, timestep, run_if, prelude)
             else:
                 self._check_graphable_batch(call.hidden)
+                if self._stack_graphs:
+                    out = self._stack_graphed(call, state, branch, timestep, steps)
+                    if out is not None:
+                        return self.adapter.stack_output(out)
+                    self._to_host(branch)
                 out, decision = self.runtime.run(self.model, call, self._blocks, state,
                                                  timestep, steps,
                                                  stack_shard(self.model, self._blocks[0]))

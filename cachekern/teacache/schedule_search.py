@@ -93,7 +93,7 @@ class ForecastError:
         import numpy as np
 
         k = len(used)
-        gram, norm = np.zeros((k + 1, k + 1)), 0.0     # over [r_used..., truth]
+        gram = np.zeros((k + 1, k + 1))     # over [r_used..., truth]
         for series in self.series.values():
             if step not in series or not all(s in series for s in used):
                 continue

@@ -11,7 +11,8 @@ import cachekern
 from cachekern import TeaCache
 diffusers = pytest.importorskip("diffusers")
 
-from tiny_models import call, lumina2, make_inputs, tiny_flux  # noqa: E402
+from tiny_models import call, hidream, lumina2, make_inputs, tiny_flux  # noqa: E402
+from tiny_models import sample_family  # noqa: E402
 from tiny_models import flux_sample as sample  # noqa: E402
 
 STEPS = 8
@@ -278,10 +279,26 @@ def test_what_graphs_cannot_serve_is_refused_clearly():
     TeaCache(cuda_graphs=True, decision="per_sample")      # plain reuse is graphed
     with pytest.raises(ValueError, match="cuda_graphs must be True or False"):
         TeaCache(cuda_graphs="yes")
-    model = lumina2()[0]
-    with pytest.raises(ValueError, match="captured as one CUDA graph.*tolist"):
+    model = hidream()[0]
+    with pytest.raises(ValueError, match="block stack can be captured.*cpu"):
         cachekern.patch(model, TeaCache(cuda_graphs=True))
     assert not cachekern.patching.is_patched(model)
+
+
+def test_a_family_whose_forward_reads_the_host_graphs_its_stack_and_on_the_cpu_runs_eagerly():
+    """Lumina 2's forward reads caption lengths on the host: cuda_graphs=True patches it (its
+    stack is what gets graphed on a GPU); on the CPU it changes nothing."""
+    model, inputs, scale = lumina2()
+    inp = inputs(3)
+    runs = []
+    for graphs in (False, True):
+        with cachekern.patched(model, TeaCache(threshold=0.3, coefficients=None,
+                                               num_inference_steps=6,
+                                               cuda_graphs=graphs)) as handle:
+            runs.append((sample_family(model, inp, timestep_scale=scale),
+                         repr(handle.history)))
+            assert handle._stack_graphs == graphs
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
 
 
 def test_driver_structures_have_cudas_layout():

@@ -1,7 +1,9 @@
 """TeaCache(cuda_graphs=True) on a tiny config of every supported family (GPU): each call after
-a branch's first replays one CUDA graph that decides on the device, and two generations in a
-row give the eager path's outputs, decisions and counts bit for bit, with online thresholds,
-forecasts, static schedules and per-sample decisions alike."""
+a branch's first replays one CUDA graph that decides on the device (the whole forward, or, for
+a family whose forward reads the host, its block stack inside the eager forward), and two
+generations in a row give the eager path's outputs, decisions and counts bit for bit, with
+online thresholds, forecasts, static schedules and per-sample decisions alike. A family whose
+blocks themselves read the host is refused at patch time."""
 
 import pytest
 import torch
@@ -26,8 +28,8 @@ SETTINGS = {
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
 def test_every_family_graphs_bit_for_bit(family, settings):
     model, inputs, scale = on_device(family, "cuda")
-    if adapter_for(model).graph_uncapturable:      # said at patch time, before any call
-        with pytest.raises(ValueError, match="cuda_graphs=True needs a family"):
+    if adapter_for(model).stack_graph_uncapturable:     # said at patch time, before any call
+        with pytest.raises(ValueError, match="cuda_graphs=True needs a family whose block stack"):
             cachekern.patch(model, TeaCache(cuda_graphs=True))
         return
     runs = {}
