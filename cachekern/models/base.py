@@ -189,8 +189,12 @@ class Adapter:
         """The samples `index` of a call (for per-sample decisions)."""
         extras = dict(call.extras)
         for name in self.batched_args:
-            if isinstance(extras.get(name), torch.Tensor):
-                extras[name] = extras[name][index]
+            value = extras.get(name)
+            if isinstance(value, torch.Tensor):
+                extras[name] = value[index]
+            elif isinstance(value, tuple) and value and \
+                    all(isinstance(v, torch.Tensor) for v in value):   # (cos, sin) tables
+                extras[name] = tuple(v[index] for v in value)
         return StackCall(call.hidden[index], extras)
 
 

@@ -17,6 +17,9 @@ class ChromaAdapter(JointStreamAdapter):
     model_class = "ChromaTransformer2DModel"
     graph_uncapturable = ("its forward builds the guidance input on the host and copies it to "
                           "the GPU on every call")
+    # Its blocks read the modulation table recorded from the call outside the stack.
+    stack_graph_uncapturable = ("its blocks read a modulation table recorded outside the stack, "
+                                "which a stack graph would read from the first call on")
     recorded = "distilled_guidance_layer"
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb",
                   "attention_mask", "joint_attention_kwargs")

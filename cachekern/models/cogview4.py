@@ -11,6 +11,8 @@ class CogView4Adapter(Adapter):
     model_class = "CogView4Transformer2DModel"
     graph_uncapturable = ("its rotary table is built from host tensors and copied to the GPU "
                           "on every call")
+    stack_graph_uncapturable = ("its rotary table is built on the host and each block copies "
+                                "it to the GPU")
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb",
                   "attention_mask", "attention_kwargs")

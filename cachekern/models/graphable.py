@@ -88,12 +88,13 @@ def copy_into(static, inputs):
 
 
 def output_like(output, template):
-    """`output` (a graph's output tensor) as the model returns its sample: a tuple, or the
-    ModelOutput class `template` (the type an eager call of the same kind returned)."""
+    """`output` (a graph's outputs, as the forward returns them with return_dict=False: a
+    tuple) as the eager call of the same kind returned them: that tuple, or the ModelOutput
+    class `template`, its fields in order."""
     if template is tuple:
-        return (output,)
-    first = dataclasses.fields(template)[0].name
-    return template(**{first: output})
+        return output
+    names = [field.name for field in dataclasses.fields(template)]
+    return template(**dict(zip(names, output)))
 
 
 def clone_output(result):

@@ -58,6 +58,11 @@ class HiDreamAdapter(SelectsWithIndex, Adapter):
                           "the host (.cpu()) in every block")
     stack_graph_uncapturable = graph_uncapturable
 
+    def select(self, call, index):
+        raise ValueError("TeaCache: decision='per_sample' cannot split HiDream's call (its "
+                         "double blocks hand the single blocks text states laid out for the "
+                         "whole batch); use decision='global'")
+
     def stand_ins(self, lists, stack, model=None):
         if model is None:
             return super().stand_ins(lists, stack)

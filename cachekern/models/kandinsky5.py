@@ -13,6 +13,8 @@ from cachekern.models.base import Adapter, Indicator
 class Kandinsky5Adapter(Adapter):
     family = "kandinsky5"
     model_class = "Kandinsky5Transformer3DModel"
+    graph_uncapturable = ("its time embedding copies its frequency table from the host to the "
+                          "GPU on every call")
     lists = ("visual_transformer_blocks",)
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "rotary_emb",
                   "sparse_params")

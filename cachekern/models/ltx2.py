@@ -9,8 +9,6 @@ The indicator is block 0's modulated video input (RMSNorm, shift and scale from 
 plus the timestep embedding), computed the model's way on the unpacked video stream. Calls
 with spatio-temporal guidance (per-block perturbation) run uncached. No published polynomial."""
 
-import torch
-
 from cachekern.models.base import Adapter, Indicator, StackCall
 from cachekern.models.packed_streams import pack as _pack, unpack as _unpack
 
@@ -57,16 +55,6 @@ class LTX2Adapter(Adapter):
 
     def stack_output(self, call):
         return _unpack(call.hidden, call.extras[_STREAMS])
-
-    def select(self, call, index):
-        sub = super().select(call, index)
-        for name in ("video_rotary_emb", "audio_rotary_emb", "ca_video_rotary_emb",
-                     "ca_audio_rotary_emb"):    # (cos, sin) pairs, batch first
-            value = sub.extras.get(name)
-            if isinstance(value, tuple):
-                sub.extras[name] = tuple(v[index] if isinstance(v, torch.Tensor) else v
-                                         for v in value)
-        return sub
 
     def indicator(self, blocks, call):
         return Indicator(embedding=self.reference_modulated_input(blocks, call))

@@ -14,7 +14,7 @@ class Lumina2Adapter(Adapter):
                           "attention_mask.sum(dim=1).tolist(), on every call")
     lists = ("layers",)
     block_args = ("hidden_states", "attention_mask", "image_rotary_emb", "temb")
-    batched_args = ("attention_mask", "temb")
+    batched_args = ("attention_mask", "temb", "image_rotary_emb")
     call_by_keyword = False
     returns = ("hidden_states",)
 

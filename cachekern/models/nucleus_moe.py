@@ -13,6 +13,8 @@ class NucleusMoEImageAdapter(Adapter):
     model_class = "NucleusMoEImageTransformer2DModel"
     graph_uncapturable = ("its forward reads the text length from the mask on the host "
                           "(compute_text_seq_len_from_mask)")
+    stack_graph_uncapturable = ("its mixture-of-experts feed-forward reads the tokens per "
+                                "expert to the host (.tolist()) in every block")
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb",
                   "attention_kwargs")

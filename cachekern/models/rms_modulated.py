@@ -13,7 +13,8 @@ class LTXVideoAdapter(Adapter):
     lists = ("transformer_blocks",)
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "image_rotary_emb",
                   "encoder_attention_mask")
-    batched_args = ("encoder_hidden_states", "temb", "encoder_attention_mask")
+    batched_args = ("encoder_hidden_states", "temb", "encoder_attention_mask",
+                    "image_rotary_emb")
     returns = ("hidden_states",)
 
     def _ada_values(self, block, call):

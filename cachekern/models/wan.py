@@ -55,3 +55,5 @@ class HeliosAdapter(WanAdapter):
     model_class = "HeliosTransformer3DModel"
     block_args = ("hidden_states", "encoder_hidden_states", "temb", "rotary_emb",
                   "original_context_length")
+    # Its rotary table is per sample (the history's positions), batch first.
+    batched_args = ("encoder_hidden_states", "temb", "rotary_emb")

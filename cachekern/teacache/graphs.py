@@ -59,7 +59,8 @@ class GraphedStep:
     def replay(self, kwargs):
         copy_into(self.static, kwargs)
         self.graph.replay()
-        return self.output.clone()   # the next replay overwrites the graph's own
+        # The next replay overwrites the graph's own outputs (tensors, or lists of them).
+        return pytree.tree_map_only(torch.Tensor, torch.clone, self.output)
 
     def release(self):
         self.graph.reset()

@@ -58,12 +58,8 @@ def test_per_sample_decisions_do_not_leak(family):
         pytest.skip("one packed sequence a call: no samples to split")
     model, inputs, scale = family()
     a, b = inputs(4), inputs(5)
-    # Sample 0 from b, sample 1 from a, in every argument with a batch dimension (not the
-    # shared layouts: ids, rotary positions, FramePack's frame indices, MiniMax-H3's rows).
-    mixed = {k: (torch.stack([b[k][0], a[k][1]]) if isinstance(v, torch.Tensor)
-                 and v.dim() and v.shape[0] == 2
-                 and k not in ("img_ids", "txt_ids", "text_rope_pos")
-                 and not k.startswith("indices_") else v)
+    # Sample 0 from b, sample 1 from a, in every argument with a batch dimension.
+    mixed = {k: (torch.stack([b[k][0], a[k][1]]) if _batched(k, v) else v)
              for k, v in a.items()}
     results = []
     threshold = PER_SAMPLE_THRESHOLD.get(family.__name__, 0.3)
@@ -74,6 +70,54 @@ def test_per_sample_decisions_do_not_leak(family):
             results.append((out[:, 1], [r["computed"][1] for r in handle.history]))
     assert results[0][1] == results[1][1] and not all(results[0][1])
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+
+
+def _batched(key, value):
+    """Whether a family input carries the batch dimension (not the shared layouts: ids, rotary
+    positions, FramePack's frame indices, MiniMax-H3's rows)."""
+    return isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == 2 and \
+        key not in ("img_ids", "txt_ids", "text_rope_pos") and \
+        not (key.startswith("indices_") and value.dim() == 1)
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.__name__)
+def test_mixed_per_sample_decisions_run_each_sample_as_alone(family, monkeypatch):
+    """Per-sample decisions forced to differ between the samples (after the first step, sample
+    b computes when step + b is even; every sample the last step): each sample's outputs are
+    those of a batch of that sample alone under its own decisions (a plain re-implementation),
+    so a sub-batch carries every per-sample argument (rotary tables included)."""
+    if family.__name__ in UNBATCHED:
+        pytest.skip("one packed sequence a call: no samples to split")
+    from cachekern.teacache.runtime import TeaCacheRuntime
+
+    decide, first = TeaCacheRuntime.decide, [0]
+
+    def forced(self, state, values, has_sums, timestep, batch, num_steps):
+        record = decide(self, state, values, has_sums, timestep, batch, num_steps)
+        step = record["step"]
+        if 0 < step < STEPS - 1:
+            record["compute"] = [(step + first[0] + b) % 2 == 0 for b in range(batch)]
+        return record
+    monkeypatch.setattr(TeaCacheRuntime, "decide", forced)
+    model, inputs, scale = family()
+    inp = inputs(6)
+    if family.__name__ in ("hidream", "minimax_h3"):     # said at the first split
+        with cachekern.patched(model, policy(threshold=10.0, decision="per_sample")):
+            with pytest.raises(ValueError, match="per_sample' cannot split"):
+                sample(model, inp, timestep_scale=scale)
+        return
+    with cachekern.patched(model, policy(threshold=10.0, decision="per_sample")) as handle:
+        both = sample(model, inp, timestep_scale=scale)
+        assert [r["computed"] for r in handle.history][1:3] == [[False, True], [True, False]]
+    for b in (0, 1):
+        first[0] = b
+        alone = {k: v[b:b + 1] if _batched(k, v) else
+                 tuple(t[b:b + 1] for t in v) if isinstance(v, tuple) and v and
+                 all(_batched(k, t) for t in v) else v
+                 for k, v in inp.items()}
+        with cachekern.patched(model, policy(threshold=10.0, decision="per_sample")):
+            one = sample(model, alone, timestep_scale=scale)
+        torch.testing.assert_close(both[:, b:b + 1], one, rtol=1e-4, atol=1e-5)
 
 
 def test_families_without_published_coefficients_fall_back_to_the_raw_distance():

@@ -64,9 +64,14 @@ def test_outputs_are_rebuilt_as_the_model_returns_them_and_cloned():
     from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
     out = torch.randn(2, 3)
-    assert output_like(out, tuple)[0] is out
-    rebuilt = output_like(out, Transformer2DModelOutput)
+    assert output_like((out,), tuple)[0] is out
+    rebuilt = output_like((out,), Transformer2DModelOutput)
     assert isinstance(rebuilt, Transformer2DModelOutput) and rebuilt.sample is out
+    # Several outputs (Cosmos 3 Omni: lists per item, and None for absent modalities).
+    from diffusers.models.transformers.transformer_cosmos3 import Cosmos3OmniTransformerOutput
+    several = output_like(([out], None, None), Cosmos3OmniTransformerOutput)
+    assert several.sample[0] is out and several.sound is None and several.action is None
+    assert output_like(([out], None, None), tuple) == ([out], None, None)
     cloned = clone_output(rebuilt)
     assert cloned.sample is not out and torch.equal(cloned.sample, out)
     pair = clone_output((out, None))

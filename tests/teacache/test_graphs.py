@@ -217,7 +217,8 @@ def test_per_sample_graphs_refuse_a_batch_with_too_many_patterns_before_it_runs(
     inp = make_inputs(4, batch=PER_SAMPLE_GRAPH_BATCH + 1, device="cuda")
     with cachekern.patched(model, TeaCache(decision="per_sample", cuda_graphs=True,
                                            coefficients=None)) as handle:
-        with pytest.raises(ValueError, match="per_sample.*at most 4 samples.*has 5"):
+        with pytest.raises(ValueError, match="per_sample.*at most 4 samples.*has 5"), \
+                torch.no_grad():
             call(model, inp, inp["x"], torch.tensor(1.0, device="cuda"))
         assert handle.stats()["calls"] == 0
 
