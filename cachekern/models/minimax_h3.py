@@ -17,11 +17,6 @@ class MiniMaxH3Adapter(Adapter):
     call_by_keyword = False
     returns = ("hidden_states",)
 
-    def select(self, call, index):
-        raise ValueError("TeaCache: decision='per_sample' cannot split MiniMax-H3's packed "
-                         "rows (one layout of text, video and audio rows for the whole "
-                         "batch); use decision='global'")
-
     def indicator(self, blocks, call):
         return Indicator(embedding=self.reference_modulated_input(blocks, call))
 
