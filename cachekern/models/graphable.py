@@ -89,9 +89,9 @@ def copy_into(static, inputs):
 
 def output_like(output, template):
     """`output` (a graph's outputs, as the forward returns them with return_dict=False: a
-    tuple) as the eager call of the same kind returned them: that tuple, or the ModelOutput
-    class `template`, its fields in order."""
-    if template is tuple:
+    tuple, or for some families the tensor itself) as the eager call of the same kind returned
+    them: as they are, or the ModelOutput class `template`, its fields in order."""
+    if not dataclasses.is_dataclass(template):
         return output
     names = [field.name for field in dataclasses.fields(template)]
     return template(**dict(zip(names, output)))

@@ -280,8 +280,8 @@ class TeaCacheHandle:
             for module in deferred.values():
                 module.deferring, module.calls = run_if is not None, []
             try:
-                return tuple(self._eager(original_forward, (), dict(static, return_dict=False),
-                                         replaced=deferred))
+                return self._eager(original_forward, (), dict(static, return_dict=False),
+                                   replaced=deferred)
             finally:
                 self._call, self._capturing = saved, None
 

@@ -72,6 +72,7 @@ def test_outputs_are_rebuilt_as_the_model_returns_them_and_cloned():
     several = output_like(([out], None, None), Cosmos3OmniTransformerOutput)
     assert several.sample[0] is out and several.sound is None and several.action is None
     assert output_like(([out], None, None), tuple) == ([out], None, None)
+    assert output_like(out, torch.Tensor) is out      # Kandinsky 5 returns the tensor itself
     cloned = clone_output(rebuilt)
     assert cloned.sample is not out and torch.equal(cloned.sample, out)
     pair = clone_output((out, None))
