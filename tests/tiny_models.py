@@ -551,7 +551,8 @@ def minimax_h3():
         num_refiner_layers=1, ffn_dim=32, in_channels=4, audio_in_channels=3, text_dim=8,
         freq_dim=16, time_embed_hidden_dim=16, time_embed_dim=8, rope_freq_dim=2).eval()
     positions = torch.tensor([[i, 0, 0] for i in range(3)] +
-                             [[3, h, w] for h in range(2) for w in range(2)] + [[4, 0, 0], [5, 0, 0]])
+                             [[3, h, w] for h in range(2) for w in range(2)] +
+                             [[4, 0, 0], [5, 0, 0]])
 
     def inputs(seed, batch=2):
         g = torch.Generator().manual_seed(seed)

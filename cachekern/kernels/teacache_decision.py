@@ -37,6 +37,29 @@ def record_size(batch, per_sample):
 if triton is not None:
 
     @triton.jit
+    def _finite(x):
+        return (x == x) & (tl.abs(x) != float("inf"))
+
+    @triton.jit
+    def _relative(diff, prev, new_generation):
+        """diff / prev (NaN where prev is 0, and on a generation's first call)."""
+        nan = float("nan")
+        rel = tl.where(prev != 0.0, diff / tl.where(prev != 0.0, prev, 1.0), nan)
+        return tl.where(new_generation, nan, rel)
+
+    @triton.jit
+    def _rescaled(rel, COEF, N_COEF: tl.constexpr, CLAMP: tl.constexpr):
+        """The polynomial at rel (Horner, highest power first), clamped at 0 when asked."""
+        y = rel
+        if N_COEF > 0:
+            y = rel * 0.0
+            for i in tl.static_range(N_COEF):
+                y = y * rel + tl.load(COEF + i)
+        if CLAMP:
+            y = tl.where(y < 0.0, 0.0, y)
+        return y
+
+    @triton.jit
     def _decide_kernel(DIFF, PREV, TIMESTEP, STATE, PARAMS, COEF, RECORD, COMPUTE, SKIP,
                        SCHEDULE, PATTERNS, warmup_steps, num_steps, max_skips, n_schedule,
                        BATCH: tl.constexpr, N_COEF: tl.constexpr,
@@ -58,6 +81,10 @@ if triton is not None:
         acc = tl.where(new_generation, 0.0, acc)
         skips = tl.where(new_generation, 0.0, skips)
         has_residual = has_residual & (not new_generation)
+        # What computes whatever the distance says (the indicator's decisions only).
+        forced = new_generation | (not has_residual) | (step < warmup_steps)
+        if COMPUTE_LAST:
+            forced = forced | (step >= num_steps - 1)
 
         nan = float("nan")
         if STATIC:     # a static schedule: no indicator, the schedule decides
@@ -73,30 +100,17 @@ if triton is not None:
             valid = offs < BATCH
             diff = tl.load(DIFF + offs, mask=valid, other=0.0).to(tl.float64)
             prev = tl.load(PREV + offs, mask=valid, other=1.0).to(tl.float64)
-            rel = tl.where(prev != 0.0, diff / tl.where(prev != 0.0, prev, 1.0), nan)
-            rel = tl.where(new_generation, nan, rel)
+            rel = _relative(diff, prev, new_generation)
             acc_b = tl.load(STATE + 6 + offs, mask=valid, other=0.0)
             skips_b = tl.load(STATE + 6 + BATCH + offs, mask=valid, other=0.0)
             acc_b = tl.where(new_generation, 0.0, acc_b)
             skips_b = tl.where(new_generation, 0.0, skips_b)
-            forced = new_generation | (not has_residual) | (step < warmup_steps)
-            if COMPUTE_LAST:
-                forced = forced | (step >= num_steps - 1)
-            rel_finite = (rel == rel) & (tl.abs(rel) != float("inf"))
-            y = rel
-            if N_COEF > 0:
-                y = rel * 0.0
-                for i in tl.static_range(N_COEF):
-                    y = y * rel + tl.load(COEF + i)
-            if CLAMP:
-                y = tl.where(y < 0.0, 0.0, y)
-            total = acc_b + y
+            total = acc_b + _rescaled(rel, COEF, N_COEF, CLAMP)
             limit_reached = (max_skips > 0) & (skips_b >= max_skips)
-            total_finite = (total == total) & (tl.abs(total) != float("inf"))
             # The call's scalar conditions through tl.where (the interpreter cannot `&` a
             # scalar with a vector of bools), the vectors' with `== 0` (its `not` is Python's).
-            skip_b = rel_finite & (total < threshold) & (limit_reached == 0) & total_finite & \
-                valid
+            skip_b = _finite(rel) & (total < threshold) & (limit_reached == 0) & \
+                _finite(total) & valid
             skip_b = tl.where(forced | (threshold <= 0.0), False, skip_b)
             acc_b = tl.where(skip_b, total, 0.0)
             skips_b = tl.where(skip_b, skips_b + 1.0, 0.0)
@@ -110,12 +124,7 @@ if triton is not None:
             any_skip = tl.sum(skip_b.to(tl.int32), axis=0) > 0
             patterns = tl.arange(0, N_PATTERNS)
             tl.store(PATTERNS + patterns, patterns == pattern)
-            tl.store(STATE + 0, t)
-            tl.store(STATE + 1, step)
             tl.store(STATE + 4, tl.where(has_residual | (pattern != 0), 1.0, 0.0))
-            tl.store(STATE + 5, 1.0)
-            tl.store(RECORD + 0, step)
-            tl.store(RECORD + 1, t)
             tl.store(COMPUTE, not any_skip)
             tl.store(SKIP, any_skip)
         else:
@@ -125,38 +134,23 @@ if triton is not None:
             for b in tl.static_range(1, BATCH):
                 diff = diff + tl.load(DIFF + b).to(tl.float64)
                 prev = prev + tl.load(PREV + b).to(tl.float64)
-            rel = tl.where(prev != 0.0, diff / tl.where(prev != 0.0, prev, 1.0), nan)
-            rel = tl.where(new_generation, nan, rel)
-
-            forced = new_generation | (not has_residual) | (step < warmup_steps)
-            if COMPUTE_LAST:
-                forced = forced | (step >= num_steps - 1)
-            rel_finite = (rel == rel) & (tl.abs(rel) != float("inf"))
-
-            y = rel
-            if N_COEF > 0:
-                y = rel * 0.0
-                for i in tl.static_range(N_COEF):
-                    y = y * rel + tl.load(COEF + i)
-            if CLAMP:
-                y = tl.where(y < 0.0, 0.0, y)
-            total = acc + y
+            rel = _relative(diff, prev, new_generation)
+            total = acc + _rescaled(rel, COEF, N_COEF, CLAMP)
             limit_reached = (max_skips > 0) & (skips >= max_skips)
-            total_finite = (total == total) & (tl.abs(total) != float("inf"))
-            skip = (not forced) & rel_finite & (threshold > 0.0) & (total < threshold) & \
-                (not limit_reached) & total_finite
+            skip = (not forced) & _finite(rel) & (threshold > 0.0) & (total < threshold) & \
+                (not limit_reached) & _finite(total)
 
             acc = tl.where(skip, total, 0.0)
             skips = tl.where(skip, skips + 1.0, 0.0)
+        tl.store(STATE + 0, t)
+        tl.store(STATE + 1, step)
+        tl.store(STATE + 5, 1.0)
+        tl.store(RECORD + 0, step)
+        tl.store(RECORD + 1, t)
         if not PER_SAMPLE or STATIC:
-            tl.store(STATE + 0, t)
-            tl.store(STATE + 1, step)
             tl.store(STATE + 2, acc)
             tl.store(STATE + 3, skips)
             tl.store(STATE + 4, tl.where(has_residual | (not skip), 1.0, 0.0))
-            tl.store(STATE + 5, 1.0)
-            tl.store(RECORD + 0, step)
-            tl.store(RECORD + 1, t)
             if PER_SAMPLE:     # a static schedule decides every sample alike
                 offs = tl.arange(0, BLOCK_B)
                 valid = offs < BATCH

@@ -9,7 +9,7 @@ import inspect
 import torch
 import torch.utils._pytree as pytree
 
-_PLAIN = (bool, int, float, str, type(None))
+PLAIN_VALUES = (bool, int, float, str, type(None))   # what a graph can bake in
 
 
 @functools.lru_cache(maxsize=64)
@@ -51,7 +51,7 @@ def named_inputs(model, args, kwargs):
         else:
             named[name] = value
     leaves = pytree.tree_leaves(named)
-    if not all(isinstance(v, (torch.Tensor,) + _PLAIN) for v in leaves) or \
+    if not all(isinstance(v, (torch.Tensor,) + PLAIN_VALUES) for v in leaves) or \
             not any(isinstance(v, torch.Tensor) for v in leaves):
         return None
     return named

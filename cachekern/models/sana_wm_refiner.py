@@ -10,9 +10,9 @@ capturing calls write the cache and are no denoising steps: both methods run the
 do not count them. The denoising steps are cached; each window's timesteps start again from the
 top, which both methods read as a new generation. The stack hands each block its layer of the
 cache (a forward() argument); the model sees as many blocks as it has (its forward checks the
-cache's layer count), the stack and pass-throughs. The indicator is block 0's modulated input (RMSNorm, shift and
-scale per token from its table and the timestep embedding), computed the block's way. No
-published coefficients."""
+cache's layer count), the stack and pass-throughs. The indicator is block 0's modulated input
+(RMSNorm, shift and scale per token from its table and the timestep embedding), computed the
+block's way. No published coefficients."""
 
 from torch import nn
 

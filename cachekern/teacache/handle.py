@@ -229,31 +229,9 @@ class TeaCacheHandle:
         call_signature = signature(inputs)
         if self._stack_signatures.get(call_signature) != state.signature:
             return None
-        # The graph path is imported on first use: it loads Triton (the device decision), which
-        # `import cachekern` does not.
-        from cachekern.teacache import device_forecast, graphs
-
-        if device_forecast.forecasts(self.policy):
-            buffers = device_forecast.ensure_slots(state, self.policy.forecast_order + 1)
-        else:
-            buffers = [state.residual]
-        key = (call_signature, steps, state.prev.data_ptr() if not static else 0) + \
-            tuple(t.data_ptr() for t in buffers)
-        graph = self._graphs.get(branch)
-        if graph is None or graph.key != key:
-            if graph is not None:
-                self._to_host(branch)
-                graph.release()
-            graph = self._graphs[branch] = self._capture(original_forward, inputs, key, state,
-                                                         steps)
-        if state.device_decision is not graph.decision:   # the host's state is the newer
-            graph.decision.load(state)
-            state.device_decision = graph.decision
-        if self._log is None:
-            self._log = graphs.DecisionLog(state.residual.device)
-        output = graph.replay(inputs)
-        self._add_records(self._log.append(graph.decision.record, branch,
-                                           state.residual.shape[0]))
+        output = self._replay(branch, state, call_signature, steps, inputs,
+                              lambda key: self._capture(original_forward, inputs, key, state,
+                                                        steps))
         return output_like(output, self._output_types[call_signature])
 
     def _capture(self, original_forward, kwargs, key, state, steps):
@@ -361,7 +339,6 @@ class TeaCacheHandle:
         """The stack call through its CUDA graph (cachekern.teacache.stack_graphs): its output,
         or None when the call runs eagerly (its inputs are not graphable, or the branch has no
         state for this signature yet: its first such call leaves the buffers the graph uses)."""
-        from cachekern.teacache import device_forecast, graphs
         from cachekern.teacache.stack_graphs import StackGraph, stack_inputs
 
         static = self.policy.compute_steps is not None
@@ -372,19 +349,10 @@ class TeaCacheHandle:
         inputs = stack_inputs(call, timestep)
         if inputs is None:
             return None
-        if device_forecast.forecasts(self.policy):
-            buffers = device_forecast.ensure_slots(state, self.policy.forecast_order + 1)
-        else:
-            buffers = [state.residual]
-        key = (signature(inputs), steps, state.prev.data_ptr() if not static else 0) + \
-            tuple(t.data_ptr() for t in buffers)
-        graph = self._graphs.get(branch)
-        if graph is None or graph.key != key:
-            if graph is not None:
-                self._to_host(branch)
-                graph.release()
+        blocks = self._blocks
+
+        def capture(key):
             decision, scratch = self._device_decisions(state, steps)
-            blocks = self._blocks
 
             def run(stack_call, stack_timestep, run_if):
                 if run_if is None:
@@ -392,16 +360,39 @@ class TeaCacheHandle:
                                                       scratch, stack_timestep)
                 return self.runtime.graph_capture(self.model, stack_call, blocks, state,
                                                   decision, stack_timestep, run_if)
-            graph = self._graphs[branch] = StackGraph(key, inputs, decision, run)
+            return StackGraph(key, inputs, decision, run)
+        return self._replay(branch, state, signature(inputs), steps, inputs, capture)
+
+    def _replay(self, branch, state, call_signature, steps, inputs, capture):
+        """Replays the branch's graph (a whole call's or a stack's) on `inputs`; `capture(key)`
+        makes it anew first when the key (the inputs' signature, the step count and the state
+        buffers the graph reads) changed. Logs the call's decision record without waiting."""
+        # The graph path is imported on first use: it loads Triton (the device decision), which
+        # `import cachekern` does not.
+        from cachekern.teacache import device_forecast, graphs
+
+        static = self.policy.compute_steps is not None
+        if device_forecast.forecasts(self.policy):
+            buffers = device_forecast.ensure_slots(state, self.policy.forecast_order + 1)
+        else:
+            buffers = [state.residual]
+        key = (call_signature, steps, state.prev.data_ptr() if not static else 0) + \
+            tuple(t.data_ptr() for t in buffers)
+        graph = self._graphs.get(branch)
+        if graph is None or graph.key != key:
+            if graph is not None:
+                self._to_host(branch)
+                graph.release()
+            graph = self._graphs[branch] = capture(key)
         if state.device_decision is not graph.decision:   # the host's state is the newer
             graph.decision.load(state)
             state.device_decision = graph.decision
         if self._log is None:
             self._log = graphs.DecisionLog(state.residual.device)
-        out = graph.replay(inputs)
+        output = graph.replay(inputs)
         self._add_records(self._log.append(graph.decision.record, branch,
                                            state.residual.shape[0]))
-        return out
+        return output
 
     def _device_decisions(self, state, steps):
         """A branch's device decision and a scratch one for the warm-up, with their forecasts

@@ -14,28 +14,25 @@ import torch
 import torch.utils._pytree as pytree
 
 from cachekern.models.base import StackCall
-from cachekern.models.graphable import copy_into
+from cachekern.models.graphable import PLAIN_VALUES, copy_into, on_one_gpu
 from cachekern.teacache.graphs import GraphedStep
 
 _HIDDEN = "_cachekern_stack_hidden"
 _TIMESTEP = "_cachekern_stack_timestep"
-_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)
+_PLAIN = PLAIN_VALUES + (torch.dtype, torch.device)     # blocks take dtypes too
 
 
 def stack_inputs(call: StackCall, timestep):
     """The stack call's inputs as one flat dict a graph can be keyed and captured on, or None
     when a graph cannot replay them (an object other than tensors and plain values, such as a
     KV cache, a tensor off the stream's GPU, or a timestep that is no tensor)."""
-    if not isinstance(timestep, torch.Tensor) or not call.hidden.is_cuda:
+    if not isinstance(timestep, torch.Tensor):
         return None
     inputs = dict(call.extras)
     inputs[_HIDDEN], inputs[_TIMESTEP] = call.hidden, timestep
-    for leaf in pytree.tree_leaves(inputs):
-        if isinstance(leaf, torch.Tensor):
-            if leaf.device != call.hidden.device:
-                return None
-        elif not isinstance(leaf, _PLAIN):
-            return None
+    if not on_one_gpu(inputs) or not all(isinstance(leaf, (torch.Tensor,) + _PLAIN)
+                                         for leaf in pytree.tree_leaves(inputs)):
+        return None
     return inputs
 
 

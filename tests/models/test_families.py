@@ -421,11 +421,23 @@ def _wan_stack_ends(model):
     return ins, outs, hooks
 
 
-def _assert_skips_add_step_0s_residual(ins, outs, cached_ins, cached_outs):
+def _assert_exact_at_zero_and_skips_when_high(model, inp, scale):
+    """Threshold 0 is the uncached model bit for bit, a high threshold skips every step but the
+    first and the last, and unpatching restores the model."""
+    reference = sample(model, inp, timestep_scale=scale)
+    with cachekern.patched(model, policy(threshold=0.0)):
+        assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+    with cachekern.patched(model, policy(threshold=10.0)) as handle:
+        sample(model, inp, timestep_scale=scale)
+        assert handle.stats()["skipped"] == STEPS - 2
+    assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+
+
+def _assert_skips_add_step_0s_residual(ins, outs, cached_ins, cached_outs,
+                                       tokens=lambda embedded: embedded.flatten(2).transpose(1, 2)):
     """Step 0 (computed) is the uncached one bit for bit; each skipped step's stack output is
-    its own input plus step 0's stack residual (a plain re-implementation of a skip)."""
-    def tokens(embedded):
-        return embedded.flatten(2).transpose(1, 2)
+    its own input plus step 0's stack residual (a plain re-implementation of a skip). `tokens`
+    lays an input out as the stack's output (Wan's: the patch embedding's map as tokens)."""
     assert torch.equal(cached_outs[0], outs[0])
     residual = outs[0] - tokens(ins[0])
     for step in range(1, STEPS - 1):
@@ -600,13 +612,7 @@ def test_motif_video_without_decoder_layers_and_with_two():
     for decoders in (0, 2):
         model, inputs, scale = motif_video(decoders)
         inp = inputs(14)
-        reference = sample(model, inp, timestep_scale=scale)
-        with cachekern.patched(model, policy(threshold=0.0)):
-            assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
-        with cachekern.patched(model, policy(threshold=10.0)) as handle:
-            sample(model, inp, timestep_scale=scale)
-            assert handle.stats()["skipped"] == STEPS - 2
-        assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+        _assert_exact_at_zero_and_skips_when_high(model, inp, scale)
 
 
 def test_latte_without_temporal_attention_and_with_one_frame():
@@ -621,13 +627,7 @@ def test_latte_without_temporal_attention_and_with_one_frame():
         inp = inputs(15)
         inp["hidden_states"] = inp["hidden_states"][:, :, :frames].contiguous()
         inp["enable_temporal_attentions"] = temporal
-        reference = sample(model, inp, timestep_scale=scale)
-        with cachekern.patched(model, policy(threshold=0.0)):
-            assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
-        with cachekern.patched(model, policy(threshold=10.0)) as handle:
-            sample(model, inp, timestep_scale=scale)
-            assert handle.stats()["skipped"] == STEPS - 2
-        assert torch.equal(sample(model, inp, timestep_scale=scale), reference)
+        _assert_exact_at_zero_and_skips_when_high(model, inp, scale)
 
     # Three frames with temporal attention: a skipped step's stack output (norm_out's input) is
     # its input (pos_embed's output) plus step 0's stack residual, and no block runs.
@@ -650,10 +650,7 @@ def test_latte_without_temporal_attention_and_with_one_frame():
     for h in hooks:
         h.remove()
     assert len(ran) == 2 * 4          # steps 0 and 5, two pairs of blocks
-    assert torch.equal(cached_outs[0], outs[0])
-    for step in range(1, STEPS - 1):
-        torch.testing.assert_close(cached_outs[step], cached_ins[step] + outs[0] - ins[0],
-                                   rtol=1e-6, atol=1e-6)
+    _assert_skips_add_step_0s_residual(ins, outs, cached_ins, cached_outs, tokens=lambda x: x)
 
 
 def test_kandinsky6_serves_video_and_audio_from_one_packed_residual():

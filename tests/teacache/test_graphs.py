@@ -45,7 +45,33 @@ def ungraphable_call(model, inp, latents, t):
     tensor or a plain value (which the attention processors ignore with a warning)."""
     return model(latents, encoder_hidden_states=inp["enc"], pooled_projections=inp["pooled"],
                  timestep=t.expand(latents.shape[0]), img_ids=inp["img_ids"],
-                 txt_ids=inp["txt_ids"], joint_attention_kwargs={"unused": object()}, return_dict=False)[0]
+                 txt_ids=inp["txt_ids"], joint_attention_kwargs={"unused": object()},
+                 return_dict=False)[0]
+
+
+def generate_with_an_eager_call(model, inp, p, eager_at, check_syncs):
+    """One generation of STEPS calls under policy `p`; call `eager_at` cannot be replayed (it
+    runs eagerly, between graphed ones). With check_syncs every other call from the third on
+    (the branch's graph captured at the second) must make no host synchronisation. Returns
+    (outputs, history, stats, graphs held)."""
+    with cachekern.patched(model, p) as handle:
+        outputs, latents = [], inp["x"].clone()
+        with torch.no_grad():
+            for i, t in enumerate(torch.linspace(1.0, 0.05, STEPS, device="cuda")):
+                if i == eager_at:
+                    out = ungraphable_call(model, inp, latents, t)
+                elif check_syncs and i >= 2:
+                    torch.cuda.set_sync_debug_mode("error")
+                    try:
+                        out = call(model, inp, latents, t)
+                    finally:
+                        torch.cuda.set_sync_debug_mode(0)
+                else:
+                    out = call(model, inp, latents, t)
+                latents = latents - (1.0 / STEPS) * out
+                outputs.append(out)
+        captured = len(handle._graphs)
+    return torch.stack(outputs), [dict(h) for h in handle.history], handle.stats(), captured
 
 
 @pytest.mark.gpu
@@ -110,23 +136,7 @@ def test_a_graphed_forecast_hands_its_history_to_an_eager_call_and_back():
     def run(graphs):
         p = TeaCache(threshold=0.3, coefficients=None, num_inference_steps=STEPS,
                      forecast_order=2, cuda_graphs=graphs)
-        with cachekern.patched(model, p) as handle:
-            outputs, latents = [], inp["x"].clone()
-            with torch.no_grad():
-                for i, t in enumerate(torch.linspace(1.0, 0.05, STEPS, device="cuda")):
-                    if i == 5:
-                        out = ungraphable_call(model, inp, latents, t)
-                    elif graphs and i >= 2:
-                        torch.cuda.set_sync_debug_mode("error")
-                        try:
-                            out = call(model, inp, latents, t)
-                        finally:
-                            torch.cuda.set_sync_debug_mode(0)
-                    else:
-                        out = call(model, inp, latents, t)
-                    latents = latents - (1.0 / STEPS) * out
-                    outputs.append(out)
-            return torch.stack(outputs), [dict(h) for h in handle.history]
+        return generate_with_an_eager_call(model, inp, p, eager_at=5, check_syncs=graphs)[:2]
 
     eager, eager_history = run(False)
     graphed, history = run(True)
@@ -138,30 +148,11 @@ def test_a_graphed_forecast_hands_its_history_to_an_eager_call_and_back():
 def test_graphed_calls_never_synchronise_and_an_eager_call_between_them_fits():
     model = tiny_flux(device="cuda")
     inp = make_inputs(1, device="cuda")
-    eager_policy, graphed_policy = policy(False), policy(True)
-
-    def run(p, check_syncs):
-        with cachekern.patched(model, p) as handle:
-            outputs = []
-            latents = inp["x"].clone()
-            with torch.no_grad():
-                for i, t in enumerate(torch.linspace(1.0, 0.05, STEPS, device="cuda")):
-                    if i == 4:
-                        out = ungraphable_call(model, inp, latents, t)
-                    elif check_syncs and i >= 2:   # captured at i == 1
-                        torch.cuda.set_sync_debug_mode("error")
-                        try:
-                            out = call(model, inp, latents, t)
-                        finally:
-                            torch.cuda.set_sync_debug_mode(0)
-                    else:
-                        out = call(model, inp, latents, t)
-                    latents = latents - (1.0 / STEPS) * out
-                    outputs.append(out)
-            return torch.stack(outputs), [dict(h) for h in handle.history], handle.stats()
-
-    eager, eager_history, _ = run(eager_policy, False)
-    graphed, graphed_history, stats = run(graphed_policy, True)
+    eager, eager_history, _, _ = generate_with_an_eager_call(model, inp, policy(False),
+                                                             eager_at=4, check_syncs=False)
+    graphed, graphed_history, stats, _ = generate_with_an_eager_call(model, inp, policy(True),
+                                                                     eager_at=4,
+                                                                     check_syncs=True)
     assert torch.equal(graphed, eager)
     assert repr(graphed_history) == repr(eager_history)
     assert 0 < stats["skipped"] < STEPS
@@ -179,24 +170,7 @@ def test_per_sample_decisions_graph_each_pattern_with_no_synchronisation():
     def run(graphs):
         p = TeaCache(threshold=0.3, coefficients=None, num_inference_steps=STEPS,
                      decision="per_sample", cuda_graphs=graphs)
-        with cachekern.patched(model, p) as handle:
-            outputs, latents = [], inp["x"].clone()
-            with torch.no_grad():
-                for i, t in enumerate(torch.linspace(1.0, 0.05, STEPS, device="cuda")):
-                    if i == 5:
-                        out = ungraphable_call(model, inp, latents, t)
-                    elif graphs and i >= 2:
-                        torch.cuda.set_sync_debug_mode("error")
-                        try:
-                            out = call(model, inp, latents, t)
-                        finally:
-                            torch.cuda.set_sync_debug_mode(0)
-                    else:
-                        out = call(model, inp, latents, t)
-                    latents = latents - (1.0 / STEPS) * out
-                    outputs.append(out)
-            captured = len(handle._graphs)
-        return torch.stack(outputs), [dict(h) for h in handle.history], handle.stats(), captured
+        return generate_with_an_eager_call(model, inp, p, eager_at=5, check_syncs=graphs)
 
     eager, eager_history, eager_stats, _ = run(False)
     graphed, history, stats, captured = run(True)
