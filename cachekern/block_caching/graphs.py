@@ -3,11 +3,15 @@ CFG branch and step of the static schedule, captured the first time that step co
 one generation ran eagerly (which sized every residual buffer the step reads or writes; they are
 written in place from then on), and replayed from then on. Which blocks compute is fixed by the
 step, so a graph holds exactly the kernels the eager call would launch, on the same buffers: the
-replay gives the eager call's output bit for bit, for one launch."""
+replay gives the eager call's output bit for bit, for one launch.
+
+For a family whose forward reads the host outside its blocks (Adapter.graph_uncapturable), the
+forward runs eagerly and only the block stack is captured, the same way (CapturedStack)."""
 
 import torch
 
 from cachekern.models.graphable import clone_output, copy_into, static_copy
+from cachekern.models.stack_graphable import served_stack, stack_call_of
 
 
 class CapturedCall:
@@ -27,3 +31,16 @@ class CapturedCall:
 
     def release(self):
         self.graph.reset()
+
+
+class CapturedStack(CapturedCall):
+    """One block stack call captured over static copies of its inputs
+    (cachekern.models.stack_graphable). `run(stack_call)` runs the blocks."""
+
+    def __init__(self, inputs, run, pool):
+        super().__init__(inputs, lambda static: run(stack_call_of(static)), pool)
+
+    def replay(self, inputs):
+        copy_into(self.static, inputs)
+        self.graph.replay()
+        return served_stack(self.output, self.static, inputs)

@@ -9,7 +9,8 @@ from cachekern.store.block_cache import BlockCache
 from cachekern.models.blocks import cached_units, timestep_of, unit_inputs, wrap_calls
 from cachekern.models.branches import BranchNames
 from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
-from cachekern.models.graphable import named_inputs, on_one_gpu, signature
+from cachekern.models.graphable import forward_arguments, named_inputs, on_one_gpu, signature
+from cachekern.models.stack_stand_in import StackStandIn, modules_replaced
 from cachekern.models.registry import adapter_for
 
 _NO_OUTPUT = object()   # a stream the block returns as None (e.g. SD3's last block's context)
@@ -54,10 +55,16 @@ class BlockCachingHandle:
         self.units = cached_units(model, self.profile.resnets)
         self.profile.check_units(self.units, "BlockCaching")
         self.adapter = adapter = adapter_for(model)
-        if policy.cuda_graphs and adapter.graph_uncapturable:
-            raise ValueError(f"BlockCaching: cuda_graphs=True captures the model's forward as "
-                             f"CUDA graphs; {adapter.model_class}'s cannot be captured "
-                             f"({adapter.graph_uncapturable}); use cuda_graphs=False")
+        if policy.cuda_graphs and adapter.stack_graph_uncapturable:
+            raise ValueError(f"BlockCaching: cuda_graphs=True needs a family whose block stack "
+                             f"can be captured as a CUDA graph; {adapter.model_class}'s cannot "
+                             f"({adapter.stack_graph_uncapturable}); use cuda_graphs=False")
+        # A forward that reads the host runs eagerly; its stack alone is graphed.
+        self._stack_graphs = policy.cuda_graphs and bool(adapter.graph_uncapturable)
+        # Stack graphs: the stand-ins by block lists, and the blocks and the adapter's
+        # forward_inputs of the call in progress.
+        self._stand_in_lists = {}
+        self._stack_blocks = self._forward_inputs = None
         self.schedule = policy.schedule()
         # The blocks each step reuses, in order (prefetching follows it).
         self._reused_at = [[i for i, row in enumerate(self.schedule) if not row[step]]
@@ -162,10 +169,13 @@ class BlockCachingHandle:
         if self._offloaded:
             self._plan(branch, step)
         try:
-            out = self._graphed(original_forward, args, kwargs, branch, step) \
-                if self.policy.cuda_graphs else None
-            if out is None:
-                out = original_forward(*args, **kwargs)
+            if self._stack_graphs:
+                out = self._with_stack_graphed(original_forward, args, kwargs)
+            else:
+                out = self._graphed(original_forward, args, kwargs, branch, step) \
+                    if self.policy.cuda_graphs else None
+                if out is None:
+                    out = original_forward(*args, **kwargs)
         finally:
             self._current = None
         self._counts[branch] = count + 1
@@ -180,9 +190,49 @@ class BlockCachingHandle:
         must run eagerly: not graphable (a dict argument, tensors off the GPU), or the branch
         has not yet run a whole generation of calls of this signature eagerly (which sizes the
         residual buffers the graphs write in place)."""
+        from cachekern.block_caching.graphs import CapturedCall
+
         inputs = named_inputs(self.model, args, kwargs)
         if inputs is None or not on_one_gpu(inputs):
             return None
+        return self._replay(branch, step, inputs, lambda pool: CapturedCall(
+            inputs, lambda static: original_forward(**static), pool))
+
+    def _with_stack_graphed(self, original_forward, args, kwargs):
+        """The model's forward, run eagerly with its block stack standing in for its block
+        lists (_run_stack)."""
+        adapter = self.adapter
+        lists = tuple(adapter.block_lists(self.model))
+        stand_ins = self._stand_in_lists.get(lists)
+        if stand_ins is None:     # built once: building modules per call costs host time
+            stack = StackStandIn(self._run_stack, lambda: self._stack_blocks)
+            stand_ins = self._stand_in_lists[lists] = adapter.stand_ins(lists, stack, self.model)
+        self._stack_blocks = adapter.model_blocks(self.model)
+        self._forward_inputs = forward_arguments(self.model, args, kwargs, adapter.forward_inputs)
+        try:
+            with modules_replaced(self.model, stand_ins):
+                return original_forward(*args, **kwargs)
+        finally:
+            self._stack_blocks = self._forward_inputs = None
+
+    def _run_stack(self, args, kwargs):
+        """Block 0's call, standing for the whole stack: replayed from its (branch, step) graph
+        where it can be (as _graphed says for a whole call), else run eagerly."""
+        from cachekern.block_caching.graphs import CapturedStack
+        from cachekern.models.stack_graphable import stack_inputs
+
+        adapter, blocks = self.adapter, self._stack_blocks
+        call = adapter.with_forward_inputs(adapter.stack_call(args, kwargs), self._forward_inputs)
+        run_blocks = lambda c: adapter.run_blocks(self.model, c, blocks)   # noqa: E731
+        inputs = stack_inputs(call)
+        out = None if inputs is None else self._replay(
+            *self._current, inputs, lambda pool: CapturedStack(inputs, run_blocks, pool))
+        return adapter.stack_output(out if out is not None else run_blocks(call))
+
+    def _replay(self, branch, step, inputs, capture):
+        """The (branch, step) graph's replay on `inputs`, captured with `capture(pool)` on first
+        use; None while the branch has not yet run a whole generation of calls of this
+        signature eagerly (which sizes the residual buffers the graphs write in place)."""
         call_signature = signature(inputs)
         seen = self._eager_calls.get(branch)
         if seen is None or seen[0] != call_signature:
@@ -193,12 +243,10 @@ class BlockCachingHandle:
             return None
         graph = self._graphs.get((branch, step))
         if graph is None:
-            from cachekern.block_caching.graphs import CapturedCall
-
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             before = dict(self._stats)      # the capture runs the wrappers' Python once
-            graph = CapturedCall(inputs, lambda static: original_forward(**static), self._pool)
+            graph = capture(self._pool)
             graph.counts = {name: self._stats[name] - before[name] for name in before}
             self._stats.update(before)
             self._graphs[(branch, step)] = graph

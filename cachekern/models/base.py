@@ -75,7 +75,8 @@ class Adapter:
     graph_uncapturable: str = ""
     # Why even the block stack cannot be captured (a host read inside the blocks, a KV cache
     # object they read): "" where it can. A family with graph_uncapturable set and this empty
-    # runs its forward eagerly and TeaCache graphs the stack (cachekern.teacache.stack_graphs).
+    # runs its forward eagerly and both methods graph the stack alone
+    # (cachekern.models.stack_graphable).
     stack_graph_uncapturable: str = ""
     # Modules outside the stack whose outputs only the blocks read: in a captured call they
     # run inside the compute branch, so a skipped call does not pay for them.

@@ -9,7 +9,6 @@ one, calls are assigned to branches by order (``TeaCache(calls_per_step=...)``).
 import weakref
 
 import torch
-from torch import nn
 
 from cachekern._warnings import warn
 from cachekern.models.branches import BranchNames
@@ -17,6 +16,7 @@ from cachekern.models.context_parallel import is_context_parallel, stack_shard
 from cachekern.models.graphable import (forward_arguments, named_inputs, on_one_gpu, output_like,
                                         signature)
 from cachekern.models.grad_mode import builds_graph, warn_uncached_with_gradients
+from cachekern.models.stack_stand_in import StackStandIn, modules_replaced
 from cachekern.teacache.policy import PER_SAMPLE_GRAPH_BATCH
 from cachekern.teacache.runtime import BranchState, TeaCacheRuntime
 from cachekern.teacache.shell_memo import MemoizedModule
@@ -24,29 +24,6 @@ from cachekern.teacache.shell_memo import MemoizedModule
 GRAPHS_UNDER_CONTEXT_PARALLELISM = (
     "TeaCache: cuda_graphs=True does not run under context parallelism (the decision's "
     "collective is not captured); use cuda_graphs=False")
-
-
-class _CachedStack(nn.Module):
-    """Stands in for the model's block lists during one forward call: the model's loop calls it
-    once, and it runs (or skips) every block."""
-
-    def __init__(self, handle):
-        super().__init__()
-        object.__setattr__(self, "_handle", handle)  # not a submodule: no recursion in .modules()
-
-    def forward(self, *args, **kwargs):
-        return self._handle._run_stack(args, kwargs)
-
-    def __getattr__(self, name):
-        # Some models reach into block 0 outside their block loop (DiT reads
-        # transformer_blocks[0].norm1.emb for its final modulation): answer as block 0.
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            blocks = self._handle._blocks
-            if not blocks:          # outside a call (e.g. torch.compile probing attributes)
-                raise
-            return getattr(blocks[0], name)
 
 
 class TeaCacheHandle:
@@ -313,10 +290,7 @@ class TeaCacheHandle:
         self._forward_inputs = forward_arguments(self.model, args, kwargs,
                                                  self.adapter.forward_inputs)
         stand_ins = dict(self._stand_ins(lists))
-        saved = {name: self.model._modules[name] for name in stand_ins}
-        for name, module in (replaced or {}).items():
-            saved[name] = self.model._modules[name]
-            stand_ins[name] = module
+        stand_ins.update(replaced or {})
         for name, inputs in self.adapter.memoized_modules.items() if replaced is None else ():
             tensors = [kwargs.get(arg) for arg in inputs]
             module = self.model._modules.get(name)
@@ -326,20 +300,19 @@ class TeaCacheHandle:
             if memo is None or memo.module is not module:
                 memo = self._memos[name] = MemoizedModule(module)
             memo.set_inputs(tensors)
-            saved[name] = module
             stand_ins[name] = memo
         try:
-            self.model._modules.update(stand_ins)
-            return original_forward(*args, **kwargs)
+            with modules_replaced(self.model, stand_ins):
+                return original_forward(*args, **kwargs)
         finally:
-            self.model._modules.update(saved)
             self._call = self._blocks = self._forward_inputs = None
 
     def _stack_graphed(self, call, state, branch, timestep, steps):
         """The stack call through its CUDA graph (cachekern.teacache.stack_graphs): its output,
         or None when the call runs eagerly (its inputs are not graphable, or the branch has no
         state for this signature yet: its first such call leaves the buffers the graph uses)."""
-        from cachekern.teacache.stack_graphs import StackGraph, stack_inputs
+        from cachekern.models.stack_graphable import stack_inputs
+        from cachekern.teacache.stack_graphs import StackGraph
 
         static = self.policy.compute_steps is not None
         if state.residual is None or (state.prev is None and not static) or \
@@ -426,8 +399,9 @@ class TeaCacheHandle:
         skipped step would pay in full)."""
         stand_ins = self._stand_in_lists.get(lists)
         if stand_ins is None:
-            stand_ins = self._stand_in_lists[lists] = self.adapter.stand_ins(
-                lists, _CachedStack(self), self.model)
+            stack = StackStandIn(self._run_stack, lambda: self._blocks)
+            stand_ins = self._stand_in_lists[lists] = self.adapter.stand_ins(lists, stack,
+                                                                             self.model)
         return stand_ins
 
     def _run_stack(self, args, kwargs):

@@ -1,7 +1,9 @@
 """BlockCaching(cuda_graphs=True) (GPU): after one eager generation, each step's call is captured
-once and replayed; generations give the eager ones' outputs and counts bit for bit on a tiny
-config of every family, with forecasts and fitted parameters; a new resolution runs eagerly
-again, then captures anew. On the CPU it changes nothing; a device budget is refused."""
+once and replayed (for a family whose forward reads the host, its block stack alone);
+generations give the eager ones' outputs and counts bit for bit on a tiny config of every
+family, with forecasts and fitted parameters; a new resolution runs eagerly again, then captures
+anew. On the CPU it changes nothing (the stack-graphed families' stand-in stack included); a
+device budget is refused."""
 
 import pytest
 import torch
@@ -31,8 +33,8 @@ def profiled(model, inputs, scale):
 def test_every_family_graphs_bit_for_bit(family, settings):
     model, inputs, scale = on_device(family, "cuda")
     profile = profiled(model, inputs, scale)
-    if adapter_for(model).graph_uncapturable:      # said at patch time, before any call
-        with pytest.raises(ValueError, match="cannot be captured"):
+    if adapter_for(model).stack_graph_uncapturable:      # said at patch time, before any call
+        with pytest.raises(ValueError, match="block stack can be captured"):
             cachekern.patch(model, BlockCaching(profile, cuda_graphs=True))
         return
     runs = {}
@@ -82,3 +84,30 @@ def test_on_the_cpu_graphs_change_nothing_and_a_budget_is_refused():
         BlockCaching(profile, cuda_graphs=True, device_budget_bytes=1 << 20)
     with pytest.raises(ValueError, match="cuda_graphs: expected True or False"):
         BlockCaching(profile, cuda_graphs=1)
+
+
+STACK_GRAPHED = [f for f in FAMILIES if adapter_for(f()[0]).graph_uncapturable]
+
+
+@pytest.mark.parametrize("family", STACK_GRAPHED, ids=lambda f: f.__name__)
+def test_on_the_cpu_the_stack_graphed_families_give_the_eager_outputs(family):
+    """Where only the stack is graphed, the forward runs with the stack standing in for the
+    block lists (the adapter runs the blocks): on the CPU, where nothing is captured, it gives
+    the model's own loop's outputs and counts bit for bit; a family whose stack cannot be
+    captured either is refused at patch time."""
+    model, inputs, scale = family()
+    profile = profiled(model, inputs, scale)
+    reason = adapter_for(model).stack_graph_uncapturable
+    if reason:
+        with pytest.raises(ValueError, match="cuda_graphs=True needs a family whose block stack"):
+            cachekern.patch(model, BlockCaching(profile, cuda_graphs=True))
+        return
+    runs = []
+    for graphs in (False, True):
+        with cachekern.patched(model, BlockCaching(profile, target_compute=0.5, scale_shift=None,
+                                                   cuda_graphs=graphs)) as handle:
+            runs.append((generations(model, inputs, scale, seeds=(1, 2)), handle.stats()))
+            assert handle._stack_graphs == graphs
+    assert 0 < runs[1][1]["blocks_reused"]
+    assert runs[0][1] == runs[1][1]
+    assert torch.equal(runs[0][0], runs[1][0])
