@@ -13,7 +13,8 @@ forecast weights, searched schedules); then screens every candidate on the first
 seed against its uncached output, measures the best few on the other evaluation seeds, and
 picks among those, meeting the target, the closest (for a speed-up) or the fastest (for a
 minimum PSNR). The candidates: TeaCache's static schedules
-(TaylorSeer's regular patterns, with and without the last step, and searched ones) with
+(TaylorSeer's regular patterns, with and without the last step, the schedule TeaCache's
+online accumulator makes on the calibration runs, and searched ones) with
 Taylor, Lagrange or fitted forecasts, its online accumulator with order-1 and order-2
 forecasts (its threshold corrected once by the compute it really ran, and kept a step under
 the budget, as its compute varies by prompt), and Block Caching's per-block schedules with
@@ -43,8 +44,9 @@ from cachekern.models.flops import counting_unit_flops
 from cachekern.patching import patch, unpatch
 from cachekern.teacache import TeaCache
 from cachekern.teacache.calibrate import ChangeRecorder, fit_coefficients, observe_uncached
-from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
-                                                regular_schedule, residual_recorder)
+from cachekern.teacache.schedule_search import (ForecastError, accumulator_schedule,
+                                                greedy_schedule, regular_schedule,
+                                                residual_recorder)
 
 FORMAT = "cachekern.tuned/1"
 BUDGETS = (0.6, 0.5, 0.4, 0.3, 0.25)
@@ -213,11 +215,13 @@ def _pattern(compute):
     return "".join("C" if c else "." for c in compute)
 
 
-def _static_candidates(records, steps, target_compute, count):
+def _static_candidates(records, steps, target_compute, count, trajectory):
     """About `count` static settings (schedule and forecast) to measure: the densest regular
-    pattern in the budget, and those whose forecast error, predicted on the calibration runs'
-    recorded stack residuals, is smallest; within the compute budget for a speed-up, else at
-    each of a few budgets. (label, options, predicted error, is the densest regular) each."""
+    pattern in the budget, the online accumulator's schedule on the calibration runs
+    (accumulator_schedule, `trajectory` their input changes), and those whose forecast error,
+    predicted on the calibration runs' recorded stack residuals, is smallest; within the
+    compute budget for a speed-up, else at each of a few budgets. (label, options, predicted
+    error, measured first) each."""
     forms = {"taylor order 2": ForecastError(records, 2, "timestep", basis="taylor"),
              "lagrange order 1": ForecastError(records, 1, "timestep"),
              "fitted order 1": ForecastError(records, 1, "timestep", fitted=True),
@@ -227,6 +231,10 @@ def _static_candidates(records, steps, target_compute, count):
     regular = {tuple(c) for c in schedules}
     budgets = [target_compute] if target_compute is not None else list(BUDGETS)
     schedules += [greedy_schedule(forms["fitted order 2"], b) for b in budgets]
+    accumulated = {tuple(c) for c in (accumulator_schedule(trajectory, steps,
+                                                           int(b * steps + SLACK))
+                                      for b in budgets) if c is not None}
+    schedules += [list(c) for c in accumulated]
     scored, seen = [], set()
     for compute in schedules:
         key = tuple(compute)
@@ -240,8 +248,9 @@ def _static_candidates(records, steps, target_compute, count):
                 options["forecast_basis"] = "taylor"
             if errors.fitted:
                 options["forecast_weights"] = errors.fitted_weights(compute)
-            scored.append((errors.total(compute), fraction, f"{_pattern(compute)} {name}",
-                           options))
+            origin = " (accumulator)" if key in accumulated else ""
+            scored.append((errors.total(compute), fraction,
+                           f"{_pattern(compute)} {name}{origin}", options))
     # The prediction ranks forecasts of one schedule well but can misjudge schedules against
     # each other (early steps, with large residuals, dominate the error sum), so the densest
     # regular pattern in the budget, with Taylor and Lagrange forecasts (what wins most often
@@ -256,9 +265,20 @@ def _static_candidates(records, steps, target_compute, count):
         top = max(c[1] for c in band)
         return sorted(c for c in band if c[1] == top)[:2]
 
-    chosen, densest = [], []
+    def accumulators(lo, hi, forms):
+        """The accumulator's schedule in the band, with the forms named (or, forms None, the
+        one predicted best). On pixart-scenes it beat every regular and searched schedule of
+        its step count by 2-3 dB (benchmarks/RESULTS.md, "cachekern.tune against the full
+        sweep"): the error prediction misjudges where late steps matter."""
+        band = sorted(c for c in scored if lo < c[1] <= hi + SLACK and
+                      tuple(c[3]["compute_steps"]) in accumulated and
+                      (forms is None or any(f" {form} " in c[2] for form in forms)))
+        return band if forms is not None else band[:1]
+
+    chosen, first = [], []
     if target_compute is not None:
-        chosen = densest = densest_regular(0.0, target_compute)
+        chosen = first = densest_regular(0.0, target_compute) + accumulators(
+            0.0, target_compute, ("taylor order 2", "lagrange order 1"))
         within = sorted(c for c in scored if c[1] <= target_compute + SLACK and c not in chosen)
         # One form a schedule (the one predicted best): which steps compute matters more
         # than the form, and the prediction misranks schedules, so more of them are tried.
@@ -273,10 +293,10 @@ def _static_candidates(records, steps, target_compute, count):
         chosen = chosen + kept[:max(0, count - len(chosen))]
     else:                   # the best few at each budget: the fastest that meets min_psnr wins
         for lo, hi in zip(BUDGETS[1:] + (0.0,), BUDGETS):
-            picks = densest_regular(lo, hi)[:1]
+            picks = densest_regular(lo, hi)[:1] + accumulators(lo, hi, None)
             band = sorted(c for c in scored if lo < c[1] <= hi + SLACK and c not in picks)
             chosen += picks + band[:1]
-    return [(label, options, error, (error, fraction, label, options) in densest)
+    return [(label, options, error, (error, fraction, label, options) in first)
             for error, fraction, label, options in chosen]
 
 
@@ -434,7 +454,9 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     fitting on `calibration_seeds`.
 
     Candidates (`methods`: "teacache", "blockcaching"): of TeaCache's static schedules, the
-    densest regular pattern in the budget with Taylor and Lagrange forecasts, and up to
+    densest regular pattern in the budget and the online accumulator's schedule on the
+    calibration runs (at the budget's step count), each with Taylor and Lagrange forecasts, and
+    up to
     `static_candidates` others at the two largest step counts in the budget, one a schedule,
     in the order of the forecast error predicted on the calibration runs; its online
     accumulator at the threshold bisected for the budget less one step (its decisions
@@ -493,7 +515,8 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
         spent += len(calibration_seeds)
         coefficients = fit_coefficients(changes.pairs)
         steps = max(step for _, _, step, _, _ in records) + 1
-        statics = _static_candidates(records, steps, target_compute, static_candidates)
+        statics = _static_candidates(records, steps, target_compute, static_candidates,
+                                     changes.trajectory)
         candidates += [_Candidate("static", label, options, sum(options["compute_steps"]) /
                                   steps, error, first=first)
                        for label, options, error, first in statics]

@@ -313,3 +313,42 @@ def test_an_online_threshold_off_its_budget_is_bisected_again_once():
     assert _corrected_online(first, dict(compute=0.49), trajectory, steps, None, target) == []
     assert _corrected_online(twin, dict(compute=0.7), trajectory, steps, None, target) == []
     assert _corrected_online(first, dict(compute=0.7), trajectory, steps, None, None) == []
+
+
+def test_the_accumulator_schedule_is_the_online_decisions_on_the_mean_change():
+    """accumulator_schedule against a plain re-implementation: the raw input change averaged
+    per step over the recorded runs, accumulated until the threshold (the first and last steps
+    always computed), at the smallest threshold (scanned exactly, over every sum of
+    consecutive changes) that computes at most `count` steps."""
+    from cachekern.teacache.schedule_search import accumulator_schedule
+
+    g = torch.Generator().manual_seed(11)
+    steps = 15
+    changes = torch.rand(3, steps, generator=g, dtype=torch.float64) * 0.2 + 0.01
+    trajectory = {(run, "a"): [(s, float("nan") if s == 0 else float(changes[run, s]))
+                               for s in range(steps)] for run in range(3)}
+    mean = [float("nan")] + [float(changes[:, s].mean()) for s in range(1, steps)]
+
+    def plain(threshold):
+        out, acc = [], 0.0
+        for s in range(steps):
+            if s in (0, steps - 1):
+                out.append(True)
+                acc = 0.0
+                continue
+            acc += mean[s]
+            out.append(acc >= threshold)
+            if out[-1]:
+                acc = 0.0
+        return out
+
+    cuts = sorted({sum(mean[i:j]) for i in range(1, steps) for j in range(i + 1, steps + 1)})
+    probes = [0.0] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + [cuts[-1] + 1]
+    counts = [sum(plain(t)) for t in probes]
+    assert counts == sorted(counts, reverse=True)      # this data: fewer steps as it rises
+    for count in (13, 9, 6, 4, 2):
+        expected = next(plain(t) for t, n in zip(probes, counts) if n <= count)
+        got = accumulator_schedule(trajectory, steps, count)
+        assert got == expected and sum(got) <= count
+    assert accumulator_schedule(trajectory, steps, 1) is None       # first and last are forced
+    assert accumulator_schedule(trajectory, steps, steps) == [True] * steps

@@ -203,3 +203,44 @@ def greedy_schedule(errors, target_compute):
                 best = (cost, step)
         compute[best[1]] = False
     return compute
+
+
+def accumulator_schedule(trajectory, steps, count):
+    """The steps TeaCache's online accumulator computes, on the raw input change (no
+    polynomial) averaged per step over recorded uncached runs (ChangeRecorder.trajectory), at
+    the threshold where it computes at most `count` steps: a static schedule that computes
+    where the model's input changes most (densely in the last steps of a flow-matching
+    sampler), at a fixed cost where the online accumulator's varies by prompt. None when the
+    steps it always computes (the first and the last) are more than `count`."""
+    if count < min(steps, 2):
+        return None
+    totals, seen = [0.0] * steps, [0] * steps
+    for series in trajectory.values():
+        for step, rel in series:
+            if 0 <= step < steps and rel == rel:        # not NaN (step 0 has no change)
+                totals[step] += rel
+                seen[step] += 1
+    mean = [t / n if n else float("nan") for t, n in zip(totals, seen)]
+
+    def computed(threshold):
+        policy = TeaCache(threshold=threshold, coefficients=None, num_inference_steps=steps)
+        accumulated, skips, out = 0.0, 0, []
+        for step, rel in enumerate(mean):
+            forced = step == 0 or step >= steps - 1
+            compute, accumulated, _ = policy.decide(accumulated, skips, rel, None, forced)
+            skips = 0 if compute else skips + 1
+            out.append(compute)
+        return out
+
+    lo, hi = 0.0, 1e-4
+    while sum(computed(hi)) > count:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
+            return None
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if sum(computed(mid)) <= count:
+            hi = mid
+        else:
+            lo = mid
+    return computed(hi)
