@@ -133,8 +133,25 @@ def event_ms(fn, reps):
     return statistics.median(s.elapsed_time(e) for s, e in pairs)
 
 
-def generation_ms(step, n, calls):
-    """Wall time of n successive calls (one generation), GPU finished."""
+GENERATIONS = 3    # generations timed per row, the median: a single one is noisy on small models
+
+
+def generation_ms(step, n, calls, generations=GENERATIONS, fresh=None):
+    """The median wall time of n successive calls (one generation, GPU finished) over
+    `generations` generations; `fresh()`, when given, is called before each (a peer whose
+    state must start anew) and returns what to call after it."""
+    times = []
+    for _ in range(generations):
+        after = fresh() if fresh is not None else None
+        try:
+            times.append(_one_generation_ms(step, n, calls))
+        finally:
+            if after is not None:
+                after()
+    return statistics.median(times)
+
+
+def _one_generation_ms(step, n, calls):
     calls.restart(n)
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -196,13 +213,13 @@ def measure(name, model, fixed, scale, reps, steps):
     k = sum(pattern)
     gens = {}
     for label, make in (("eager", lambda: eager), ("graphed", lambda: graphed)):
-        generation_ms(make(), steps, kwargs)
+        generation_ms(make(), steps, kwargs, generations=1)     # warm-up
         gens[f"uncached, {label}"] = generation_ms(make(), steps, kwargs)
     for graphs in (False, True):
         policy = cachekern.TeaCache(compute_steps=pattern, forecast_order=1,
                                     num_inference_steps=steps, cuda_graphs=graphs)
         call = patched(policy, 0)
-        generation_ms(call, steps, kwargs)    # the first generation captures
+        generation_ms(call, steps, kwargs, generations=1)    # the first one captures
         gens[f"TeaCache, {'graphed' if graphs else 'eager'}"] = generation_ms(call, steps,
                                                                                kwargs)
         cachekern.unpatch(model)
@@ -239,7 +256,7 @@ def block_caching_generations(model, eager, calls, steps, target=0.5):
         cachekern.patch(model, policy)
         try:
             for _ in range(2 if graphs else 1):     # sizes the buffers; then captures
-                generation_ms(eager, steps, calls)
+                generation_ms(eager, steps, calls, generations=1)
             label = "graphed" if graphs else "eager"
             gens[f"Block Caching, {label}"] = generation_ms(eager, steps, calls)
         finally:
@@ -250,7 +267,8 @@ def block_caching_generations(model, eager, calls, steps, target=0.5):
 def main(preset, families, reps, steps, out_path, compile_blocks=False):
     warm_up_gpu()
     sections = [environment(), "", f"Random bf16 weights; medians of {reps} calls (CUDA "
-                f"events, host ahead). Generation: {steps} calls; TeaCache computes steps 0, 1 "
+                f"events, host ahead). Generation: {steps} calls, the median of "
+                f"{GENERATIONS} generations; TeaCache computes steps 0, 1 "
                 f"and every other one after (compute_steps, a first-order forecast), ideal N/K; "
                 f"Block Caching computes half the block calls on the schedule a profiled "
                 f"generation gives (first-order forecasts), ideal: the inverse of the share of "

@@ -4,7 +4,8 @@ TaylorSeer (whole blocks forecast) and cache-dit's DBCache F1B0, each as its lib
 at a threshold that always skips, TaylorSeer at an interval past the generation; block 0 runs
 for the first two), host synchronisations per call, and TaylorSeer's generation on its fixed
 pattern (cache_interval=2 after two computed steps) against its ideal N/K, K the steps whose
-blocks ran, counted on the last block's first submodule."""
+blocks ran, counted on the last block's first submodule; its library enabled anew for each
+timed generation, so each starts from fresh state."""
 
 import torch
 
@@ -75,14 +76,15 @@ def peer_rows(model, eager, calls, steps, reps, event_ms, generation_ms, syncs_p
     try:
         ran = []
         hook = _last_block_unit(model).register_forward_pre_hook(lambda *_: ran.append(1))
-        uncached = generation_ms(eager, steps, calls)
-        disable = _taylorseer(model, steps, interval=2)    # fresh state: one generation
         try:
-            ran.clear()
-            cached = generation_ms(_in_context(model, eager), steps, calls)
-            computed = len(ran)
+            uncached = generation_ms(eager, steps, calls)
+
+            def fresh():            # enabled anew for each generation: its state starts over
+                ran.clear()
+                return _taylorseer(model, steps, interval=2)
+            cached = generation_ms(_in_context(model, eager), steps, calls, fresh=fresh)
+            computed = len(ran)     # the last generation's
         finally:
-            disable()
             hook.remove()
         gens["diffusers TaylorSeer, whole blocks, eager"] = (uncached, cached,
                                                             steps / max(computed, 1))

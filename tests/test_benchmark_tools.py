@@ -158,3 +158,55 @@ def test_tune_vs_sweep_leaves_out_only_settings_built_above_every_budget():
                                  "blocks=all target_compute=0.7 scale_shift=fit", 8)) == 0.7
     assert fixed_compute(Setting(methods.TEACACHE, "threshold=0.1 coefficients=auto", 8)) is None
     assert fixed_compute(Setting(methods.UNCACHED, "8 steps", 8)) is None
+
+
+def test_graph_peers_time_taylorseer_from_fresh_state_and_count_its_computed_steps():
+    """benchmarks.graph_peers.peer_rows with the GPU timers swapped for counting ones: each
+    timed TaylorSeer generation runs from fresh state (enabled anew), and its ideal is N over
+    the steps whose blocks ran (diffusers' rule: two steps, then every other one)."""
+    import statistics
+
+    from benchmarks.graph_peers import peer_rows
+    from tiny_models import flux
+
+    model, inputs, scale = flux()
+    steps = 12
+
+    class Calls:
+        def restart(self, n):
+            self.step = 0
+
+        def __call__(self):
+            t = 1.0 - self.step / steps
+            self.step += 1
+            return dict(inputs(1), timestep=torch.full((2,), t * scale))
+    calls = Calls()
+    eager = lambda: model(**calls())[0]      # noqa: E731
+    ran = []
+
+    def generation_ms(step, n, calls, generations=3, fresh=None):
+        counts = []
+        for _ in range(generations):
+            after = fresh() if fresh is not None else None
+            calls.restart(n)
+            blocks = []
+            # A block's first submodule: TaylorSeer still calls a block it forecasts.
+            hook = next(iter(model.transformer_blocks[0].children())).register_forward_pre_hook(
+                lambda *_: blocks.append(1))
+            try:
+                for _ in range(n):
+                    step()
+            finally:
+                hook.remove()
+                if after is not None:
+                    after()
+            counts.append(len(blocks))
+        ran.append(counts)
+        return statistics.median(counts)
+    with torch.no_grad():
+        rows, gens = peer_rows(model, eager, calls, steps, 1, lambda call, reps: (call(), 1.0)[1],
+                               generation_ms, lambda call: 0)
+    assert ran[0] == [steps] * 3                 # uncached: every step, every generation
+    assert ran[-1] == [7] * 3                    # TaylorSeer: the same pattern each time
+    uncached, cached, ideal = gens["diffusers TaylorSeer, whole blocks, eager"]
+    assert ideal == steps / 7 and (uncached, cached) == (steps, 7)
