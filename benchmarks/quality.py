@@ -127,14 +127,19 @@ SEARCH_TARGETS = (0.75, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
 
 def static_candidates(model, calibration_run, steps, quick, given=()):
     """{label: TeaCache options} of static schedules: TaylorSeer's regular patterns with the
-    Taylor or Lagrange basis or weights fitted on the calibration seeds, and the schedules
-    cachekern.search_schedule finds there for fitted forecasts (one recording serves all);
+    Taylor or Lagrange basis or weights fitted on the calibration seeds, the schedules
+    cachekern.search_schedule finds there for fitted forecasts (one recording serves all),
+    and the online accumulator's own schedule there (accumulator_schedule, as tune tries it);
     `given`: patterns ("C" computes, "." forecasts) from --schedule, e.g. the steps a peer
     computed (benchmarks.peer_schedule), with every forecast form."""
-    from cachekern.teacache.schedule_search import (ForecastError, greedy_schedule,
-                                                    record_stack_residuals, regular_schedule)
+    from cachekern.teacache.calibrate import ChangeRecorder, observe_uncached
+    from cachekern.teacache.schedule_search import (ForecastError, accumulator_schedule,
+                                                    greedy_schedule, record_stack_residuals,
+                                                    regular_schedule)
 
     records = record_stack_residuals(model, calibration_run)
+    changes = ChangeRecorder()
+    observe_uncached(model, calibration_run, 1, changes, "quality")
     fitted = {order: ForecastError(records, order, "timestep", fitted=True) for order in (1, 2)}
 
     def text(compute):
@@ -186,6 +191,12 @@ def static_candidates(model, calibration_run, steps, quick, given=()):
             found[f"{text(compute)} searched, fitted order {order}"] = dict(
                 compute_steps=compute, forecast_order=order,
                 forecast_weights=errors.fitted_weights(compute))
+        compute = accumulator_schedule(changes.trajectory, steps, int(target * steps + 1e-9))
+        if compute is not None:
+            found[f"{text(compute)} accumulator's, taylor order 2"] = dict(
+                compute_steps=compute, forecast_order=2, forecast_basis="taylor")
+            found[f"{text(compute)} accumulator's, lagrange order 1"] = dict(
+                compute_steps=compute, forecast_order=1)
     return found
 
 
