@@ -32,7 +32,7 @@ from cachekern import reference_models
 from cachekern.metrics import psnr
 
 CACHEKERN = (methods.TEACACHE, methods.TEACACHE_STATIC, methods.BLOCK_CACHING)
-TUNE_EVALUATION_SEEDS = (5_000, 5_001)
+FIRST_EVALUATION_SEED = 5_000      # tune's evaluation seeds: none of the sweep's samples
 TUNE_CALIBRATION_SEEDS = (10_000,)
 SLACK = 1e-9
 FIELDS = ("model", "scheduler", "method", "setting", "compute", "psnr_db", "speedup",
@@ -64,12 +64,18 @@ def main(argv=None):
                         help="take the sweep's rows from this file, written by this command "
                              "with the same model, samples and settings (the picks are made "
                              "and measured again)")
+    parser.add_argument("--evaluation-seeds", type=int, default=2,
+                        help=f"how many evaluation seeds tune gets ({FIRST_EVALUATION_SEED} on)")
+    parser.add_argument("--max-generations", type=float, default=12.0,
+                        help="tune's budget, in uncached generations")
     parser.add_argument("--all", action="store_true",
                         help="also the settings built to run above every budget (static "
                              "schedules, Block Caching targets), left out by default")
     args = parser.parse_args(argv)
     if args.samples is not None and args.samples < 1:
         parser.error(f"--samples: expected at least 1, got {args.samples}")
+    if args.evaluation_seeds < 1:
+        parser.error(f"--evaluation-seeds: expected at least 1, got {args.evaluation_seeds}")
     if any(s <= 1 for s in args.speedups):
         parser.error(f"--speedups: expected numbers > 1, got {args.speedups}")
 
@@ -136,7 +142,10 @@ def main(argv=None):
         started = time.perf_counter()
         result = cachekern.tune(ref.model, run, speedup=speedup, progress=False,
                                 calibration_seeds=TUNE_CALIBRATION_SEEDS,
-                                evaluation_seeds=TUNE_EVALUATION_SEEDS)
+                                evaluation_seeds=tuple(range(
+                                    FIRST_EVALUATION_SEED,
+                                    FIRST_EVALUATION_SEED + args.evaluation_seeds)),
+                                max_generations=args.max_generations)
         spent = time.perf_counter() - started
         compute, value = measure(methods.Setting(f"tune {speedup:g}x", result.label, steps,
                                                  applying(result.policy)))
