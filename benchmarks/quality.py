@@ -134,12 +134,17 @@ def static_candidates(model, calibration_run, steps, quick, given=()):
     computed (benchmarks.peer_schedule), with every forecast form."""
     from cachekern.teacache.calibrate import ChangeRecorder, observe_uncached
     from cachekern.teacache.schedule_search import (ForecastError, accumulator_schedule,
-                                                    greedy_schedule, record_stack_residuals,
-                                                    regular_schedule)
+                                                    greedy_schedule, regular_schedule,
+                                                    residual_recorder)
 
-    records = record_stack_residuals(model, calibration_run)
-    changes = ChangeRecorder()
-    observe_uncached(model, calibration_run, 1, changes, "quality")
+    # One uncached calibration run records the stack's residuals and the input changes.
+    records, changes = [], ChangeRecorder()
+    keep = residual_recorder(records)
+
+    def record(*call):
+        keep(*call)
+        changes(*call)
+    observe_uncached(model, calibration_run, 1, record, "quality")
     fitted = {order: ForecastError(records, order, "timestep", fitted=True) for order in (1, 2)}
 
     def text(compute):
