@@ -33,10 +33,12 @@ from cachekern.metrics import psnr
 
 CACHEKERN = (methods.TEACACHE, methods.TEACACHE_STATIC, methods.BLOCK_CACHING)
 FIRST_EVALUATION_SEED = 5_000      # tune's evaluation seeds: none of the sweep's samples
+FIRST_HOLDOUT_SEED = 20_000        # --holdout: samples neither tune nor the sweep chose on
 TUNE_CALIBRATION_SEEDS = (10_000,)
 SLACK = 1e-9
 FIELDS = ("model", "scheduler", "method", "setting", "compute", "psnr_db", "speedup",
-          "tune_compute", "tune_psnr_db", "generations", "uncached_generations", "tune_s")
+          "tune_compute", "tune_psnr_db", "generations", "uncached_generations", "tune_s",
+          "holdout", "best_holdout")
 
 
 def applying(policy):
@@ -71,7 +73,13 @@ def main(argv=None):
     parser.add_argument("--all", action="store_true",
                         help="also the settings built to run above every budget (static "
                              "schedules, Block Caching targets), left out by default")
+    parser.add_argument("--holdout", type=int, default=0, metavar="N",
+                        help="also score tune's pick and the sweep's best on N fresh samples "
+                             f"(seeds {FIRST_HOLDOUT_SEED} on): the sweep chose its best on "
+                             "the samples it is scored on, tune did not")
     args = parser.parse_args(argv)
+    if args.holdout < 0:
+        parser.error(f"--holdout: expected a count of samples, 0 or more, got {args.holdout}")
     if args.samples is not None and args.samples < 1:
         parser.error(f"--samples: expected at least 1, got {args.samples}")
     if args.evaluation_seeds < 1:
@@ -119,8 +127,10 @@ def main(argv=None):
         return ref.sample([seed % classes], [seed], steps=steps, **sample_kwargs)
 
     # The uncached samples first (the sweep's first setting), then tune's picks, then the rest.
-    settings = methods.uncached(steps) if args.sweep_from is not None else \
-        quality.settings_for(ref, steps, sample_kwargs, calibration, args.quick, set(CACHEKERN))
+    # The held-out scores need the sweep's settings themselves, not only its rows.
+    settings = methods.uncached(steps) if args.sweep_from is not None and not args.holdout \
+        else quality.settings_for(ref, steps, sample_kwargs, calibration, args.quick,
+                                  set(CACHEKERN))
     if not args.all:    # what cannot be within any budget asked for is not run
         ceiling = 1 / min(args.speedups) + quality.BUDGET_SLACK
         settings = [s for s in settings if (fixed_compute(s) or 0.0) <= ceiling]
@@ -137,7 +147,7 @@ def main(argv=None):
     compute, value = measure(settings[0])
     rows.append(dict(model=args.name, scheduler=scheduler, method=settings[0].method,
                      setting=settings[0].label, compute=compute, psnr_db=value))
-    picks = []
+    picks, made = [], {}
     for speedup in args.speedups:
         started = time.perf_counter()
         result = cachekern.tune(ref.model, run, speedup=speedup, progress=False,
@@ -147,8 +157,9 @@ def main(argv=None):
                                     FIRST_EVALUATION_SEED + args.evaluation_seeds)),
                                 max_generations=args.max_generations)
         spent = time.perf_counter() - started
-        compute, value = measure(methods.Setting(f"tune {speedup:g}x", result.label, steps,
-                                                 applying(result.policy)))
+        made[speedup] = methods.Setting(f"tune {speedup:g}x", result.label, steps,
+                                        applying(result.policy))
+        compute, value = measure(made[speedup])
         picks.append(dict(model=args.name, scheduler=scheduler,
                           method=f"tune: {result.method}", setting=result.label,
                           compute=compute, psnr_db=value, speedup=speedup,
@@ -173,15 +184,52 @@ def main(argv=None):
         within = [r for r in rows if r["method"] != methods.UNCACHED and
                   r["compute"] <= 1 / pick["speedup"] + SLACK]
         pick["best"] = max(within, key=lambda r: r["psnr_db"]) if within else None
+    if args.holdout:
+        held_out(ref, picks, made, settings, args.holdout, args.batch, sample_kwargs, work,
+                 device)
 
     write()
     command = "python -m benchmarks.tune_vs_sweep " + " ".join(
         argv if argv is not None else sys.argv[1:])
     table = markdown(picks, args.name, scheduler, steps, len(labels), len(rows) - 1,
-                     quality.environment_line(device), command)
+                     quality.environment_line(device), command, args.holdout)
     Path(f"{stem}.md").write_text(table)
     print(table)
     return picks
+
+
+def held_out(ref, picks, made, settings, count, batch, sample_kwargs, work, device):
+    """Each pick's and its sweep's best's PSNR and compute on `count` fresh samples
+    (pick["holdout"], pick["best_holdout"]: (compute, PSNR)): the sweep's best is the maximum
+    over hundreds of settings scored on the very samples it was chosen on, which flatters it;
+    neither was chosen on these. An online threshold's compute moves with the samples."""
+    classes = ref.conditioner.num_classes
+    labels = [i % classes for i in range(count)]
+    seeds = [FIRST_HOLDOUT_SEED + i for i in range(count)]
+    by_label = {(s.method, s.label): s for s in settings}
+    reference, full, _ = quality.generate(ref, settings[0], labels, seeds, batch, sample_kwargs,
+                                          work, device, 0)
+
+    def score(setting):
+        images, flops, _ = quality.generate(ref, setting, labels, seeds, batch, sample_kwargs,
+                                            work, device, 0)
+        return flops / full, quality.per_sample_mean(psnr, reference, images, data_range=2.0)
+
+    for pick in picks:
+        pick["holdout"] = score(made[pick["speedup"]])
+        best = pick["best"]
+        setting = None if best is None else by_label.get((best["method"], best["setting"]))
+        if setting is None and best is not None:
+            raise ValueError(f"--holdout: the sweep's best {best['method']}: {best['setting']} "
+                             f"is not among this command's settings (--all or --quick differ "
+                             f"from the sweep's run?)")
+        pick["best_holdout"] = None if setting is None else score(setting)
+        print(f"{pick['speedup']:g}x held out ({count} samples): tune {_pair(pick['holdout'])}"
+              f", the sweep's best {_pair(pick['best_holdout'])}", flush=True)
+
+
+def _pair(measured):
+    return "—" if measured is None else f"{measured[1]:.2f} dB at {measured[0]:.3f}"
 
 
 def fixed_compute(setting):
@@ -194,12 +242,20 @@ def fixed_compute(setting):
     return float(found.group(1)) if found else None
 
 
-def markdown(picks, name, scheduler, steps, samples, settings, environment, command):
+def _held_out_cell(p):
+    tune, best = p["holdout"], p.get("best_holdout")
+    gap = "—" if best is None else f"{tune[1] - best[1]:+.2f}"
+    return f" {_pair(tune)}; {_pair(best)}; {gap} |"
+
+
+def markdown(picks, name, scheduler, steps, samples, settings, environment, command,
+             holdout=0):
     lines = [f"#### {name}, {scheduler}, {steps} steps, {samples} samples; the sweep: "
              f"{settings} cachekern settings", "", f"`{command}`", "", environment, "",
              "| speed-up | tune's pick | compute | PSNR dB | the sweep's best within the "
-             "compute | compute | PSNR dB | tune − best, dB | tuning cost, generations |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "compute | compute | PSNR dB | tune − best, dB | tuning cost, generations |"
+             + (" held out: tune; best; tune − best, dB |" if holdout else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if holdout else "")]
     for p in picks:
         best = p["best"]
         gap = float("nan") if best is None else p["psnr_db"] - best["psnr_db"]
@@ -209,7 +265,8 @@ def markdown(picks, name, scheduler, steps, samples, settings, environment, comm
             + ("— | — | — | — |" if best is None else
                f"{best['method'][10:]}: `{best['setting']}` | {best['compute']:.3f} | "
                f"{best['psnr_db']:.2f} | {gap:+.2f} |")
-            + f" {p['generations']:.1f} ({p['uncached_generations']} uncached) |")
+            + f" {p['generations']:.1f} ({p['uncached_generations']} uncached) |"
+            + (_held_out_cell(p) if holdout else ""))
     return "\n".join(lines) + "\n"
 
 

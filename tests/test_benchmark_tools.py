@@ -160,6 +160,25 @@ def test_tune_vs_sweep_leaves_out_only_settings_built_above_every_budget():
     assert fixed_compute(Setting(methods.UNCACHED, "8 steps", 8)) is None
 
 
+def test_tune_vs_sweep_reports_held_out_scores_as_tune_minus_the_sweeps_best():
+    """With --holdout, each row gains tune's and the sweep's best's (PSNR, compute) on the
+    fresh samples and their difference, tune's minus the best's; without it the table is
+    unchanged."""
+    from benchmarks.tune_vs_sweep import markdown
+
+    best = dict(method="cachekern TeaCache forecast order 1", setting="threshold=0.1",
+                compute=0.321, psnr_db=39.82)
+    pick = dict(speedup=3.0, method="tune: TeaCache", setting="C.C...C", compute=0.321,
+                psnr_db=37.23, best=best, generations=9.6, uncached_generations=4,
+                holdout=(0.3214, 37.62), best_holdout=(0.3571, 39.68))
+    plain = markdown([pick], "m", "euler", 28, 20, 236, "env", "cmd")
+    held = markdown([pick], "m", "euler", 28, 20, 236, "env", "cmd", holdout=20)
+    assert "held out" not in plain and "| -2.59 |" in plain
+    row = held.splitlines()[-1]
+    assert row.endswith("| 37.62 dB at 0.321; 39.68 dB at 0.357; -2.06 |"), row
+    assert held.splitlines()[-2].count("|") == row.count("|")
+
+
 def test_graph_peers_time_taylorseer_from_fresh_state_and_count_its_computed_steps():
     """benchmarks.graph_peers.peer_rows with the GPU timers swapped for counting ones: each
     timed TaylorSeer generation runs from fresh state (enabled anew), and its ideal is N over
