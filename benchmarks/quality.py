@@ -132,19 +132,12 @@ def static_candidates(model, calibration_run, steps, quick, given=()):
     and the online accumulator's own schedule there (accumulator_schedule, as tune tries it);
     `given`: patterns ("C" computes, "." forecasts) from --schedule, e.g. the steps a peer
     computed (benchmarks.peer_schedule), with every forecast form."""
-    from cachekern.teacache.calibrate import ChangeRecorder, observe_uncached
     from cachekern.teacache.schedule_search import (ForecastError, accumulator_schedule,
                                                     greedy_schedule, regular_schedule,
-                                                    residual_recorder)
+                                                    record_residuals_and_changes)
 
     # One uncached calibration run records the stack's residuals and the input changes.
-    records, changes = [], ChangeRecorder()
-    keep = residual_recorder(records)
-
-    def record(*call):
-        keep(*call)
-        changes(*call)
-    observe_uncached(model, calibration_run, 1, record, "quality")
+    records, changes = record_residuals_and_changes(model, calibration_run, 1, "quality")
     fitted = {order: ForecastError(records, order, "timestep", fitted=True) for order in (1, 2)}
 
     def text(compute):

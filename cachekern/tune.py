@@ -43,10 +43,10 @@ from cachekern.models.blocks import cached_units, is_unet
 from cachekern.models.flops import counting_unit_flops
 from cachekern.patching import patch, unpatch
 from cachekern.teacache import TeaCache
-from cachekern.teacache.calibrate import ChangeRecorder, fit_coefficients, observe_uncached
+from cachekern.teacache.calibrate import fit_coefficients
 from cachekern.teacache.schedule_search import (ForecastError, accumulator_schedule,
-                                                greedy_schedule, regular_schedule,
-                                                residual_recorder)
+                                                greedy_schedule, record_residuals_and_changes,
+                                                regular_schedule)
 
 FORMAT = "cachekern.tuned/1"
 BUDGETS = (0.6, 0.5, 0.4, 0.3, 0.25)
@@ -505,13 +505,8 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
         # One pass over the calibration seeds records the stack's residuals (for the static
         # schedules' forecast errors) and TeaCache's input and output changes (for its
         # polynomial, and the decisions replayed offline to bisect thresholds).
-        records, changes = [], ChangeRecorder()
-        keep = residual_recorder(records)
-
-        def record(*call):
-            keep(*call)
-            changes(*call)
-        observe_uncached(target, calibration_runs(), len(calibration_seeds), record, "tune")
+        records, changes = record_residuals_and_changes(target, calibration_runs(),
+                                                        len(calibration_seeds), "tune")
         spent += len(calibration_seeds)
         coefficients = fit_coefficients(changes.pairs)
         steps = max(step for _, _, step, _, _ in records) + 1

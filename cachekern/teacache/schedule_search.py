@@ -19,7 +19,7 @@ is a plain list for TeaCache(compute_steps=...): no indicator, and no data-depen
 
 from cachekern.models.binding import resolve_model
 from cachekern.models.context_parallel import is_context_parallel
-from cachekern.teacache.calibrate import observe_uncached
+from cachekern.teacache.calibrate import ChangeRecorder, observe_uncached
 from cachekern.teacache.policy import TeaCache
 
 
@@ -44,6 +44,20 @@ def residual_recorder(records):
         records.append((generation, call["branch"], call["step"], call["timestep"],
                         residual.detach().float().clone()))
     return record
+
+
+def record_residuals_and_changes(target, run, runs, who):
+    """One pass over `runs` uncached generations: (records as residual_recorder keeps them,
+    the ChangeRecorder of TeaCache's input and output changes), for callers that need both
+    the static schedules' forecast errors and the online accumulator's inputs."""
+    records, changes = [], ChangeRecorder()
+    keep = residual_recorder(records)
+
+    def record(*call):
+        keep(*call)
+        changes(*call)
+    observe_uncached(target, run, runs, record, who)
+    return records, changes
 
 
 class ForecastError:
