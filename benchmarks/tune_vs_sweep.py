@@ -107,15 +107,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"tune_vs_sweep_{args.name}"
-    rows, reference, full = [], None, None
-
-    def measure(setting):
-        nonlocal reference, full
-        images, flops, _ = quality.generate(ref, setting, labels, seeds, args.batch,
-                                            sample_kwargs, work, device, 0)
-        if reference is None:
-            reference, full = images, flops
-        return flops / full, quality.per_sample_mean(psnr, reference, images, data_range=2.0)
+    rows = []
 
     def write():            # as it goes: a run cut short keeps what it measured
         with open(f"{stem}.csv", "w", newline="") as f:
@@ -144,7 +136,8 @@ def main(argv=None):
                          f"{args.name} with {scheduler}")
         swept = [dict(r, compute=float(r["compute"]), psnr_db=float(r["psnr_db"]))
                  for r in earlier[1:]]
-    compute, value = measure(settings[0])
+    measure, (compute, value) = scorer(ref, settings[0], labels, seeds, args.batch,
+                                       sample_kwargs, work, device)
     rows.append(dict(model=args.name, scheduler=scheduler, method=settings[0].method,
                      setting=settings[0].label, compute=compute, psnr_db=value))
     picks, made = [], {}
@@ -198,6 +191,20 @@ def main(argv=None):
     return picks
 
 
+def scorer(ref, uncached, labels, seeds, batch, sample_kwargs, work, device):
+    """Generates the uncached samples, then (score, the uncached setting's own score):
+    score(setting) is (compute as a share of the uncached block FLOPs, mean PSNR against the
+    uncached samples) of `setting` on the same samples."""
+    reference, full, _ = quality.generate(ref, uncached, labels, seeds, batch, sample_kwargs,
+                                          work, device, 0)
+
+    def score(setting):
+        images, flops, _ = quality.generate(ref, setting, labels, seeds, batch, sample_kwargs,
+                                            work, device, 0)
+        return flops / full, quality.per_sample_mean(psnr, reference, images, data_range=2.0)
+    return score, (1.0, quality.per_sample_mean(psnr, reference, reference, data_range=2.0))
+
+
 def held_out(ref, picks, made, settings, count, batch, sample_kwargs, work, device):
     """Each pick's and its sweep's best's PSNR and compute on `count` fresh samples
     (pick["holdout"], pick["best_holdout"]: (compute, PSNR)): the sweep's best is the maximum
@@ -207,14 +214,7 @@ def held_out(ref, picks, made, settings, count, batch, sample_kwargs, work, devi
     labels = [i % classes for i in range(count)]
     seeds = [FIRST_HOLDOUT_SEED + i for i in range(count)]
     by_label = {(s.method, s.label): s for s in settings}
-    reference, full, _ = quality.generate(ref, settings[0], labels, seeds, batch, sample_kwargs,
-                                          work, device, 0)
-
-    def score(setting):
-        images, flops, _ = quality.generate(ref, setting, labels, seeds, batch, sample_kwargs,
-                                            work, device, 0)
-        return flops / full, quality.per_sample_mean(psnr, reference, images, data_range=2.0)
-
+    score, _ = scorer(ref, settings[0], labels, seeds, batch, sample_kwargs, work, device)
     for pick in picks:
         pick["holdout"] = score(made[pick["speedup"]])
         best = pick["best"]
