@@ -36,6 +36,7 @@ import torch
 
 from cachekern.block_caching import BlockCaching, Profile, profile
 from cachekern.block_caching.schedule import compute_fraction, delta_for_compute
+from cachekern.calibration import record_both
 from cachekern.metrics import psnr, ssim
 from cachekern.models import adapter_for
 from cachekern.models.binding import is_patched, resolve_model
@@ -465,7 +466,7 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     on the per-block schedule bisected for the budget in FLOPs, with order-1 and order-2
     forecasts (for min_psnr: order 1 at each of a few budgets). Tuning spends at most
     `max_generations` uncached generations' block work: the uncached runs (the evaluation
-    seeds, and the calibration seeds once per method), then each candidate on the first
+    seeds, and the calibration seeds once for both methods: cachekern.calibration), then each candidate on the first
     evaluation seed in order of promise while it fits (an order-2 forecast only where its
     order-1 twin was within the budget and PROMISE_DB of the best), then the other
     evaluation seeds for the FINALISTS best within the budget (for min_psnr: the fastest
@@ -477,13 +478,13 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
                         f"{type(run).__name__}")
     _check_seeds(calibration_seeds, evaluation_seeds)
     _check_methods(methods)
-    uncached = len(evaluation_seeds) + len(calibration_seeds) * len(set(methods))
+    uncached = len(evaluation_seeds) + len(calibration_seeds)
     if isinstance(max_generations, bool) or not isinstance(max_generations, (int, float)) or \
             not max_generations > uncached:
         raise ValueError(f"max_generations: expected a number above {uncached} (the uncached "
                          f"generations: {len(evaluation_seeds)} evaluation seeds, "
-                         f"{len(calibration_seeds)} calibration seed(s) for each of "
-                         f"{len(set(methods))} method(s)), got {max_generations!r}")
+                         f"{len(calibration_seeds)} calibration seed(s)), got "
+                         f"{max_generations!r}")
     model = resolve_model(target)
     if is_patched(model):
         raise RuntimeError("tune: the model is patched; unpatch it first (tune measures the "
@@ -501,13 +502,26 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
             spent += 1
     target_compute = None if speedup is None else 1.0 / speedup
     candidates, steps = [], None
-    if "teacache" in methods:
-        # One pass over the calibration seeds records the stack's residuals (for the static
-        # schedules' forecast errors) and TeaCache's input and output changes (for its
-        # polynomial, and the decisions replayed offline to bisect thresholds).
+    # One pass over the calibration seeds records what both methods fit on
+    # (cachekern.calibration); one method alone records only its own.
+    resnets = is_unet(model)     # a UNet's ResNet blocks too: BC covers what TeaCache skips
+    if set(methods) == set(METHODS):
+        calibration = record_both(target, run, calibration_seeds, resnets=resnets)
+        records, changes = calibration.records, calibration.changes
+        prof, weights = calibration.profile, calibration.weights
+        spent += calibration.generations
+    elif "teacache" in methods:
         records, changes = record_residuals_and_changes(target, calibration_runs(),
                                                         len(calibration_seeds), "tune")
         spent += len(calibration_seeds)
+    else:
+        with counting_unit_flops(model, cached_units(model, resnets=resnets)) as weights:
+            prof = profile(target, calibration_runs(), runs=len(calibration_seeds),
+                           resnets=resnets)
+        spent += len(calibration_seeds)
+    if "teacache" in methods:
+        # The stack's residuals give the static schedules' forecast errors; TeaCache's input
+        # and output changes its polynomial, and the decisions replayed to bisect thresholds.
         coefficients = fit_coefficients(changes.pairs)
         steps = max(step for _, _, step, _, _ in records) + 1
         statics = _static_candidates(records, steps, target_compute, static_candidates,
@@ -523,12 +537,6 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
             candidates += _online_candidates(changes.trajectory, steps, coefficients,
                                              online_target)
     if "blockcaching" in methods:
-        # A UNet's ResNet blocks too: Block Caching then covers the work TeaCache skips.
-        units = cached_units(model, resnets=is_unet(model))
-        with counting_unit_flops(model, units) as weights:
-            prof = profile(target, calibration_runs(), runs=len(calibration_seeds),
-                           resnets=is_unet(model))
-        spent += len(calibration_seeds)
         steps = prof.steps
         candidates += _block_caching_candidates(prof, weights, target_compute)
     if not candidates:      # before measuring anything: nothing fits the budget

@@ -26,9 +26,12 @@ ALLOWED = {
                                 "cachekern._warnings"},
     "cachekern.build_info": {"cachekern.store", "cachekern._version"},
     "cachekern.patching": {"cachekern.teacache", "cachekern.block_caching", "cachekern.models"},
+    # One calibration pass for both methods, for tune.
+    "cachekern.calibration": {"cachekern.teacache", "cachekern.block_caching", "cachekern.models"},
     # tune sits above patching: it chooses among both methods' settings.
     "cachekern.tune": {"cachekern.patching", "cachekern.teacache", "cachekern.block_caching",
-                       "cachekern.models", "cachekern.metrics", "cachekern.reference_models"},
+                       "cachekern.calibration", "cachekern.models", "cachekern.metrics",
+                       "cachekern.reference_models"},
 }
 # The deprecated Profile methods reach up to the functions that replaced them.
 SHIMS = {("cachekern.block_caching.profile", "cachekern.block_caching.fit"),

@@ -113,6 +113,73 @@ def _steps_of(tracker):
     return counts.pop()
 
 
+class BlockChanges:
+    """What a profile averages, accumulated while the model runs uncached: for each cacheable
+    block and step, the relative L1 change of the block's residual (output − input of its
+    main stream) from the previous step, Σ|r_t − r_{t−1}| / Σ|r_t| (through the fused
+    residual_capture), per CFG branch. `observer(position)` is the callback for observing(),
+    with position() the (branch, step) of the call in progress (None: not observed);
+    end_generation() after each generation; profile() the result."""
+
+    def __init__(self, model, units, resnets):
+        self.model, self.units, self.resnets = model, units, resnets
+        self.group = process_group(model)
+        self.sums, self.counts, self.prev = {}, {}, {}
+        self.steps, self.timesteps, self.branches, self.runs = None, None, set(), 0
+
+    def observer(self, position):
+        from cachekern import kernels    # Triton loads with the first profile, not with cachekern
+
+        def observe(index, unit, args, kwargs, result):
+            where = position()
+            if where is None:
+                return
+            branch, step = where
+            x = unit_inputs(unit, args, kwargs)[unit.io.primary]
+            out = unit.io.outputs(result)[unit.io.primary]
+            key = (branch, index)
+            last = self.prev.get(key)
+            if last is not None and last.shape != out.shape:    # what is kept has out's shape
+                last = None
+            if out.shape == x.shape:
+                residual, diff, cur = kernels.residual_capture(out.contiguous(), x.contiguous(),
+                                                               last)
+            else:
+                residual = out.detach().clone()
+                cur = residual.float().abs().sum()
+                diff = None if last is None else (residual.float() - last.float()).abs().sum()
+            self.prev[key] = residual
+            self.branches.add(branch)
+            if diff is not None:
+                cell = (index, step)
+                pair = torch.stack([diff.sum().float(), cur.sum().float()])
+                if self.group is not None:      # context parallelism: every rank's slice counts
+                    pair = sum_across_ranks(pair, self.group)
+                self.sums[cell] = self.sums.get(cell, 0.0) + (pair[0] / pair[1]).item()
+                self.counts[cell] = self.counts.get(cell, 0) + 1
+        return observe
+
+    def end_generation(self, steps, timesteps):
+        """After a generation of `steps` calls per branch; `timesteps`: its first branch's."""
+        self.prev.clear()           # residuals are compared within a generation only
+        if self.steps is not None and steps != self.steps:
+            raise ValueError(f"run: generated {steps} steps after {self.steps}; every run of "
+                             f"a profile must use the same step count")
+        self.steps = steps
+        self.runs += 1
+        if self.timesteps is None:
+            self.timesteps = list(timesteps)
+
+    def profile(self):
+        if self.steps is None:
+            raise ValueError("run: the model was never called")
+        change = [[(self.sums[(i, t)] / self.counts[(i, t)]) if (i, t) in self.counts
+                   else math.nan for t in range(self.steps)] for i in range(len(self.units))]
+        return Profile(model_class=type(self.model).__name__, units=[u.name for u in self.units],
+                       change=change, timesteps=self.timesteps, runs=self.runs,
+                       branches=sorted(self.branches), resnets=self.resnets)
+
+
 def profile(target, run, *, runs=1, resnets=False):
     """Records, for each cacheable block and step, the relative L1 change of the block's residual
     (output − input of its main stream) from the previous step, Σ|r_t − r_{t−1}| / Σ|r_t|
@@ -125,54 +192,12 @@ def profile(target, run, *, runs=1, resnets=False):
     if is_patched(model):
         raise RuntimeError("profile: the model is patched; unpatch it first (profiles are "
                            "recorded on the uncached model)")
-    from cachekern import kernels    # Triton loads with the first profile, not with cachekern
     units = cached_units(model, resnets)
     tracker = CallTracker(model)
-    group = process_group(model)
-    sums, counts, prev = {}, {}, {}
-    timesteps = None
-    steps = None
+    changes = BlockChanges(model, units, resnets)
 
-    def observe(index, unit, args, kwargs, result):
-        if tracker.current is None:
-            return
-        branch, step = tracker.current
-        x = unit_inputs(unit, args, kwargs)[unit.io.primary]
-        out = unit.io.outputs(result)[unit.io.primary]
-        key = (branch, index)
-        last = prev.get(key)
-        if last is not None and last.shape != out.shape:    # what is kept has out's shape
-            last = None
-        if out.shape == x.shape:
-            residual, diff, cur = kernels.residual_capture(out.contiguous(), x.contiguous(), last)
-        else:
-            residual = out.detach().clone()
-            cur = residual.float().abs().sum()
-            diff = None if last is None else (residual.float() - last.float()).abs().sum()
-        prev[key] = residual
-        if diff is not None:
-            cell = (index, step)
-            pair = torch.stack([diff.sum().float(), cur.sum().float()])
-            if group is not None:      # context parallelism: every rank's slice counts
-                pair = sum_across_ranks(pair, group)
-            sums[cell] = sums.get(cell, 0.0) + (pair[0] / pair[1]).item()
-            counts[cell] = counts.get(cell, 0) + 1
+    def after(steps):
+        changes.end_generation(steps, tracker.timesteps[sorted(tracker.timesteps)[0]])
 
-    def after(n):
-        nonlocal steps, timesteps
-        prev.clear()           # residuals are compared within a generation only
-        if steps is not None and n != steps:
-            raise ValueError(f"run: generated {n} steps after {steps}; every run of a "
-                             f"profile must use the same step count")
-        steps = n
-        if timesteps is None:
-            timesteps = tracker.timesteps[sorted(tracker.timesteps)[0]]
-
-    generations(tracker, units, observe, run, runs, after)
-    change = [[(sums[(i, t)] / counts[(i, t)]) if (i, t) in counts else math.nan
-               for t in range(steps)] for i in range(len(units))]
-    return Profile(model_class=type(model).__name__, units=[u.name for u in units],
-                   change=change, timesteps=timesteps, runs=runs,
-                   branches=sorted(tracker.counts), resnets=resnets)
-
-
+    generations(tracker, units, changes.observer(lambda: tracker.current), run, runs, after)
+    return changes.profile()

@@ -31,10 +31,11 @@ def _output_tensor(output):
                     f"{type(output).__name__}")
 
 
-def observe_uncached(target, run, runs, on_call, who):
+def observe_uncached(target, run, runs, on_call, who, attached=None):
     """Calls `run` `runs` times on the model patched with a TeaCache that never skips (its
     outputs are the uncached ones); after each call the cache served, on_call(generation,
-    handle, record, output) with the call's history record."""
+    handle, record, output) with the call's history record. attached(handle), when given, is
+    called once the handle is attached, before the first run."""
     if not callable(run):
         raise TypeError(f"run: expected a callable that generates once, got {type(run).__name__}")
     if not isinstance(runs, int) or isinstance(runs, bool) or runs < 1:
@@ -57,6 +58,8 @@ def observe_uncached(target, run, runs, on_call, who):
 
     hook = model.register_forward_hook(observe)
     try:
+        if attached is not None:
+            attached(handle)
         for generation[0] in range(runs):
             run()
     finally:

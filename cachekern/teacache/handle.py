@@ -46,6 +46,7 @@ class TeaCacheHandle:
         self._branches = {}
         self._branches_named = BranchNames(policy.calls_per_step)
         self._call = None          # (branch, timestep, steps) of the forward call in progress
+        self._in_stack = False     # its stack is running eagerly (past the decision)
         self._blocks = None
         self._forward_inputs = None  # the adapter's forward_inputs of the call in progress
         self._stand_in_lists = {}
@@ -87,6 +88,13 @@ class TeaCacheHandle:
         out["memo_hits"] = sum(memo.hits for memo in self._memos.values())
         out["branches"] = sorted(self._branches)
         return out
+
+    def call_in_progress(self):
+        """(branch, step) while an eager call runs its stack past the decision, else None: what
+        an observer of the blocks attributes what it sees to (cachekern.calibration)."""
+        if not self._in_stack or self._call is None:
+            return None
+        return self._call[0], self._branches[self._call[0]].step
 
     @property
     def history(self) -> list:
@@ -425,8 +433,12 @@ class TeaCacheHandle:
                     if out is not None:
                         return self.adapter.stack_output(out)
                     self._to_host(branch)
-                out, decision = self.runtime.run(self.model, call, self._blocks, state,
-                                                 timestep, steps,
-                                                 stack_shard(self.model, self._blocks[0]))
+                self._in_stack = True
+                try:
+                    out, decision = self.runtime.run(self.model, call, self._blocks, state,
+                                                     timestep, steps,
+                                                     stack_shard(self.model, self._blocks[0]))
+                finally:
+                    self._in_stack = False
                 self._record(decision, branch)
         return self.adapter.stack_output(out)

@@ -46,17 +46,20 @@ def residual_recorder(records):
     return record
 
 
-def record_residuals_and_changes(target, run, runs, who):
+def record_residuals_and_changes(target, run, runs, who, also=None, attached=None):
     """One pass over `runs` uncached generations: (records as residual_recorder keeps them,
     the ChangeRecorder of TeaCache's input and output changes), for callers that need both
-    the static schedules' forecast errors and the online accumulator's inputs."""
+    the static schedules' forecast errors and the online accumulator's inputs. `also`: one
+    more observe_uncached callback; `attached`: as observe_uncached takes it."""
     records, changes = [], ChangeRecorder()
     keep = residual_recorder(records)
 
     def record(*call):
         keep(*call)
         changes(*call)
-    observe_uncached(target, run, runs, record, who)
+        if also is not None:
+            also(*call)
+    observe_uncached(target, run, runs, record, who, attached=attached)
     return records, changes
 
 
