@@ -55,7 +55,7 @@ SLACK = 1e-9
 METHODS = ("teacache", "blockcaching")
 ONLINE_COST_MARGIN = 1.3
 PROMISE_DB = 3.0            # an order-2 forecast is measured when its order 1 came this close
-FINALISTS = 4               # screened on the first evaluation seed, then measured on the rest
+FINALISTS = 4               # the screen keeps back what measuring these on the other seeds costs
 MIN_PSNR_SCREEN_DB = 2.0    # for min_psnr: finalists screened at most this far below the goal
 CORRECT_BELOW = 0.1         # an online candidate this far below its budget is corrected too
 
@@ -466,11 +466,13 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     on the per-block schedule bisected for the budget in FLOPs, with order-1 and order-2
     forecasts (for min_psnr: order 1 at each of a few budgets). Tuning spends at most
     `max_generations` uncached generations' block work: the uncached runs (the evaluation
-    seeds, and the calibration seeds once for both methods: cachekern.calibration), then each candidate on the first
-    evaluation seed in order of promise while it fits (an order-2 forecast only where its
-    order-1 twin was within the budget and PROMISE_DB of the best), then the other
-    evaluation seeds for the FINALISTS best within the budget (for min_psnr: the fastest
-    screened near it, until one reaches it). The choice is made on all evaluation seeds.
+    seeds, and the calibration seeds once for both methods: cachekern.calibration), then
+    each candidate on the first evaluation seed in order of promise while it fits (an
+    order-2 forecast only where its order-1 twin was within the budget and PROMISE_DB of the
+    best), then the other evaluation seeds for the best screened within the budget, the
+    FINALISTS first (the screen keeps their cost back) and more while what is left allows
+    (for min_psnr: the fastest screened near it, until one reaches it). The choice is made
+    on all evaluation seeds.
     Raises ValueError when no candidate meets the target, naming the closest."""
     _check_target(speedup, min_psnr)
     if not callable(run):
@@ -611,12 +613,14 @@ def _within(row):
 
 
 def _finalists(table, target_compute, min_psnr):
-    """The screened rows worth measuring on the other evaluation seeds, best first: for a
-    speed-up, the closest within the budget; for min_psnr, the fastest screened near it."""
+    """The screened rows worth measuring on the other evaluation seeds, in order: for a
+    speed-up, the closest within the budget (FINALISTS of them have their cost kept back;
+    the others are measured with what the screen left); for min_psnr, the fastest screened
+    near it."""
     if target_compute is not None:
         rows = [r for r in table if _within(r)]
         rows.sort(key=lambda r: (-r["psnr"], r["compute"]))
-        return [r for r in rows if r["compute"] < 1 - SLACK][:FINALISTS]
+        return [r for r in rows if r["compute"] < 1 - SLACK]
     # For min_psnr, the fastest first, until one reaches it (or the budget ends).
     rows = [r for r in table if r["psnr"] >= min_psnr - MIN_PSNR_SCREEN_DB]
     rows.sort(key=lambda r: (r["compute"], -r["psnr"]))

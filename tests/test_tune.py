@@ -49,12 +49,15 @@ def test_the_chosen_setting_meets_the_speedup_when_measured_again(model, tuned):
     from cachekern.tune import FINALISTS
 
     finalists = [r for r in tuned.table if r["seeds"] == [1, 2]]
-    assert 1 <= len(finalists) <= FINALISTS and len(finalists) < len(tuned.table)
+    assert 1 <= len(finalists) < len(tuned.table)
     assert all(r["seeds"] == [1] for r in tuned.table if r not in finalists)
-    # the finalists are the best screened within the budget (by seed 1 alone)
-    screened = sorted((r for r in tuned.table if r["compute"] <= 0.5 or r in finalists),
+    # the finalists are the best screened within the budget (by seed 1 alone): the first
+    # FINALISTS always, the next while the budget lasts
+    screened = sorted((r for r in tuned.table if r["compute"] <= r["limit"] + 1e-9),
                       key=lambda r: -r["psnrs"][0])
-    assert {r["label"] for r in finalists} <= {r["label"] for r in screened[:FINALISTS]}
+    assert all(r in finalists for r in screened[:FINALISTS])
+    for r in screened:                      # one left out did not fit what was left
+        assert r in finalists or tuned.generations + r["compute"] > 12
     run = run_of(model)
     with torch.no_grad():
         references = {seed: run(seed) for seed in (1, 2)}
