@@ -30,6 +30,7 @@ from benchmarks.block_work import BlockWork
 import cachekern
 from cachekern import reference_models
 from cachekern.metrics import psnr
+from cachekern.tune import evaluation_seed_count
 
 CACHEKERN = (methods.TEACACHE, methods.TEACACHE_STATIC, methods.BLOCK_CACHING)
 FIRST_EVALUATION_SEED = 5_000      # tune's evaluation seeds: none of the sweep's samples
@@ -66,8 +67,9 @@ def main(argv=None):
                         help="take the sweep's rows from this file, written by this command "
                              "with the same model, samples and settings (the picks are made "
                              "and measured again)")
-    parser.add_argument("--evaluation-seeds", type=int, default=2,
-                        help=f"how many evaluation seeds tune gets ({FIRST_EVALUATION_SEED} on)")
+    parser.add_argument("--evaluation-seeds", type=int, default=None,
+                        help=f"how many evaluation seeds tune gets ({FIRST_EVALUATION_SEED} on; "
+                             f"default: as many as tune takes by default at each speed-up)")
     parser.add_argument("--max-generations", type=float, default=12.0,
                         help="tune's budget, in uncached generations")
     parser.add_argument("--all", action="store_true",
@@ -82,7 +84,7 @@ def main(argv=None):
         parser.error(f"--holdout: expected a count of samples, 0 or more, got {args.holdout}")
     if args.samples is not None and args.samples < 1:
         parser.error(f"--samples: expected at least 1, got {args.samples}")
-    if args.evaluation_seeds < 1:
+    if args.evaluation_seeds is not None and args.evaluation_seeds < 1:
         parser.error(f"--evaluation-seeds: expected at least 1, got {args.evaluation_seeds}")
     if any(s <= 1 for s in args.speedups):
         parser.error(f"--speedups: expected numbers > 1, got {args.speedups}")
@@ -146,8 +148,10 @@ def main(argv=None):
         result = cachekern.tune(ref.model, run, speedup=speedup, progress=False,
                                 calibration_seeds=TUNE_CALIBRATION_SEEDS,
                                 evaluation_seeds=tuple(range(
-                                    FIRST_EVALUATION_SEED,
-                                    FIRST_EVALUATION_SEED + args.evaluation_seeds)),
+                                    FIRST_EVALUATION_SEED, FIRST_EVALUATION_SEED +
+                                    (args.evaluation_seeds or evaluation_seed_count(
+                                        speedup, args.max_generations,
+                                        len(TUNE_CALIBRATION_SEEDS))))),
                                 max_generations=args.max_generations)
         spent = time.perf_counter() - started
         made[speedup] = methods.Setting(f"tune {speedup:g}x", result.label, steps,

@@ -56,6 +56,8 @@ METHODS = ("teacache", "blockcaching")
 ONLINE_COST_MARGIN = 1.3
 PROMISE_DB = 3.0            # an order-2 forecast is measured when its order 1 came this close
 FINALISTS = 4               # the screen keeps back what measuring these on the other seeds costs
+MAX_EVALUATION_SEEDS = 4    # the most evaluation seeds tune takes by default
+SCREENED = 8                # candidates the screen has room for, at least, by default
 MIN_PSNR_SCREEN_DB = 2.0    # for min_psnr: finalists screened at most this far below the goal
 CORRECT_BELOW = 0.1         # an online candidate this far below its budget is corrected too
 
@@ -193,14 +195,14 @@ def _check_target(speedup, min_psnr):
         raise ValueError(f"min_psnr: expected a positive number of dB, got {min_psnr!r}")
 
 
-def _check_seeds(calibration_seeds, evaluation_seeds):
+def _check_seeds(calibration_seeds, evaluation_seeds, overlap=True):
     for name, seeds in (("calibration_seeds", calibration_seeds),
                         ("evaluation_seeds", evaluation_seeds)):
         if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__") or \
                 not list(seeds) or not all(isinstance(s, int) and not isinstance(s, bool)
                                            for s in seeds):
             raise ValueError(f"{name}: expected a non-empty list of int seeds, got {seeds!r}")
-    if set(calibration_seeds) & set(evaluation_seeds):
+    if overlap and set(calibration_seeds) & set(evaluation_seeds):
         raise ValueError("evaluation_seeds: must differ from calibration_seeds (a setting is "
                          "judged on seeds it was not fitted on)")
 
@@ -446,13 +448,15 @@ def _check_methods(methods):
 
 def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float] = None,
          min_psnr: Optional[float] = None, calibration_seeds: Sequence[int] = (10_000,),
-         evaluation_seeds: Sequence[int] = (0, 1), static_candidates: int = 12,
+         evaluation_seeds: Optional[Sequence[int]] = None, static_candidates: int = 12,
          methods: Sequence[str] = METHODS, max_generations: float = 12.0,
          progress: bool = True) -> TuneResult:
     """The cache setting for `target` (a pipeline or its denoiser) that meets `speedup` (the
     closest to the uncached outputs among those at least that fast) or `min_psnr` (the fastest
     among those at least that close), measured with `run(seed)` on `evaluation_seeds` after
-    fitting on `calibration_seeds`.
+    fitting on `calibration_seeds`. By default the evaluation seeds are 0, 1, ..., as many as
+    the budget leaves the screen room for SCREENED candidates (2 to MAX_EVALUATION_SEEDS: 2
+    at 1.5x and for min_psnr, 3 at 2x, 4 at 3x with the default budget).
 
     Candidates (`methods`: "teacache", "blockcaching"): of TeaCache's static schedules, the
     densest regular pattern in the budget and the online accumulator's schedule on the
@@ -478,11 +482,15 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     if not callable(run):
         raise TypeError(f"run: expected a callable run(seed) that generates once, got "
                         f"{type(run).__name__}")
-    _check_seeds(calibration_seeds, evaluation_seeds)
+    if isinstance(max_generations, bool) or not isinstance(max_generations, (int, float)):
+        raise ValueError(f"max_generations: expected a number, got {max_generations!r}")
+    _check_seeds(calibration_seeds, (0,) if evaluation_seeds is None else evaluation_seeds,
+                 overlap=evaluation_seeds is not None)
+    if evaluation_seeds is None:
+        evaluation_seeds = _evaluation_seeds(speedup, max_generations, calibration_seeds)
     _check_methods(methods)
     uncached = len(evaluation_seeds) + len(calibration_seeds)
-    if isinstance(max_generations, bool) or not isinstance(max_generations, (int, float)) or \
-            not max_generations > uncached:
+    if not max_generations > uncached:
         raise ValueError(f"max_generations: expected a number above {uncached} (the uncached "
                          f"generations: {len(evaluation_seeds)} evaluation seeds, "
                          f"{len(calibration_seeds)} calibration seed(s)), got "
@@ -598,6 +606,27 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
                       table=table, uncached_generations=spent, generations=cost,
                       model_class=type(model).__name__,
                       blocks=len(adapter_for(model).model_blocks(model)), steps=steps)
+
+
+def evaluation_seed_count(speedup=None, max_generations=12.0, calibration_runs=1) -> int:
+    """How many evaluation seeds tune takes by default: as many as leave the screen room for
+    SCREENED candidates after the uncached runs and the FINALISTS' other seeds, from 2 up to
+    MAX_EVALUATION_SEEDS. Two seeds rank settings a dB or two apart poorly; at a high
+    speed-up a candidate costs little, and more seeds fit the budget."""
+    compute = 1.0 / speedup if speedup is not None else max(BUDGETS)
+    count = 2
+    for n in range(3, MAX_EVALUATION_SEEDS + 1):
+        left = max_generations - n - calibration_runs - FINALISTS * (n - 1) * compute
+        if left + SLACK >= SCREENED * compute:
+            count = n
+    return count
+
+
+def _evaluation_seeds(speedup, max_generations, calibration_seeds):
+    """The default evaluation seeds: 0 on, skipping the calibration seeds."""
+    count = evaluation_seed_count(speedup, max_generations, len(calibration_seeds))
+    taken = set(calibration_seeds)
+    return tuple([seed for seed in range(count + len(taken)) if seed not in taken][:count])
 
 
 def _set_limits(candidates, target_compute, steps):

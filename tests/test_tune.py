@@ -187,6 +187,28 @@ def test_block_caching_candidates_count_the_flops_that_really_ran(model, tmp_pat
         (result.policy.delta, result.policy.forecast_order, result.policy.scale_shift)
 
 
+def test_the_default_evaluation_seeds_are_as_many_as_leave_the_screen_its_room(model):
+    from cachekern.tune import (FINALISTS, MAX_EVALUATION_SEEDS, SCREENED,
+                                evaluation_seed_count)
+
+    def room(n, compute, budget=12.0):      # what the screen has after the held-back runs
+        return budget - n - 1 - FINALISTS * (n - 1) * compute
+
+    for speedup, expected in ((1.5, 2), (2.0, 3), (3.0, 4), (5.0, 4), (None, 2)):
+        n = evaluation_seed_count(speedup)
+        compute = 1 / speedup if speedup else 0.6
+        assert n == expected
+        assert n == 2 or room(n, compute) >= SCREENED * compute - 1e-9
+        assert n == MAX_EVALUATION_SEEDS or room(n + 1, compute) < SCREENED * compute
+    assert evaluation_seed_count(3.0, max_generations=6.0) == 2
+    # tune takes them from 0 on, skipping its calibration seeds
+    result = cachekern.tune(model, run_of(model), speedup=3.0, calibration_seeds=(1,),
+                            progress=False)
+    assert {s for r in result.table for s in r["seeds"]} == {0, 2, 3, 4}
+    assert all(r["seeds"] in ([0], [0, 2, 3, 4]) for r in result.table)
+    assert result.uncached_generations == 5
+
+
 def test_the_generation_budget_bounds_what_is_measured(model):
     from cachekern.tune import FINALISTS
 
