@@ -20,6 +20,7 @@ from cachekern.block_caching.record import BlockChanges, observing, profile
 from cachekern.models.binding import resolve_model
 from cachekern.models.blocks import cached_units
 from cachekern.models.flops import counting_unit_flops
+from cachekern.models.graphable import static_copy
 from cachekern.teacache.calibrate import ChangeRecorder
 from cachekern.teacache.schedule_search import record_residuals_and_changes
 
@@ -70,7 +71,7 @@ def record_both(target, run, seeds, resnets=False) -> Calibration:
     arguments, first_calls = [None], {}
 
     def keep_arguments(module, args, kwargs):
-        arguments[0] = _copied((args, kwargs))
+        arguments[0] = static_copy((args, kwargs))   # as they were: latents change in place
 
     def on_call(generation, handle, call, output):
         seen.setdefault(call["branch"], []).append(call["timestep"])
@@ -98,13 +99,3 @@ def record_both(target, run, seeds, resnets=False) -> Calibration:
             model(*args, **kwargs)
     return Calibration(records, changes, prof, list(weights), spent)
 
-
-def _copied(value):
-    """The call's arguments as they were (a pipeline may update its latents in place)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_copied(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _copied(v) for k, v in value.items()}
-    return value

@@ -559,8 +559,7 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     # Racing: every candidate is screened on the first evaluation seed; the best few go on to
     # the others (what they are judged on), so a hopeless one costs one seed, not all.
     screen, rest = list(references)[:1], list(references)[1:]
-    reserve = FINALISTS * len(rest) * (target_compute if target_compute is not None else
-                                       max(BUDGETS))
+    reserve = _finalists_cost(len(rest), target_compute)
     table, cost, queue = [], float(spent), list(candidates)
     while queue:
         candidate = queue.pop(0)
@@ -613,13 +612,23 @@ def evaluation_seed_count(speedup=None, max_generations=12.0, calibration_runs=1
     SCREENED candidates after the uncached runs and the FINALISTS' other seeds, from 2 up to
     MAX_EVALUATION_SEEDS. Two seeds rank settings a dB or two apart poorly; at a high
     speed-up a candidate costs little, and more seeds fit the budget."""
-    compute = 1.0 / speedup if speedup is not None else max(BUDGETS)
+    target_compute = None if speedup is None else 1.0 / speedup
     count = 2
     for n in range(3, MAX_EVALUATION_SEEDS + 1):
-        left = max_generations - n - calibration_runs - FINALISTS * (n - 1) * compute
-        if left + SLACK >= SCREENED * compute:
+        left = max_generations - n - calibration_runs - _finalists_cost(n - 1, target_compute)
+        if left + SLACK >= SCREENED * _candidate_cost(target_compute):
             count = n
     return count
+
+
+def _candidate_cost(target_compute):
+    """What measuring a candidate on one seed is expected to cost, in generations."""
+    return target_compute if target_compute is not None else max(BUDGETS)
+
+
+def _finalists_cost(other_seeds, target_compute):
+    """What the screen keeps back: the FINALISTS measured on the other evaluation seeds."""
+    return FINALISTS * other_seeds * _candidate_cost(target_compute)
 
 
 def _evaluation_seeds(speedup, max_generations, calibration_seeds):
