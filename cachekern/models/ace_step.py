@@ -12,12 +12,6 @@ from cachekern.models.base import Adapter, StackCall, TimestepEmbeddingIndicator
 class AceStepAdapter(TimestepEmbeddingIndicator, Adapter):
     family = "ace_step"
     model_class = "AceStepTransformer1DModel"
-    # Found on an H200: captured, its outputs differed from the eager ones (decisions equal).
-    # The bare model graphs bit for bit (benchmarks/RESULTS.md, "Tests on the GPU"), so the
-    # cause is in the capture here, not yet found: graphs are refused rather than trusted.
-    graph_uncapturable = stack_graph_uncapturable = (
-        "its graphed outputs differed from the eager ones on an H200 (the decisions were the "
-        "same); the cause is not established")
     lists = ("layers",)
     block_args = ("hidden_states", "position_embeddings", "temb", "attention_mask",
                   "encoder_hidden_states", "encoder_attention_mask")

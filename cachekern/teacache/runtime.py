@@ -21,6 +21,17 @@ def _last_dim_contiguous(call: StackCall) -> StackCall:
         StackCall(call.hidden.contiguous(), call.extras)
 
 
+def _in_layout(hidden: torch.Tensor, stride) -> torch.Tensor:
+    """`hidden` (a kernel's contiguous output) with the strides the blocks' output had where its
+    channels were strided: the model's tail then reads a skipped call's output as it reads a
+    computed one's, so graphed and eager calls give the same bits (ACE-Step's RMSNorm gives
+    other bits over a transposed tensor)."""
+    if stride is None or hidden.stride() == stride:
+        return hidden
+    return torch.empty_strided(hidden.shape, stride, dtype=hidden.dtype,
+                               device=hidden.device).copy_(hidden)
+
+
 class BranchState:
     """What one CFG branch (or one call-order slot) keeps between steps."""
 
@@ -28,6 +39,7 @@ class BranchState:
         self.signature = None     # the stack's hidden: shape, dtype, device
         self.prev: Optional[torch.Tensor] = None      # last modulated input
         self.residual: Optional[torch.Tensor] = None  # last computed stack residual
+        self.layout = None     # the stack output's strides where its channels are strided
         # Forecasting (forecast_order > 0): the computed residuals before `residual`, newest
         # first, and for each entry of [residual] + older the sampler time at which each sample
         # computed it.
@@ -237,7 +249,7 @@ class TeaCacheRuntime:
                 out = self.adapter.run_blocks(model, call, blocks)
             self._keep(state, out.hidden, dense.hidden, now)
             return out
-        hidden = self._skipped(dense.hidden, state, now)
+        hidden = _in_layout(self._skipped(dense.hidden, state, now), state.layout)
         if not any(compute):
             return StackCall(hidden, call.extras)
         # Per sample: compute only the samples that need it, reuse for the rest.
@@ -273,6 +285,7 @@ class TeaCacheRuntime:
         full = len(ring) > self.policy.forecast_order
         buffer = ring[-1] if full else None
         state.residual = self._kept(output.contiguous(), x, buffer)
+        state.layout = output.stride() if output.stride(-1) != 1 else None
         state.older = ring[:-1] if full else ring
         times = state.times[:len(state.older)]
         state.times = [[now] * x.shape[0]] + times
@@ -400,8 +413,6 @@ class TeaCacheRuntime:
             else:
                 with self.adapter.serving_projection(blocks, ind):
                     out = self.adapter.run_blocks(model, call, blocks)
-            if out.hidden.stride(-1) != 1:    # the skip branch writes the stack's output
-                out = StackCall(out.hidden.contiguous(), out.extras)     # with the kernels
             if forecast is None:
                 self.kernels.residual_capture(out.hidden.contiguous(), dense.hidden,
                                               out=state.residual)
@@ -415,10 +426,16 @@ class TeaCacheRuntime:
                     value.copy_(given)
 
         def skip():
-            self.kernels.residual_reuse(dense.hidden, state.residual, out=out.hidden)
+            self.kernels.residual_reuse(dense.hidden, state.residual, out=written)
+            into_output()
             restore_extras()
 
+        def into_output():    # the kernels write contiguously; the blocks' layout is kept
+            if written is not out.hidden:
+                out.hidden.copy_(written)
+
         out = run_if(decision.compute, compute)
+        written = out.hidden if out.hidden.stride(-1) == 1 else torch.empty_like(dense.hidden)
         if forecast is None:
             run_if(decision.skip, skip)
             if decision.per_sample:   # then the samples that compute, one branch per pattern
@@ -432,10 +449,12 @@ class TeaCacheRuntime:
                 out.hidden.contiguous(), dense.hidden, out=slot))
         run_if(decision.skip, restore_extras)
         for length in forecast.lengths:
-            run_if(forecast.forecast[length - 1], lambda length=length:
-                   self.kernels.residual_forecast(
-                       dense.hidden, forecast.slots, forecast.weights_for(length, batch),
-                       out=out.hidden, slot_order=forecast.slot_order))
+            def extrapolate(length=length):
+                self.kernels.residual_forecast(
+                    dense.hidden, forecast.slots, forecast.weights_for(length, batch),
+                    out=written, slot_order=forecast.slot_order)
+                into_output()
+            run_if(forecast.forecast[length - 1], extrapolate)
         return out
 
     def _graph_samples(self, model, call, dense, blocks, state, index, out, prelude):

@@ -603,6 +603,30 @@ def test_ace_step_gives_the_sliding_window_mask_to_its_sliding_layers_only():
             assert handle.stats()["skipped"] == 0
 
 
+def test_ace_step_skipped_calls_hand_norm_out_the_layout_computed_ones_do():
+    """ACE-Step's layers return a transposed view (its channels strided), and its RMSNorm gives
+    other bits over a contiguous copy: a skipped call's output takes the blocks' strides, as
+    the graphed path's does, so that eager and graphed calls agree bit for bit."""
+    from tiny_models import ace_step
+
+    model, inputs, scale = ace_step()
+    strides = []
+    hook = model.norm_out.register_forward_pre_hook(lambda m, args: strides.append(
+        args[0].stride()))
+    try:
+        uncached = sample(model, inputs(6), timestep_scale=scale)
+        assert strides[0][-1] != 1          # the layout this test is about
+        strides.clear()
+        with cachekern.patched(model, policy(threshold=10.0)) as handle:
+            cached = sample(model, inputs(6), timestep_scale=scale)
+            assert [r["computed"] for r in handle.history] == \
+                [True] + [False] * (STEPS - 2) + [True]
+    finally:
+        hook.remove()
+    assert len(set(strides)) == 1 and strides[0][-1] != 1
+    assert torch.equal(cached[0], uncached[0])
+
+
 def test_motif_video_without_decoder_layers_and_with_two():
     """Motif-Video's decoder layers (the family builder has one) run inside the stack;
     without any, or with two, threshold 0 is still the uncached model bit for bit, and a high
