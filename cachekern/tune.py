@@ -55,7 +55,8 @@ SLACK = 1e-9
 METHODS = ("teacache", "blockcaching")
 ONLINE_COST_MARGIN = 1.3
 PROMISE_DB = 3.0            # an order-2 forecast is measured when its order 1 came this close
-FINALISTS = 4               # the screen keeps back what measuring these on the other seeds costs
+FINALISTS = 4               # the screen keeps back what measuring these on a second seed costs
+SURVIVORS = 2               # and these of them on every other seed (successive halving)
 MAX_EVALUATION_SEEDS = 4    # the most evaluation seeds tune takes by default
 SCREENED = 8                # candidates the screen has room for, at least, by default
 MIN_PSNR_SCREEN_DB = 2.0    # for min_psnr: finalists screened at most this far below the goal
@@ -473,10 +474,12 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     seeds, and the calibration seeds once for both methods: cachekern.calibration), then
     each candidate on the first evaluation seed in order of promise while it fits (an
     order-2 forecast only where its order-1 twin was within the budget and PROMISE_DB of the
-    best), then the other evaluation seeds for the best screened within the budget, the
-    FINALISTS first (the screen keeps their cost back) and more while what is left allows
-    (for min_psnr: the fastest screened near it, until one reaches it). The choice is made
-    on all evaluation seeds.
+    best), then the best screened within the budget on the second evaluation seed (the
+    FINALISTS first, the screen keeping their cost back, and more while what is left
+    allows), then the best of those on two seeds on every other seed (SURVIVORS of them at
+    least, more while what is left allows); for min_psnr, the fastest screened near it on
+    every other seed, until one reaches it. The choice is made among the candidates
+    measured on every evaluation seed.
     Raises ValueError when no candidate meets the target, naming the closest."""
     _check_target(speedup, min_psnr)
     if not callable(run):
@@ -589,15 +592,38 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     if not table:
         raise ValueError(f"max_generations: {max_generations} leaves no room for a single "
                          f"candidate after the {spent} uncached generations")
-    for row in _finalists(table, target_compute, min_psnr) if rest else []:
-        if cost + row["compute"] * len(rest) > max_generations + SLACK:
-            continue
-        more = _measure(target, run, references,
-                        next(c for c in candidates if c.label == row["label"]), rest)
-        cost += more["compute"] * len(rest)
+    finalists = _finalists(table, target_compute, min_psnr) if rest else []
+    made_of = {c.label: c for c in candidates}
+
+    def measure_more(row, seeds):
+        nonlocal cost
+        more = _measure(target, run, references, made_of[row["label"]], seeds)
+        cost += more["compute"] * len(seeds)
         _merge(row, more)
-        if min_psnr is not None and row["psnr"] >= min_psnr:
-            break           # the fastest that reaches it on every seed: none faster is left
+
+    if min_psnr is not None:
+        for row in finalists:
+            if cost + row["compute"] * len(rest) <= max_generations + SLACK:
+                measure_more(row, rest)
+                if row["psnr"] >= min_psnr:
+                    break   # the fastest that reaches it on every seed: none faster is left
+    else:
+        # Successive halving: the finalists on the second seed while the budget lasts (the
+        # survivors' later seeds kept back), then the best of them on two seeds, SURVIVORS at
+        # least, on every other seed. A finalist that trails on two seeds costs one seed more,
+        # not all, and what that saves lets the screen try more candidates.
+        later = rest[1:]
+        second = []
+        for row in finalists:
+            if cost + row["compute"] * (1 + SURVIVORS * len(later)) > \
+                    max_generations + SLACK:
+                continue
+            measure_more(row, rest[:1])
+            second.append(row)
+        if later:
+            for row in sorted(second, key=lambda r: (-r["psnr"], r["compute"])):
+                if cost + row["compute"] * len(later) <= max_generations + SLACK:
+                    measure_more(row, later)
     chosen = _choose(table, target_compute, min_psnr)
     made = next(c for c in candidates if c.label == chosen["label"])
     return TuneResult(policy=made.policy(), options=chosen["options"], label=chosen["label"],
@@ -609,7 +635,7 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
 
 def evaluation_seed_count(speedup=None, max_generations=12.0, calibration_runs=1) -> int:
     """How many evaluation seeds tune takes by default: as many as leave the screen room for
-    SCREENED candidates after the uncached runs and the FINALISTS' other seeds, from 2 up to
+    SCREENED candidates after the uncached runs and the finalists' other seeds, from 2 up to
     MAX_EVALUATION_SEEDS. Two seeds rank settings a dB or two apart poorly; at a high
     speed-up a candidate costs little, and more seeds fit the budget."""
     target_compute = None if speedup is None else 1.0 / speedup
@@ -627,8 +653,10 @@ def _candidate_cost(target_compute):
 
 
 def _finalists_cost(other_seeds, target_compute):
-    """What the screen keeps back: the FINALISTS measured on the other evaluation seeds."""
-    return FINALISTS * other_seeds * _candidate_cost(target_compute)
+    """What the screen keeps back: the FINALISTS measured on a second evaluation seed, and
+    SURVIVORS of them on the seeds after it."""
+    runs = FINALISTS + SURVIVORS * (other_seeds - 1) if other_seeds else 0
+    return runs * _candidate_cost(target_compute)
 
 
 def _evaluation_seeds(speedup, max_generations, calibration_seeds):

@@ -188,11 +188,12 @@ def test_block_caching_candidates_count_the_flops_that_really_ran(model, tmp_pat
 
 
 def test_the_default_evaluation_seeds_are_as_many_as_leave_the_screen_its_room(model):
-    from cachekern.tune import (FINALISTS, MAX_EVALUATION_SEEDS, SCREENED,
+    from cachekern.tune import (FINALISTS, MAX_EVALUATION_SEEDS, SCREENED, SURVIVORS,
                                 evaluation_seed_count)
 
-    def room(n, compute, budget=12.0):      # what the screen has after the held-back runs
-        return budget - n - 1 - FINALISTS * (n - 1) * compute
+    def room(n, compute, budget=12.0):      # what the screen has after the held-back runs:
+        # the finalists on the second seed, the survivors on the others
+        return budget - n - 1 - (FINALISTS + SURVIVORS * (n - 2)) * compute
 
     for speedup, expected in ((1.5, 2), (2.0, 3), (3.0, 4), (5.0, 4), (None, 2)):
         n = evaluation_seed_count(speedup)
@@ -205,8 +206,22 @@ def test_the_default_evaluation_seeds_are_as_many_as_leave_the_screen_its_room(m
     result = cachekern.tune(model, run_of(model), speedup=3.0, calibration_seeds=(1,),
                             progress=False)
     assert {s for r in result.table for s in r["seeds"]} == {0, 2, 3, 4}
-    assert all(r["seeds"] in ([0], [0, 2, 3, 4]) for r in result.table)
     assert result.uncached_generations == 5
+    # Successive halving: every candidate screened on seed 0; the best screened within the
+    # budget (FINALISTS at least) on seed 2 as well; the best of those on two seeds
+    # (SURVIVORS at least) on seeds 3 and 4; the choice among the last.
+    assert all(r["seeds"] in ([0], [0, 2], [0, 2, 3, 4]) for r in result.table)
+    within = sorted((r for r in result.table if r["compute"] <= r["limit"] + 1e-9),
+                    key=lambda r: -r["psnrs"][0])
+    assert all(len(r["seeds"]) > 1 for r in within[:FINALISTS])
+    two = sorted((r for r in result.table if len(r["seeds"]) > 1),
+                 key=lambda r: -sum(r["psnrs"][:2]))
+    complete = [r for r in result.table if len(r["seeds"]) == 4]
+    assert all(r in complete for r in two[:SURVIVORS]) and len(complete) >= SURVIVORS
+    assert result.psnr == max(r["psnr"] for r in complete if r["compute"] <= r["limit"] + 1e-9)
+    assert result.generations == pytest.approx(
+        5 + sum(r["compute"] * len(r["seeds"]) for r in result.table))
+    assert result.generations <= 12
 
 
 def test_the_generation_budget_bounds_what_is_measured(model):
