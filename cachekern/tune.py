@@ -625,7 +625,7 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
                 if cost + row["compute"] * len(later) <= max_generations + SLACK:
                     measure_more(row, later)
     chosen = _choose(table, target_compute, min_psnr)
-    made = next(c for c in candidates if c.label == chosen["label"])
+    made = made_of[chosen["label"]]
     return TuneResult(policy=made.policy(), options=chosen["options"], label=chosen["label"],
                       compute=chosen["compute"], psnr=chosen["psnr"], ssim=chosen["ssim"],
                       table=table, uncached_generations=spent, generations=cost,
