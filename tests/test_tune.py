@@ -392,3 +392,58 @@ def test_the_accumulator_schedule_is_the_online_decisions_on_the_mean_change():
         assert got == expected and sum(got) <= count
     assert accumulator_schedule(trajectory, steps, 1) is None       # first and last are forced
     assert accumulator_schedule(trajectory, steps, steps) == [True] * steps
+
+
+def test_fitted_forecasts_are_screened_only_where_the_probe_did_not_lose(model, monkeypatch):
+    """The probe: the densest regular pattern's fitted order-2 forecast, measured first beside
+    the plain form of the same steps. Each searched schedule kept in a fitted form carries its
+    plain form predicted best (a plain re-implementation of that choice below); where the
+    probe trailed its twin on the screen's seed, those plain forms are measured instead."""
+    import importlib
+
+    from cachekern.teacache.schedule_search import (ForecastError,
+                                                    record_residuals_and_changes)
+
+    tuning = importlib.import_module("cachekern.tune")     # the module, not the function
+    run = run_of(model)
+    seeds = iter([7])
+    records, changes = record_residuals_and_changes(model, lambda: run(next(seeds)), 1, "t")
+    steps = STEPS
+    made = tuning._static_candidates(records, steps, 1 / 3, 12, changes.trajectory)
+    probes = [c for c in made if c.probe_of is not None]
+    assert len(probes) == 1 and probes[0].label.endswith("fitted order 2")
+    twin = next(c for c in made if c.label == probes[0].probe_of)
+    assert twin is made[0] and "fitted" not in twin.label and twin.first and probes[0].first
+    assert twin.options["compute_steps"] == probes[0].options["compute_steps"]
+    plain_forms = {"taylor order 2": ForecastError(records, 2, "timestep", basis="taylor"),
+                   "lagrange order 1": ForecastError(records, 1, "timestep")}
+    fitted = [c for c in made if "fitted" in c.label and c is not probes[0]]
+    assert fitted, "this model's searched schedules are predicted best fitted"
+    for c in fitted:
+        compute = c.options["compute_steps"]
+        errors = {name: form.total(compute) for name, form in plain_forms.items()}
+        best = [name for name, error in errors.items() if error == min(errors.values())]
+        assert c.plain.options["compute_steps"] == compute
+        assert any(c.plain.label.startswith(f"{tuning._pattern(compute)} {name}")
+                   for name in best)        # a tie: either (short schedules tie often)
+        assert c.plain.predicted_error == min(errors.values())
+
+    # _fitted_lost reads the probe's and its twin's first-seed PSNR, once both are measured.
+    rows = [dict(label=twin.label, psnrs=[30.0, 10.0]), dict(label=probes[0].label,
+                                                            psnrs=[29.0, 50.0])]
+    assert tuning._fitted_lost(rows, made) and not tuning._fitted_lost(rows[:1], made)
+    rows[1]["psnrs"] = [30.5]
+    assert not tuning._fitted_lost(rows, made)
+
+    def tuned_with(lost):
+        monkeypatch.setattr(tuning, "_fitted_lost", lambda table, candidates: lost)
+        return cachekern.tune(model, run, speedup=3.0, evaluation_seeds=(1, 2),
+                              calibration_seeds=(7,), progress=False, max_generations=14)
+
+    searched = {c.label for c in fitted}
+    labels = [r["label"] for r in tuned_with(True).table]
+    assert probes[0].label in labels
+    assert not [label for label in labels if "fitted" in label and label != probes[0].label]
+    assert {c.plain.label for c in fitted} & set(labels)
+    labels = [r["label"] for r in tuned_with(False).table]
+    assert searched & set(labels) and not {c.plain.label for c in fitted} & set(labels)
