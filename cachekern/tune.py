@@ -15,8 +15,7 @@ picks among those, meeting the target, the closest (for a speed-up) or the faste
 minimum PSNR). The candidates: TeaCache's static schedules
 (TaylorSeer's regular patterns, with and without the last step, the schedule TeaCache's
 online accumulator makes on the calibration runs, and searched ones) with
-Taylor, Lagrange or fitted forecasts (fitted ones where a fitted forecast, measured on one
-schedule against a plain one, did not lose), its online accumulator with order-1 and order-2
+Taylor, Lagrange or fitted forecasts, its online accumulator with order-1 and order-2
 forecasts (its threshold corrected once by the compute it really ran, and kept a step under
 the budget, as its compute varies by prompt), and Block Caching's per-block schedules with
 order-1 and order-2 forecasts. They are screened in order of promise until the generation
@@ -78,8 +77,6 @@ class _Candidate:
     after: Optional[str] = None   # the order-1 candidate whose result decides on this one
     corrected: bool = False       # online: bisected again after a measured overshoot
     limit: Optional[float] = None  # the compute it must run within to meet a speed-up
-    probe_of: Optional[str] = None  # fitted form measured against this plain one (same steps)
-    plain: Optional["_Candidate"] = None  # measured instead where the probe's fitted form lost
 
     def policy(self):
         if self.kind == "blocks":
@@ -227,10 +224,8 @@ def _static_candidates(records, steps, target_compute, count, trajectory):
     pattern in the budget, the online accumulator's schedule on the calibration runs
     (accumulator_schedule, `trajectory` their input changes), and those whose forecast error,
     predicted on the calibration runs' recorded stack residuals, is smallest; within the
-    compute budget for a speed-up, else at each of a few budgets: _Candidates, the first few
-    measured first. For a speed-up, a searched schedule goes in the form predicted best and,
-    where that is fitted, with its best plain form beside (measured instead where the probe,
-    the densest pattern's fitted form, lost to its plain one)."""
+    compute budget for a speed-up, else at each of a few budgets. (label, options, predicted
+    error, measured first) each."""
     forms = {"taylor order 2": ForecastError(records, 2, "timestep", basis="taylor"),
              "lagrange order 1": ForecastError(records, 1, "timestep"),
              "fitted order 1": ForecastError(records, 1, "timestep", fitted=True),
@@ -284,17 +279,9 @@ def _static_candidates(records, steps, target_compute, count, trajectory):
                       (forms is None or any(f" {form} " in c[2] for form in forms)))
         return band if forms is not None else band[:1]
 
-    chosen, first, probe = [], [], None
+    chosen, first = [], []
     if target_compute is not None:
-        densest = densest_regular(0.0, target_compute)
-        # The prediction favours fitted forms everywhere (the one-step error they are fitted
-        # to, as small on seeds they were not fitted on), yet on some models (wan-motion) they
-        # lose several dB over a whole run where a plain forecast of the same steps does not:
-        # the densest pattern's fitted form is measured against its plain one (the probe),
-        # and where it loses, the schedules screened later take their plain forms.
-        probe = next((c for c in scored if densest and "fitted order 2" in c[2] and
-                      c[3]["compute_steps"] == densest[0][3]["compute_steps"]), None)
-        chosen = first = densest + [probe] * (probe is not None) + accumulators(
+        chosen = first = densest_regular(0.0, target_compute) + accumulators(
             0.0, target_compute, ("taylor order 2", "lagrange order 1"))
         within = sorted(c for c in scored if c[1] <= target_compute + SLACK and c not in chosen)
         # One form a schedule (the one predicted best): which steps compute matters more
@@ -313,18 +300,8 @@ def _static_candidates(records, steps, target_compute, count, trajectory):
             picks = densest_regular(lo, hi)[:1] + accumulators(lo, hi, None)
             band = sorted(c for c in scored if lo < c[1] <= hi + SLACK and c not in picks)
             chosen += picks + band[:1]
-    made = {}
-    for error, fraction, label, options in chosen:
-        made[label] = _Candidate("static", label, options, fraction, error,
-                                 first=(error, fraction, label, options) in first)
-        if target_compute is not None and "fitted" in label:
-            plain = min(c for c in scored if c[3]["compute_steps"] == options["compute_steps"]
-                        and "fitted" not in c[2])
-            made[label].plain = _Candidate("static", plain[2], plain[3], fraction, plain[0])
-    if probe is not None:
-        made[probe[2]].probe_of = first[0][2]
-        made[probe[2]].plain = None
-    return list(made.values())
+    return [(label, options, error, (error, fraction, label, options) in first)
+            for error, fraction, label, options in chosen]
 
 
 def simulated_compute(policy: TeaCache, trajectory, steps) -> float:
@@ -452,16 +429,6 @@ def _in_order_of_promise(candidates):
     return sorted(candidates, key=rank)      # stable: each group keeps its order
 
 
-def _fitted_lost(table, candidates):
-    """Whether the probe (a fitted forecast measured against the plain one on the same steps,
-    _static_candidates) trailed it on the screen's seed; False until both are measured."""
-    rows = {r["label"]: r for r in table}
-    for c in candidates:
-        if c.probe_of is not None and c.label in rows and c.probe_of in rows:
-            return rows[c.label]["psnrs"][0] < rows[c.probe_of]["psnrs"][0]
-    return False
-
-
 def _promising(candidate, table, target_compute):
     """An order-2 forecast is worth measuring unless its order-1 twin (same threshold or
     schedule) ran over the budget or trailed the best setting within it by PROMISE_DB."""
@@ -494,11 +461,10 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
 
     Candidates (`methods`: "teacache", "blockcaching"): of TeaCache's static schedules, the
     densest regular pattern in the budget and the online accumulator's schedule on the
-    calibration runs (at the budget's step count), each with Taylor and Lagrange forecasts, the
-    densest pattern's fitted order-2 forecast too (the probe), and up to
+    calibration runs (at the budget's step count), each with Taylor and Lagrange forecasts, and
+    up to
     `static_candidates` others at the two largest step counts in the budget, one a schedule,
-    in the order of the forecast error predicted on the calibration runs, in the form predicted
-    best (a plain one where the probe trailed its plain twin on the first seed); its online
+    in the order of the forecast error predicted on the calibration runs; its online
     accumulator at the threshold bisected for the budget less one step (its decisions
     replayed on the calibration runs' recorded input changes), with order-1 and order-2
     forecasts, bisected once more when the compute it really ran fell off that; Block Caching
@@ -571,8 +537,11 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
         # and output changes its polynomial, and the decisions replayed to bisect thresholds.
         coefficients = fit_coefficients(changes.pairs)
         steps = max(step for _, _, step, _, _ in records) + 1
-        candidates += _static_candidates(records, steps, target_compute, static_candidates,
-                                         changes.trajectory)
+        statics = _static_candidates(records, steps, target_compute, static_candidates,
+                                     changes.trajectory)
+        candidates += [_Candidate("static", label, options, sum(options["compute_steps"]) /
+                                  steps, error, first=first)
+                       for label, options, error, first in statics]
         # The online accumulator's compute varies by prompt and seed: it must keep a step
         # under the budget on the evaluation seeds, or it runs over it on other prompts
         # (benchmarks/RESULTS.md, "cachekern.tune against the full sweep").
@@ -597,9 +566,6 @@ def tune(target, run: Callable[[int], torch.Tensor], *, speedup: Optional[float]
     table, cost, queue = [], float(spent), list(candidates)
     while queue:
         candidate = queue.pop(0)
-        if candidate.plain is not None and _fitted_lost(table, candidates):
-            candidate = candidate.plain
-            candidates.append(candidate)
         if cost + candidate.expected_compute + reserve > max_generations + SLACK or \
                 not _promising(candidate, table, target_compute):
             bar.update(1)
@@ -703,7 +669,7 @@ def _evaluation_seeds(speedup, max_generations, calibration_seeds):
 def _set_limits(candidates, target_compute, steps):
     """The compute each must run within on the evaluation seeds to meet a speed-up: the
     budget, and for the online accumulator a step less (see tune)."""
-    for c in candidates + [c.plain for c in candidates if c.plain is not None]:
+    for c in candidates:
         if target_compute is not None:
             c.limit = target_compute - (1 / steps if c.kind == "online" else 0.0)
 
