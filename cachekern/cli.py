@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     if args.command == "info":
         from cachekern import build_info
 
-        json.dump(build_info(), sys.stdout, indent=2)
-        print()
+        # One write: json.dump writes piece by piece, and unbuffered (PYTHONUNBUFFERED) a
+        # reader that stops at its match (`grep -q`) breaks the pipe mid-report.
+        sys.stdout.write(json.dumps(build_info(), indent=2) + "\n")
     return 0

@@ -37,3 +37,16 @@ def test_info_command_prints_json(tmp_path):
     out = subprocess.run([sys.executable, "-m", "cachekern", "info"], check=True, cwd=tmp_path,
                          capture_output=True, text=True).stdout
     assert json.loads(out)["version"] == cachekern.__version__
+
+
+def test_info_survives_a_reader_that_stops_at_its_match():
+    """`cachekern info | grep -q ...` under pipefail (.ci/run does this): the report goes out
+    in one write, so a reader that closes after its first line breaks no pipe, even with
+    Python's output unbuffered."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    writer = subprocess.Popen([sys.executable, "-m", "cachekern", "info"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert writer.stdout.readline().strip() == b"{"
+    writer.stdout.close()            # as grep -q does on its match
+    _, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err.decode()
