@@ -93,6 +93,13 @@ def family_inputs(model):
     return family("wan" if type(model).__name__.startswith("Wan") else "flux")[1]  # same shapes
 
 
+def settle():
+    """Waits until every rank's collectives are done before any rank tears its group down. CI
+    once saw rank 0 abort (SIGABRT, "terminate called without an active exception"): diffusers'
+    functional all-gathers are waited lazily, so a peer could close its connection under them."""
+    torch.distributed.barrier()
+
+
 def worker(rank, port, name, folder, world):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # Ranks that decided differently would wait for each other's collectives: fail instead.
@@ -123,6 +130,7 @@ def worker(rank, port, name, folder, world):
         except RuntimeError as error:
             results["errors"].append(str(error))
         torch.save(results, os.path.join(folder, f"{rank}.pt"))
+        settle()
     finally:
         torch.distributed.destroy_process_group()
 
@@ -185,6 +193,7 @@ def block_caching_worker(rank, port, name, folder):
         except RuntimeError as error:
             results["train_error"] = str(error)
         torch.save(results, os.path.join(folder, f"{rank}.pt"))
+        settle()
     finally:
         torch.distributed.destroy_process_group()
 
