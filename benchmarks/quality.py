@@ -302,10 +302,15 @@ def applied(model, setting):
 PSNR_CAP_DB = 100.0   # an identical image has infinite PSNR; capped so that means stay finite
 
 
-def per_sample_mean(metric, reference, images, **kwargs):
+def per_sample(metric, reference, images, **kwargs):
     values = [metric(r, i, **kwargs) for r, i in zip(reference, images)]
     if metric is psnr:
         values = [min(v, PSNR_CAP_DB) for v in values]
+    return values
+
+
+def per_sample_mean(metric, reference, images, **kwargs):
+    values = per_sample(metric, reference, images, **kwargs)
     return sum(values) / len(values)
 
 

@@ -16,7 +16,9 @@ tune_vs_sweep_<model>.csv (the sweep's rows and the picks) and .md.
 
 import argparse
 import csv
+import math
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,7 +41,7 @@ TUNE_CALIBRATION_SEEDS = (10_000,)
 SLACK = 1e-9
 FIELDS = ("model", "scheduler", "method", "setting", "compute", "psnr_db", "speedup",
           "tune_compute", "tune_psnr_db", "generations", "uncached_generations", "tune_s",
-          "holdout", "best_holdout")
+          "holdout", "best_holdout", "holdout_gap_se")
 
 
 def applying(policy):
@@ -198,20 +200,25 @@ def main(argv=None):
 def scorer(ref, uncached, labels, seeds, batch, sample_kwargs, work, device):
     """Generates the uncached samples, then (score, the uncached setting's own score):
     score(setting) is (compute as a share of the uncached block FLOPs, mean PSNR against the
-    uncached samples) of `setting` on the same samples."""
+    uncached samples) of `setting` on the same samples; score(setting, per_sample=True) adds
+    each sample's PSNR."""
     reference, full, _ = quality.generate(ref, uncached, labels, seeds, batch, sample_kwargs,
                                           work, device, 0)
 
-    def score(setting):
+    def score(setting, per_sample=False):
         images, flops, _ = quality.generate(ref, setting, labels, seeds, batch, sample_kwargs,
                                             work, device, 0)
-        return flops / full, quality.per_sample_mean(psnr, reference, images, data_range=2.0)
+        values = quality.per_sample(psnr, reference, images, data_range=2.0)
+        mean = (flops / full, sum(values) / len(values))
+        return (mean, values) if per_sample else mean
     return score, (1.0, quality.per_sample_mean(psnr, reference, reference, data_range=2.0))
 
 
 def held_out(ref, picks, made, settings, count, batch, sample_kwargs, work, device):
     """Each pick's and its sweep's best's PSNR and compute on `count` fresh samples
-    (pick["holdout"], pick["best_holdout"]: (compute, PSNR)): the sweep's best is the maximum
+    (pick["holdout"], pick["best_holdout"]: (compute, PSNR)), and the standard error of their
+    difference (pick["holdout_gap_se"], from the per-sample differences: one sample's PSNR
+    can differ between two settings by several dB either way). The sweep's best is the maximum
     over hundreds of settings scored on the very samples it was chosen on, which flatters it;
     neither was chosen on these. An online threshold's compute moves with the samples."""
     classes = ref.conditioner.num_classes
@@ -220,16 +227,29 @@ def held_out(ref, picks, made, settings, count, batch, sample_kwargs, work, devi
     by_label = {(s.method, s.label): s for s in settings}
     score, _ = scorer(ref, settings[0], labels, seeds, batch, sample_kwargs, work, device)
     for pick in picks:
-        pick["holdout"] = score(made[pick["speedup"]])
+        pick["holdout"], tune_values = score(made[pick["speedup"]], per_sample=True)
         best = pick["best"]
         setting = None if best is None else by_label.get((best["method"], best["setting"]))
         if setting is None and best is not None:
             raise ValueError(f"--holdout: the sweep's best {best['method']}: {best['setting']} "
                              f"is not among this command's settings (--all or --quick differ "
                              f"from the sweep's run?)")
-        pick["best_holdout"] = None if setting is None else score(setting)
+        pick["best_holdout"], pick["holdout_gap_se"] = None, None
+        if setting is not None:
+            pick["best_holdout"], best_values = score(setting, per_sample=True)
+            pick["holdout_gap_se"] = paired_standard_error(tune_values, best_values)
         print(f"{pick['speedup']:g}x held out ({count} samples): tune {_pair(pick['holdout'])}"
               f", the sweep's best {_pair(pick['best_holdout'])}", flush=True)
+
+
+def paired_standard_error(a, b):
+    """The standard error of mean(a) - mean(b) over paired samples; None below two."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_standard_error: expected as many samples in each, got "
+                         f"{len(a)} and {len(b)}")
+    if len(a) < 2:
+        return None
+    return statistics.stdev([x - y for x, y in zip(a, b)]) / math.sqrt(len(a))
 
 
 def _pair(measured):
@@ -248,7 +268,9 @@ def fixed_compute(setting):
 
 def _held_out_cell(p):
     tune, best = p["holdout"], p.get("best_holdout")
-    gap = "—" if best is None else f"{tune[1] - best[1]:+.2f}"
+    se = p.get("holdout_gap_se")
+    gap = "—" if best is None else f"{tune[1] - best[1]:+.2f}" + (
+        "" if se is None else f" ± {se:.2f}")
     return f" {_pair(tune)}; {_pair(best)}; {gap} |"
 
 
@@ -258,7 +280,8 @@ def markdown(picks, name, scheduler, steps, samples, settings, environment, comm
              f"{settings} cachekern settings", "", f"`{command}`", "", environment, "",
              "| speed-up | tune's pick | compute | PSNR dB | the sweep's best within the "
              "compute | compute | PSNR dB | tune − best, dB | tuning cost, generations |"
-             + (" held out: tune; best; tune − best, dB |" if holdout else ""),
+             + (" held out: tune; best; tune − best ± its standard error, dB |"
+                if holdout else ""),
              "|---|---|---|---|---|---|---|---|---|" + ("---|" if holdout else "")]
     for p in picks:
         best = p["best"]

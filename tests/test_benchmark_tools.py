@@ -162,21 +162,38 @@ def test_tune_vs_sweep_leaves_out_only_settings_built_above_every_budget():
 
 def test_tune_vs_sweep_reports_held_out_scores_as_tune_minus_the_sweeps_best():
     """With --holdout, each row gains tune's and the sweep's best's (PSNR, compute) on the
-    fresh samples and their difference, tune's minus the best's; without it the table is
-    unchanged."""
+    fresh samples and their difference, tune's minus the best's, with its standard error;
+    without it the table is unchanged."""
     from benchmarks.tune_vs_sweep import markdown
 
     best = dict(method="cachekern TeaCache forecast order 1", setting="threshold=0.1",
                 compute=0.321, psnr_db=39.82)
     pick = dict(speedup=3.0, method="tune: TeaCache", setting="C.C...C", compute=0.321,
                 psnr_db=37.23, best=best, generations=9.6, uncached_generations=4,
-                holdout=(0.3214, 37.62), best_holdout=(0.3571, 39.68))
+                holdout=(0.3214, 37.62), best_holdout=(0.3571, 39.68), holdout_gap_se=0.4049)
     plain = markdown([pick], "m", "euler", 28, 20, 236, "env", "cmd")
     held = markdown([pick], "m", "euler", 28, 20, 236, "env", "cmd", holdout=20)
     assert "held out" not in plain and "| -2.59 |" in plain
     row = held.splitlines()[-1]
-    assert row.endswith("| 37.62 dB at 0.321; 39.68 dB at 0.357; -2.06 |"), row
+    assert row.endswith("| 37.62 dB at 0.321; 39.68 dB at 0.357; -2.06 ± 0.40 |"), row
     assert held.splitlines()[-2].count("|") == row.count("|")
+
+
+def test_tune_vs_sweep_standard_error_is_the_paired_differences():
+    """paired_standard_error: the sample standard deviation of the per-sample differences over
+    the root of their count, written out here; unequal counts are refused, one pair has none."""
+    from benchmarks.tune_vs_sweep import paired_standard_error
+
+    g = torch.Generator().manual_seed(3)
+    a = (torch.rand(7, generator=g, dtype=torch.float64) * 20 + 30).tolist()
+    b = (torch.rand(7, generator=g, dtype=torch.float64) * 20 + 30).tolist()
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / len(d)
+    expected = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5 / len(d) ** 0.5
+    assert paired_standard_error(a, b) == pytest.approx(expected, rel=1e-12)
+    assert paired_standard_error(a[:1], b[:1]) is None
+    with pytest.raises(ValueError, match="as many samples"):
+        paired_standard_error(a, b[:6])
 
 
 def test_graph_peers_time_taylorseer_from_fresh_state_and_count_its_computed_steps():
