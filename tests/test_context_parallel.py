@@ -4,6 +4,7 @@ the outputs equal the one-process run's within tolerance; a NaN one rank sees ma
 compute. Two tiny real models: FLUX (its plan splits the tokens before the stack) and Wan (its
 plan splits them at block 0's input)."""
 
+import contextlib
 import datetime
 import os
 import socket
@@ -93,26 +94,30 @@ def family_inputs(model):
     return family("wan" if type(model).__name__.startswith("Wan") else "flux")[1]  # same shapes
 
 
-def settle():
-    """Waits until every rank's collectives are done before any rank tears its group down. CI
-    once saw rank 0 abort (SIGABRT, "terminate called without an active exception"): diffusers'
-    functional all-gathers are waited lazily, so a peer could close its connection under them."""
-    torch.distributed.barrier()
+@contextlib.contextmanager
+def process_group(rank, port, world):
+    """A worker's gloo group. On success every rank meets the others before it tears the group
+    down, then ends without the interpreter's teardown; an exception propagates (the test
+    fails) after the group is destroyed.
 
-
-def leave():
-    """Ends a worker whose results are saved and whose group is destroyed without the
-    interpreter's teardown, where gloo's leftover threads can abort the process (SIGABRT) after
-    everything the test checks is done."""
-    os._exit(0)
-
-
-def worker(rank, port, name, folder, world):
+    CI once saw rank 0 abort (SIGABRT, "terminate called without an active exception"), for
+    two reasons this answers: diffusers' functional all-gathers are waited lazily, so a peer
+    could close its connection under them (the barrier); gloo's leftover threads can abort the
+    process at interpreter teardown, after everything the test checks is saved (os._exit)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # Ranks that decided differently would wait for each other's collectives: fail instead.
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world,
                                          timeout=datetime.timedelta(seconds=120))
     try:
+        yield
+        torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+    os._exit(0)
+
+
+def worker(rank, port, name, folder, world):
+    with process_group(rank, port, world):
         import cachekern
         from cachekern import TeaCache
 
@@ -137,10 +142,6 @@ def worker(rank, port, name, folder, world):
         except RuntimeError as error:
             results["errors"].append(str(error))
         torch.save(results, os.path.join(folder, f"{rank}.pt"))
-        settle()
-    finally:
-        torch.distributed.destroy_process_group()
-    leave()
 
 
 @pytest.mark.parametrize("name, world", [("flux", 2), ("wan", 2), ("wan4", 4)])
@@ -166,10 +167,7 @@ def test_teacache_decides_alike_on_every_rank(name, world, tmp_path):
 
 
 def block_caching_worker(rank, port, name, folder):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD,
-                                         timeout=datetime.timedelta(seconds=120))
-    try:
+    with process_group(rank, port, WORLD):
         import cachekern
         from cachekern import BlockCaching
 
@@ -201,10 +199,6 @@ def block_caching_worker(rank, port, name, folder):
         except RuntimeError as error:
             results["train_error"] = str(error)
         torch.save(results, os.path.join(folder, f"{rank}.pt"))
-        settle()
-    finally:
-        torch.distributed.destroy_process_group()
-    leave()
 
 
 @pytest.mark.parametrize("name", ["flux", "wan"])
