@@ -158,7 +158,7 @@ def main(argv=None):
         spent = time.perf_counter() - started
         made[speedup] = methods.Setting(f"tune {speedup:g}x", result.label, steps,
                                         applying(result.policy))
-        compute, value = measure(made[speedup])
+        compute, value, _ = measure(made[speedup])
         picks.append(dict(model=args.name, scheduler=scheduler,
                           method=f"tune: {result.method}", setting=result.label,
                           compute=compute, psnr_db=value, speedup=speedup,
@@ -173,7 +173,7 @@ def main(argv=None):
     if args.sweep_from is not None:
         rows += swept
     for setting in [] if args.sweep_from is not None else settings[1:]:
-        compute, value = measure(setting)
+        compute, value, _ = measure(setting)
         rows.append(dict(model=args.name, scheduler=scheduler, method=setting.method,
                          setting=setting.label, compute=compute, psnr_db=value))
         write()
@@ -200,17 +200,15 @@ def main(argv=None):
 def scorer(ref, uncached, labels, seeds, batch, sample_kwargs, work, device):
     """Generates the uncached samples, then (score, the uncached setting's own score):
     score(setting) is (compute as a share of the uncached block FLOPs, mean PSNR against the
-    uncached samples) of `setting` on the same samples; score(setting, per_sample=True) adds
-    each sample's PSNR."""
+    uncached samples, each sample's PSNR) of `setting` on the same samples."""
     reference, full, _ = quality.generate(ref, uncached, labels, seeds, batch, sample_kwargs,
                                           work, device, 0)
 
-    def score(setting, per_sample=False):
+    def score(setting):
         images, flops, _ = quality.generate(ref, setting, labels, seeds, batch, sample_kwargs,
                                             work, device, 0)
         values = quality.per_sample(psnr, reference, images, data_range=2.0)
-        mean = (flops / full, sum(values) / len(values))
-        return (mean, values) if per_sample else mean
+        return flops / full, sum(values) / len(values), values
     return score, (1.0, quality.per_sample_mean(psnr, reference, reference, data_range=2.0))
 
 
@@ -227,7 +225,8 @@ def held_out(ref, picks, made, settings, count, batch, sample_kwargs, work, devi
     by_label = {(s.method, s.label): s for s in settings}
     score, _ = scorer(ref, settings[0], labels, seeds, batch, sample_kwargs, work, device)
     for pick in picks:
-        pick["holdout"], tune_values = score(made[pick["speedup"]], per_sample=True)
+        compute, value, tune_values = score(made[pick["speedup"]])
+        pick["holdout"] = (compute, value)
         best = pick["best"]
         setting = None if best is None else by_label.get((best["method"], best["setting"]))
         if setting is None and best is not None:
@@ -236,7 +235,8 @@ def held_out(ref, picks, made, settings, count, batch, sample_kwargs, work, devi
                              f"from the sweep's run?)")
         pick["best_holdout"], pick["holdout_gap_se"] = None, None
         if setting is not None:
-            pick["best_holdout"], best_values = score(setting, per_sample=True)
+            compute, value, best_values = score(setting)
+            pick["best_holdout"] = (compute, value)
             pick["holdout_gap_se"] = paired_standard_error(tune_values, best_values)
         print(f"{pick['speedup']:g}x held out ({count} samples): tune {_pair(pick['holdout'])}"
               f", the sweep's best {_pair(pick['best_holdout'])}", flush=True)
